@@ -1,0 +1,1 @@
+"""Local Kafka (KRaft) and PostgreSQL for development and tests, without Docker."""
