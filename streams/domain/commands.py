@@ -1,0 +1,148 @@
+"""What `decide` asks the outside world to do, and what it records: commands, audit, decision.
+
+Commands are imperative and carry everything the executor needs, so it never reads the
+table. Each has a deterministic `command_id` (see `streams.domain.ids.command_id`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import ClassVar
+
+from streams.domain.model import (
+    AuditDecision,
+    InputKind,
+    KeyState,
+    OrderRole,
+    Side,
+    require_finite_decimal,
+)
+
+__all__ = [
+    "AuditRecord",
+    "CancelOrder",
+    "ClosePosition",
+    "Command",
+    "Decision",
+    "PlaceEntry",
+    "PlaceStopLoss",
+    "QueryOrder",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _CommandHeader:
+    """Fields every command carries."""
+
+    command_id: str
+    key: str
+    position_id: str
+    symbol: str
+    exchange: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceEntry(_CommandHeader):
+    """Place the market order that opens the position."""
+
+    kind: ClassVar[str] = "place_entry"
+    role: ClassVar[OrderRole] = OrderRole.ENTRY
+
+    client_order_id: str
+    side: Side
+    quantity: Decimal
+
+    def __post_init__(self) -> None:
+        require_finite_decimal(self, "quantity", self.quantity, optional=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceStopLoss(_CommandHeader):
+    """Place a reduce-only stop-market order.
+
+    `stop_price` is raw (from the entry price and the pct); the executor rounds it to the
+    market's precision and reports the placed price back.
+    """
+
+    kind: ClassVar[str] = "place_stop_loss"
+    role: ClassVar[OrderRole] = OrderRole.STOP_LOSS
+
+    client_order_id: str
+    side: Side
+    quantity: Decimal
+    stop_price: Decimal
+
+    def __post_init__(self) -> None:
+        require_finite_decimal(self, "quantity", self.quantity, optional=False)
+        require_finite_decimal(self, "stop_price", self.stop_price, optional=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePosition(_CommandHeader):
+    """Close the position with a reduce-only market order."""
+
+    kind: ClassVar[str] = "close_position"
+    role: ClassVar[OrderRole] = OrderRole.CLOSE
+
+    client_order_id: str
+    side: Side
+    quantity: Decimal
+
+    def __post_init__(self) -> None:
+        require_finite_decimal(self, "quantity", self.quantity, optional=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder(_CommandHeader):
+    """Cancel an order of the position (the resting stop-loss)."""
+
+    kind: ClassVar[str] = "cancel_order"
+
+    client_order_id: str
+    role: OrderRole
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOrder(_CommandHeader):
+    """Ask the exchange what became of an order; the answer comes back as a report."""
+
+    kind: ClassVar[str] = "query_order"
+
+    client_order_id: str
+    role: OrderRole
+
+
+Command = PlaceEntry | PlaceStopLoss | ClosePosition | CancelOrder | QueryOrder
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row of the audit log per applied input (refusals and no-ops included).
+
+    Its natural key is `(key, offset)`.
+    """
+
+    key: str
+    offset: int
+    event_id: str
+    position_id: str | None
+    input_kind: InputKind
+    decision: AuditDecision
+    reason: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `decide` returns: the new state, the commands to send and the audit record.
+
+    `audit` is None only for a redelivered input (offset already applied); then the state
+    is the one given and there are no commands. `position_changed` tells the agent to
+    publish the position's new value.
+    """
+
+    state: KeyState
+    commands: tuple[Command, ...]
+    audit: AuditRecord | None
+    position_changed: bool

@@ -1,0 +1,89 @@
+"""Identifiers: pure functions of the inputs, never random, never a database sequence.
+
+Replaying the same inputs from the same offsets therefore produces the same ids, and a
+retried request can never become a second order at the exchange.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from streams.domain.exceptions import InvalidValueError
+from streams.domain.model import OrderRole, ReportOutcome
+
+__all__ = [
+    "CLIENT_ORDER_ID_PATTERN",
+    "client_order_id",
+    "command_id",
+    "key_for",
+    "key_of_position_id",
+    "position_id",
+    "report_key",
+]
+
+# What Binance accepts as newClientOrderId.
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+
+_ROLE_LETTER = {OrderRole.ENTRY: "e", OrderRole.STOP_LOSS: "s", OrderRole.CLOSE: "c"}
+_DIGEST_BYTES = 10  # 80 bits: exactly 16 base32 characters, so no padding to strip
+
+
+def key_for(symbol: str, exchange: str) -> str:
+    """The partition key of a symbol on an exchange: `APTUSDT@binance`."""
+    return f"{symbol}@{exchange}"
+
+
+def position_id(key: str, offset: int) -> str:
+    """Id of the position opened or adopted by the input at `offset` of `key`.
+
+    A key always hashes to the same partition, so key + offset is unique.
+    """
+    if not key or offset < 0:
+        raise InvalidValueError(f"position_id needs a key and an offset >= 0, got {key!r}, {offset}")
+    return f"{key}/{offset}"
+
+
+def key_of_position_id(position_id: str) -> str:
+    """The key part of a position id (everything before the last `/`)."""
+    return position_id.rpartition("/")[0]
+
+
+def client_order_id(position_id: str, role: OrderRole, attempt: int) -> str:
+    """The exchange client order id of attempt `attempt` (from 1) of `role` for a position.
+
+    `"pp" + role letter + attempt + "-" + base32(blake2b(position_id|role|attempt))`, lower
+    case: at most 36 characters of `[.A-Z:/a-z0-9_-]`. A retry of the same command keeps
+    the id; a new attempt gets a new one.
+    """
+    if attempt < 1:
+        raise InvalidValueError(f"client_order_id attempt must be >= 1, got {attempt}")
+    digest = hashlib.blake2b(
+        f"{position_id}|{role.value}|{attempt}".encode(), digest_size=_DIGEST_BYTES
+    ).digest()
+    encoded = base64.b32encode(digest).decode("ascii").lower()
+    identifier = f"pp{_ROLE_LETTER[role]}{attempt}-{encoded}"
+    if not CLIENT_ORDER_ID_PATTERN.match(identifier):
+        # Only an absurd attempt number (> 16 digits) can get here.
+        raise InvalidValueError(f"client order id {identifier!r} breaks the exchange's rules")
+    return identifier
+
+
+def command_id(position_id: str, kind: str, client_order_id: str, offset: int | None = None) -> str:
+    """Deterministic id of a command: `{position_id}/{kind}/{client_order_id}`.
+
+    A query is repeated on every deadline for the same order, so a `query_order` passes the
+    offset of the input that asked for it and gets `.../{offset}` appended: each query has
+    its own id while a re-sent place command keeps its id.
+    """
+    base = f"{position_id}/{kind}/{client_order_id}"
+    return base if offset is None else f"{base}/{offset}"
+
+
+def report_key(client_order_id: str, outcome: ReportOutcome) -> str:
+    """The string recorded in `Position.seen_reports` for a report: `client_order_id|outcome`.
+
+    `|` is outside the client-id alphabet, so the pair is unambiguous.
+    """
+    return f"{client_order_id}|{outcome.value}"
