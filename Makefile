@@ -38,6 +38,17 @@ stack-stop: ## stop exactly the processes `make stack` started
 stack-status: ## show whether the local stack runs
 	@$(PY) -m stack status
 
+pipeline: $(STAMP) ## run the pipeline's processes in the foreground against the services the variables name
+	$(PY) -m streams worker --loglevel info
+
+run: $(STAMP) ## everything on embedded defaults: the local stack (unless the variables name services), then the pipeline
+	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$DATABASE_URL" ]; then $(PY) -m stack start >/dev/null; fi
+	@$(MAKE) --no-print-directory pipeline
+
+bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the real broker
+	$(PY) -m benchmarks.bench_decide
+	$(PY) -m benchmarks.bench_agent
+
 test: $(STAMP) ## run every test against the real broker and database (starts the local stack when needed)
 	$(PY) -m pytest
 

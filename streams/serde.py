@@ -1,0 +1,227 @@
+"""Domain values <-> Avro records <-> bytes, for every topic and the table.
+
+The domain (``streams.domain``) knows nothing of Avro; the codec (``streams.codec``) knows
+nothing of the domain. This module maps one to the other by the dataclasses' own type hints,
+so a field added to both a dataclass and its schema needs no code here:
+
+- ``Decimal`` <-> decimal string (the exact exchange value, see the schemas' docs);
+- ``StrEnum`` <-> its string value (Avro enum symbols are the same strings);
+- ``tuple[...]`` <-> list; nested dataclasses <-> nested records;
+- a union of several dataclasses (an input's or a command's payload) <-> the codec's
+  ``(branch_name, fields)`` pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any
+
+from streams import codec
+from streams.domain import (
+    AuditRecord,
+    Command,
+    InputEvent,
+    KeyState,
+    Position,
+)
+from streams.domain import commands as domain_commands
+from streams.domain import model as domain_model
+
+__all__ = [
+    "INPUT_RECORD",
+    "COMMAND_RECORD",
+    "UPDATE_RECORD",
+    "KEY_STATE_RECORD",
+    "DEAD_LETTER_RECORD",
+    "SerdeError",
+    "encode_input",
+    "decode_input",
+    "encode_command",
+    "decode_command",
+    "encode_position_update",
+    "encode_audit_update",
+    "decode_update",
+    "key_state_to_record",
+    "key_state_from_record",
+    "encode_dead_letter",
+    "decode_dead_letter",
+    "DeadLetter",
+]
+
+INPUT_RECORD = "PositionInput"
+COMMAND_RECORD = "PositionCommand"
+UPDATE_RECORD = "PositionUpdate"
+KEY_STATE_RECORD = "KeyState"
+DEAD_LETTER_RECORD = "DeadLetter"
+
+# Avro branch names that differ from the dataclass names.
+_BRANCH_OF_CLASS = {Position: "PositionState"}
+_CLASS_OF_BRANCH = {"PositionState": Position}
+_COMMAND_HEADER_FIELDS = ("command_id", "key", "position_id", "symbol", "exchange")
+
+
+class SerdeError(codec.DecodeError):
+    """Bytes decoded as Avro but do not make a valid domain value (e.g. a float-like decimal)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that could not be decoded or applied, with where it came from and why."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None
+    value: bytes | None
+    error_type: str
+    reason: str
+    ts: int
+
+
+# --------------------------------------------------------------------------- generic mapping
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    module = __import__(cls.__module__, fromlist=["_"])
+    return typing.get_type_hints(cls, vars(module))
+
+
+def _branch_name(cls: type) -> str:
+    return _BRANCH_OF_CLASS.get(cls, cls.__name__)
+
+
+def to_record(value: Any) -> Any:
+    """A domain value as the plain data the Avro codec writes."""
+    if dataclasses.is_dataclass(value):
+        return {field.name: to_record(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, tuple):
+        return [to_record(item) for item in value]
+    return value
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def from_record(annotation: Any, data: Any) -> Any:
+    """Plain Avro data as the domain value of type ``annotation``."""
+    members = _union_members(annotation)
+    if len(members) > 1:
+        if data is None and type(None) in members:
+            return None
+        record_members = [m for m in members if dataclasses.is_dataclass(m)]
+        if isinstance(data, tuple) and len(data) == 2 and len(record_members) > 1:
+            branch, fields = data
+            cls = _CLASS_OF_BRANCH.get(branch) or next((m for m in record_members if m.__name__ == branch), None)
+            if cls is None:
+                raise SerdeError(f"union branch {branch!r} is none of {[m.__name__ for m in record_members]}")
+            return _build(cls, fields)
+        (annotation,) = [m for m in members if m is not type(None)]
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, data)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation(data)
+    if annotation is Decimal:
+        try:
+            return Decimal(data)
+        except (InvalidOperation, TypeError) as error:
+            raise SerdeError(f"{data!r} is not a decimal string") from error
+    if typing.get_origin(annotation) is tuple:
+        (item_type, *_rest) = typing.get_args(annotation)
+        return tuple(from_record(item_type, item) for item in data)
+    return data
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    hints = _hints(cls)
+    try:
+        return cls(**{field.name: from_record(hints[field.name], data[field.name])
+                      for field in dataclasses.fields(cls)})
+    except (KeyError, ValueError, TypeError, domain_model.InvalidValueError) as error:
+        raise SerdeError(f"record does not make a valid {cls.__name__}: {error}") from error
+
+
+def _decode(record_name: str, data: bytes) -> dict[str, Any]:
+    return codec.decode(record_name, data)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def encode_input(event: InputEvent) -> bytes:
+    """An input event as the bytes of a ``position-inputs`` record value."""
+    record = to_record(event)
+    record["payload"] = (_branch_name(type(event.payload)), to_record(event.payload))
+    return codec.encode(INPUT_RECORD, record)
+
+
+def decode_input(data: bytes) -> InputEvent:
+    """The input event in a ``position-inputs`` record value; raises ``codec.DecodeError``."""
+    return from_record(InputEvent, _decode(INPUT_RECORD, data))
+
+
+def encode_command(command: Command) -> bytes:
+    """A command as the bytes of a ``position-commands`` record value."""
+    fields = to_record(command)
+    header = {name: fields.pop(name) for name in _COMMAND_HEADER_FIELDS}
+    return codec.encode(COMMAND_RECORD, {**header, "payload": (type(command).__name__, fields)})
+
+
+def decode_command(data: bytes) -> Command:
+    """The command in a ``position-commands`` record value."""
+    record = _decode(COMMAND_RECORD, data)
+    branch, fields = record.pop("payload")
+    cls = getattr(domain_commands, branch, None)
+    if cls is None:
+        raise SerdeError(f"unknown command {branch!r}")
+    return _build(cls, {**record, **fields})
+
+
+def encode_position_update(key: str, offset: int, position: Position) -> bytes:
+    """The full new state of a position, for ``position-updates``."""
+    return codec.encode(UPDATE_RECORD, {"key": key, "offset": offset,
+                                        "payload": ("PositionState", to_record(position))})
+
+
+def encode_audit_update(audit: AuditRecord) -> bytes:
+    """An audit record, for ``position-updates``."""
+    return codec.encode(UPDATE_RECORD, {"key": audit.key, "offset": audit.offset,
+                                        "payload": ("AuditRecord", to_record(audit))})
+
+
+def decode_update(data: bytes) -> Position | AuditRecord:
+    """The position state or audit record in a ``position-updates`` record value."""
+    record = _decode(UPDATE_RECORD, data)
+    return from_record(Position | AuditRecord, record["payload"])
+
+
+def key_state_to_record(state: KeyState) -> dict[str, Any]:
+    """A key's state as the table value (the ``avro-key-state`` codec writes it)."""
+    return to_record(state)
+
+
+def key_state_from_record(record: dict[str, Any]) -> KeyState:
+    """The table value back as a ``KeyState``."""
+    return from_record(KeyState, record)
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """A dead letter as the bytes of a ``position-dead-letters`` record value."""
+    return codec.encode(DEAD_LETTER_RECORD, to_record(letter))
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    """The dead letter in a ``position-dead-letters`` record value."""
+    return from_record(DeadLetter, _decode(DEAD_LETTER_RECORD, data))

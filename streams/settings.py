@@ -1,0 +1,141 @@
+"""The pipeline's configuration: one frozen object, built once at the entry point.
+
+Precedence: an explicit argument, then the environment, then the embedded default. Every
+environment variable the pipeline reads is named here and nowhere else (the contract's
+variables first, then the pipeline's own tuning knobs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from streams.domain import Policy
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_STACK_ENV_FILE = REPO_ROOT / ".stack" / "env"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _local_stack_value(name: str, env: Mapping[str, str]) -> str | None:
+    """The value `make stack` recorded for ``name``, so the pipeline finds the local stack."""
+    env_file = Path(env.get("STACK_DIR", REPO_ROOT / ".stack")) / "env"
+    try:
+        lines = env_file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        assignment = line.removeprefix("export ").strip()
+        if assignment.startswith(f"{name}="):
+            return assignment.split("=", 1)[1]
+    return None
+
+
+def _number(env: Mapping[str, str], name: str, default: str, kind: type) -> object:
+    raw = env.get(name, default)
+    try:
+        value = kind(raw)
+    except (ValueError, ArithmeticError) as error:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from error
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline's processes need to know about their surroundings."""
+
+    # The contract's variables (../shared/CONTRACT.md, section 1).
+    kafka_bootstrap_servers: str
+    database_url: str
+    signals_ws_url: str | None = None
+    binance_futures_url: str | None = None
+    binance_api_key: str | None = field(default=None, repr=False)
+    binance_api_secret: str | None = field(default=None, repr=False)
+    sync_interval_s: float = 30.0
+    default_stop_loss_pct: Decimal = Decimal("2")
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+
+    # The pipeline's own knobs.
+    app_id: str = "position-pipeline"
+    topic_prefix: str = ""
+    topic_partitions: int = 12
+    topic_replication_factor: int = 1
+    table_store: str = "rocksdb://"
+    data_dir: Path = REPO_ROOT / ".stack" / "pipeline"
+    entry_timeout_s: float = 30.0
+    stop_loss_timeout_s: float = 30.0
+    close_timeout_s: float = 30.0
+    deadline_scan_interval_s: float = 1.0
+    max_remembered_signal_ids: int = 256
+    commit_interval_s: float = 2.8
+    session_timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Settings from ``env`` (default ``os.environ``); keyword arguments win over both."""
+        env = os.environ if env is None else env
+        kafka = env.get("KAFKA_BOOTSTRAP_SERVERS") or _local_stack_value("KAFKA_BOOTSTRAP_SERVERS", env) \
+            or "127.0.0.1:9092"
+        database = env.get("DATABASE_URL") or _local_stack_value("DATABASE_URL", env) \
+            or "postgresql://postgres@127.0.0.1:5432/positions"
+        settings = cls(
+            kafka_bootstrap_servers=kafka,
+            database_url=database,
+            signals_ws_url=env.get("SIGNALS_WS_URL") or None,
+            binance_futures_url=env.get("BINANCE_FUTURES_URL") or None,
+            binance_api_key=env.get("BINANCE_API_KEY") or None,
+            binance_api_secret=env.get("BINANCE_API_SECRET") or None,
+            sync_interval_s=_number(env, "SYNC_INTERVAL_S", "30", float),
+            default_stop_loss_pct=_number(env, "DEFAULT_STOP_LOSS_PCT", "2", Decimal),
+            web_port=_number(env, "WEB_PORT", "6066", int),
+            web_bind=env.get("WEB_BIND", "127.0.0.1"),
+            app_id=env.get("PIPELINE_APP_ID", "position-pipeline"),
+            topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", ""),
+            topic_partitions=_number(env, "PIPELINE_TOPIC_PARTITIONS", "12", int),
+            topic_replication_factor=_number(env, "PIPELINE_TOPIC_REPLICATION_FACTOR", "1", int),
+            table_store=env.get("PIPELINE_TABLE_STORE", "rocksdb://"),
+            data_dir=Path(env.get("PIPELINE_DATA_DIR", REPO_ROOT / ".stack" / "pipeline")),
+            entry_timeout_s=_number(env, "PIPELINE_ENTRY_TIMEOUT_S", "30", float),
+            stop_loss_timeout_s=_number(env, "PIPELINE_STOP_LOSS_TIMEOUT_S", "30", float),
+            close_timeout_s=_number(env, "PIPELINE_CLOSE_TIMEOUT_S", "30", float),
+            deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
+            commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
+            session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "60", float),
+        )
+        settings = dataclasses.replace(settings, **overrides)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuses values the pipeline cannot run with, naming the variable."""
+        if not 0 < self.default_stop_loss_pct < 100:
+            raise SettingsError(f"DEFAULT_STOP_LOSS_PCT must be between 0 and 100, got {self.default_stop_loss_pct}")
+        if self.topic_partitions < 1:
+            raise SettingsError(f"PIPELINE_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
+        if self.sync_interval_s <= 0:
+            raise SettingsError(f"SYNC_INTERVAL_S must be > 0, got {self.sync_interval_s}")
+        if not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """The bootstrap servers as Faust broker URLs."""
+        return [f"kafka://{server.strip()}" for server in self.kafka_bootstrap_servers.split(",") if server.strip()]
+
+    def policy(self) -> Policy:
+        """The state machine's parameters."""
+        return Policy(
+            default_stop_loss_pct=self.default_stop_loss_pct,
+            entry_timeout_ms=int(self.entry_timeout_s * 1000),
+            stop_loss_timeout_ms=int(self.stop_loss_timeout_s * 1000),
+            close_timeout_ms=int(self.close_timeout_s * 1000),
+            max_remembered_signal_ids=self.max_remembered_signal_ids,
+        )

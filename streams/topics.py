@@ -1,0 +1,76 @@
+"""Names and creation of the pipeline's topics.
+
+Every topic is keyed by the raw UTF-8 bytes of ``SYMBOL@exchange`` and has the same
+partition count as ``position-inputs``: the table's changelog and every topic an agent
+reads beside it must be co-partitioned, or a key's state and its events end up on
+different workers. Keys are placed by the murmur2 partitioner of the Java client (aiokafka
+and Faust use the same), so a producer outside this project lands a key on the same
+partition as ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TopologyError(RuntimeError):
+    """A topic exists with a partition count other than the pipeline's."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The pipeline's topic names, all under one configurable prefix."""
+
+    inputs: str
+    commands: str
+    updates: str
+    dead_letters: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> "TopicNames":
+        return cls(
+            inputs=f"{prefix}position-inputs",
+            commands=f"{prefix}position-commands",
+            updates=f"{prefix}position-updates",
+            dead_letters=f"{prefix}position-dead-letters",
+        )
+
+    def all(self) -> tuple[str, ...]:
+        return (self.inputs, self.commands, self.updates, self.dead_letters)
+
+
+async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> None:
+    """Creates the missing topics and refuses existing ones with another partition count."""
+    names = names or TopicNames.for_prefix(settings.topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in names.all() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics([
+                    NewTopic(name, num_partitions=settings.topic_partitions,
+                             replication_factor=settings.topic_replication_factor)
+                    for name in missing
+                ])
+            except TopicAlreadyExistsError:
+                pass  # another worker created it between our list and create: fine
+            logger.info("created topics %s with %d partitions", missing, settings.topic_partitions)
+        for description in await admin.describe_topics(list(names.all())):
+            count = len(description["partitions"])
+            if count != settings.topic_partitions:
+                raise TopologyError(
+                    f"topic {description['topic']!r} has {count} partitions, the pipeline expects "
+                    f"{settings.topic_partitions} (PIPELINE_TOPIC_PARTITIONS): keys would not be co-partitioned"
+                )
+    finally:
+        await admin.close()

@@ -1,0 +1,288 @@
+"""Drives the real pipeline worker on the real broker, from outside its process.
+
+- ``PipelineWorker`` runs ``python -m streams worker`` as a subprocess with its own app id,
+  topic prefix and data folder; ``stop()`` is a clean shutdown, ``kill()`` a crash (SIGKILL).
+- ``TopicTap`` reads a topic from the beginning and decodes what it finds.
+- ``ScriptedExchange`` stands in for the exchange edge (its own issue): it reads the
+  commands the state machine sends and answers with execution reports on
+  ``position-inputs``, as a script says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams import serde
+from streams.domain import (
+    AuditRecord,
+    Command,
+    ExchangeSnapshot,
+    ExecutionReport,
+    InputEvent,
+    OrderRole,
+    Position,
+    ReportOutcome,
+    Side,
+    Signal,
+    SignalAction,
+)
+from streams.topics import TopicNames
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 3
+
+
+@dataclass
+class PipelineWorker:
+    """One `python -m streams worker` process of a test's private pipeline."""
+
+    bootstrap: str
+    app_id: str
+    data_dir: Path
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.for_prefix(f"{self.app_id}.")
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PIPELINE_APP_ID": self.app_id,
+            "PIPELINE_TOPIC_PREFIX": f"{self.app_id}.",
+            "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
+            "PIPELINE_TABLE_STORE": "rocksdb://",
+            "PIPELINE_DATA_DIR": str(self.data_dir),
+            "PIPELINE_ENTRY_TIMEOUT_S": "5",
+            "PIPELINE_STOP_LOSS_TIMEOUT_S": "5",
+            "PIPELINE_CLOSE_TIMEOUT_S": "5",
+            "PIPELINE_DEADLINE_SCAN_INTERVAL_S": "0.5",
+            "PIPELINE_SESSION_TIMEOUT_S": "10",
+            "PYTHONPATH": str(REPO_ROOT),
+            **self.extra_env,
+        }
+
+    async def start(self, ready_timeout_s: float = 90.0) -> None:
+        """Starts the worker and waits until it has joined the group and recovered its table."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", "--loglevel", "info"],
+            cwd=REPO_ROOT, env=self.environment(), stdin=subprocess.DEVNULL,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            if "[^Worker]: Ready" in self.log_path.read_text(errors="replace")[offset:]:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"worker not ready within {ready_timeout_s}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), waiting for the process to end."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the worker's process group, no chance to commit or flush."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def log_tail(self, characters: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:] if self.log_path.exists() else ""
+
+
+class TopicTap:
+    """Reads a topic from its first offset, in the background, keeping every record."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.records: list = []
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> "TopicTap":
+        self._consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                          auto_offset_reset="earliest", enable_auto_commit=False,
+                                          metadata_max_age_ms=1000)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                self.records.extend(records)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+
+
+class UpdatesTap(TopicTap):
+    """``position-updates``, decoded into position states and audit records."""
+
+    def positions(self, key: str | None = None) -> list[Position]:
+        decoded = (serde.decode_update(record.value) for record in self.records)
+        return [u for u in decoded if isinstance(u, Position) and (key is None or f"{u.symbol}@{u.exchange}" == key)]
+
+    def audits(self, key: str | None = None) -> list[AuditRecord]:
+        decoded = (serde.decode_update(record.value) for record in self.records)
+        return [u for u in decoded if isinstance(u, AuditRecord) and (key is None or u.key == key)]
+
+    def latest(self, key: str) -> Position | None:
+        positions = self.positions(key)
+        return positions[-1] if positions else None
+
+
+class CommandsTap(TopicTap):
+    """``position-commands``, decoded into domain commands."""
+
+    def commands(self, key: str | None = None) -> list[Command]:
+        decoded = (serde.decode_command(record.value) for record in self.records)
+        return [c for c in decoded if key is None or c.key == key]
+
+
+class InputSender:
+    """Publishes inputs to ``position-inputs`` keyed by the raw bytes of SYMBOL@exchange."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+
+    async def start(self) -> "InputSender":
+        await self._producer.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, event: InputEvent) -> int:
+        metadata = await self._producer.send_and_wait(self.topic, key=event.key.encode(),
+                                                      value=serde.encode_input(event))
+        return metadata.offset
+
+    async def open(self, symbol: str, side: Side, quantity: str, signal_id: str | None = None,
+                   exchange: str = "binance", stop_loss_pct: str | None = "2.5") -> str:
+        signal_id = signal_id or f"sig-{next(self._ids)}"
+        ts = now_ms()
+        await self.send(InputEvent(
+            event_id=f"signal:{signal_id}", key=f"{symbol}@{exchange}", ts=ts,
+            payload=Signal(signal_id=signal_id, action=SignalAction.OPEN, symbol=symbol, exchange=exchange,
+                           side=side, quantity=Decimal(quantity),
+                           stop_loss_pct=Decimal(stop_loss_pct) if stop_loss_pct else None, ts=ts),
+        ))
+        return signal_id
+
+    async def snapshot(self, symbol: str, side: Side | None, quantity: str, entry_price: str | None,
+                       exchange: str = "binance", fetched_at: int | None = None) -> None:
+        fetched_at = fetched_at or now_ms()
+        await self.send(InputEvent(
+            event_id=f"snapshot:{exchange}:{symbol}:{fetched_at}", key=f"{symbol}@{exchange}", ts=fetched_at,
+            payload=ExchangeSnapshot(exchange=exchange, symbol=symbol, fetched_at=fetched_at, side=side,
+                                     quantity=Decimal(quantity),
+                                     entry_price=Decimal(entry_price) if entry_price else None),
+        ))
+
+    async def report(self, command: Command, outcome: ReportOutcome, *, filled_quantity: str | None = None,
+                     average_price: str | None = None, stop_price: str | None = None,
+                     error_code: int | None = None, error_message: str | None = None) -> None:
+        ts = now_ms()
+        await self.send(InputEvent(
+            event_id=f"report:{command.client_order_id}:{outcome.value}", key=command.key, ts=ts,
+            payload=ExecutionReport(
+                position_id=command.position_id, client_order_id=command.client_order_id,
+                role=command_role(command), outcome=outcome, ts=ts, exchange_order_id=f"x-{command.client_order_id}",
+                filled_quantity=Decimal(filled_quantity) if filled_quantity else None,
+                average_price=Decimal(average_price) if average_price else None,
+                stop_price=Decimal(stop_price) if stop_price else None,
+                error_code=error_code, error_message=error_message,
+            ),
+        ))
+
+
+def command_role(command: Command) -> OrderRole:
+    return getattr(command, "role")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+Script = Callable[[Command, InputSender], Awaitable[None]]
+
+
+class ScriptedExchange:
+    """Answers every command on ``position-commands`` with the script's execution reports."""
+
+    def __init__(self, bootstrap: str, topic: str, sender: InputSender, script: Script) -> None:
+        self.sender = sender
+        self.script = script
+        self._tap = CommandsTap(bootstrap, topic)
+        self._handled = 0
+        self._task: asyncio.Task | None = None
+        self.seen: list[Command] = []
+
+    async def start(self) -> "ScriptedExchange":
+        await self._tap.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            commands = self._tap.commands()
+            for command in commands[self._handled:]:
+                self._handled += 1
+                self.seen.append(command)
+                # Each answer runs on its own, as a real exchange answers orders independently.
+                asyncio.create_task(self.script(command, self.sender))
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._tap.stop()
