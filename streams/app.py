@@ -178,6 +178,40 @@ def due_deadlines(states: list[dict], now_ms: int) -> list[InputEvent]:
     return events
 
 
+def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, edge: Any, inputs_topic: Any,
+                         output_topics: dict) -> None:
+    commands_topic = app.topic(names.commands, key_serializer="raw", value_serializer="raw",
+                               partitions=settings.topic_partitions)
+
+    # One actor per partition (isolated_partitions): a key's commands stay in order, while
+    # the keys of other partitions are carried out at the same time.
+    @app.agent(commands_topic, name="execute_commands", concurrency=1, isolated_partitions=True)
+    async def execute_commands(stream: faust.StreamT) -> None:
+        """Carries out each command at the exchange and publishes its execution report."""
+        async for event in stream.events():
+            message = event.message
+            try:
+                command = serde.decode_command(message.value)
+            except codec.DecodeError as error:
+                letter = serde.DeadLetter(message.topic, message.partition, message.offset, message.key,
+                                          message.value, type(error).__name__, str(error),
+                                          int(message.timestamp * 1000))
+                await output_topics[names.dead_letters].send(key=message.key or b"",
+                                                             value=serde.encode_dead_letter(letter))
+                continue
+            await edge.ready.wait()  # extra services start after the agents
+            report = await edge.executor.execute(command)
+            future = await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report))
+            await future  # acknowledged before this command's offset can be committed
+
+    @app.timer(interval=settings.sync_interval_s, on_leader=True)
+    async def poll_exchange_positions() -> None:
+        """Publishes what every exchange holds (the leader only: one snapshot per key and cycle)."""
+        await edge.ready.wait()
+        await edge.tracked.caught_up.wait()
+        await edge.poller.poll_once()
+
+
 @dataclass
 class Pipeline:
     """The Faust app and the parts tests and commands reach for."""
@@ -249,6 +283,21 @@ def build_pipeline(settings: Settings) -> Pipeline:
                 topic=message.topic, partition=message.partition, offset=message.offset,
                 key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
             ))
+
+    edge = None
+    if settings.exchange_edge_enabled:
+        from streams.exchange.edge import ExchangeEdge
+
+        async def publish_input(event: InputEvent) -> None:
+            await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
+
+        edge = ExchangeEdge(settings, key_to_state.changelog_topic.get_topic_name(), publish_input)
+
+        @app.task
+        async def start_exchange_edge() -> None:
+            """Starts the edge with the worker; the app stops it on shutdown."""
+            await app.add_runtime_dependency(edge)
+        _add_exchange_agents(app, settings, names, edge, inputs_topic, output_topics)
 
     @app.timer(interval=settings.deadline_scan_interval_s)
     async def emit_due_deadlines() -> None:

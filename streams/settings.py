@@ -47,6 +47,17 @@ def _number(env: Mapping[str, str], name: str, default: str, kind: type) -> obje
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (on/off)")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the pipeline's processes need to know about their surroundings."""
@@ -77,6 +88,13 @@ class Settings:
     max_remembered_signal_ids: int = 256
     commit_interval_s: float = 2.8
     session_timeout_s: float = 60.0
+    # The PostgreSQL sink (sinks/postgres.py): records per transaction, how long a partial
+    # batch waits for more, and the ceiling of its retry backoff while PostgreSQL is down.
+    sink_batch_size: int = 1000
+    sink_linger_s: float = 0.2
+    sink_max_backoff_s: float = 30.0
+    exchange_edge_enabled: bool = True
+    emulator_port: int = 6070
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -109,6 +127,11 @@ class Settings:
             deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
             commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
             session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "60", float),
+            sink_batch_size=_number(env, "PIPELINE_SINK_BATCH_SIZE", "1000", int),
+            sink_linger_s=_number(env, "PIPELINE_SINK_LINGER_S", "0.2", float),
+            sink_max_backoff_s=_number(env, "PIPELINE_SINK_MAX_BACKOFF_S", "30", float),
+            exchange_edge_enabled=_flag(env, "PIPELINE_EXCHANGE_EDGE", True),
+            emulator_port=_number(env, "EMULATOR_PORT", "6070", int),
         )
         settings = dataclasses.replace(settings, **overrides)
         settings.validate()
@@ -124,6 +147,12 @@ class Settings:
             raise SettingsError(f"SYNC_INTERVAL_S must be > 0, got {self.sync_interval_s}")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("DATABASE_URL must be a postgresql:// URL")
+        if self.sink_batch_size < 1:
+            raise SettingsError(f"PIPELINE_SINK_BATCH_SIZE must be >= 1, got {self.sink_batch_size}")
+        if self.sink_linger_s < 0:
+            raise SettingsError(f"PIPELINE_SINK_LINGER_S must be >= 0, got {self.sink_linger_s}")
+        if self.sink_max_backoff_s <= 0:
+            raise SettingsError(f"PIPELINE_SINK_MAX_BACKOFF_S must be > 0, got {self.sink_max_backoff_s}")
 
     @property
     def broker_urls(self) -> list[str]:

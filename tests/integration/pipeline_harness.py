@@ -74,6 +74,8 @@ class PipelineWorker:
             "PIPELINE_CLOSE_TIMEOUT_S": "5",
             "PIPELINE_DEADLINE_SCAN_INTERVAL_S": "0.5",
             "PIPELINE_SESSION_TIMEOUT_S": "10",
+            # The scripted stand-in answers commands; tests of the real edge turn it on.
+            "PIPELINE_EXCHANGE_EDGE": "off",
             "PYTHONPATH": str(REPO_ROOT),
             **self.extra_env,
         }

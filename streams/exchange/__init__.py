@@ -1,0 +1,1 @@
+"""The exchange edge: ccxt clients, the order executor and the position poller."""

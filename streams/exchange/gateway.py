@@ -1,0 +1,289 @@
+"""The exchange as the executor and the poller see it: a few order operations, typed errors.
+
+``CcxtGateway`` does them through a real ccxt client (Binance USD-M today; any exchange
+ccxt speaks can get a gateway without the state machine knowing). It translates ccxt's
+exception zoo into the few outcomes that matter to the executor, matching Binance's numeric
+codes where ccxt's class is not enough (off the production URL, ccxt raises a plain
+``ExchangeError`` for -4116 "duplicate client order id"). Credentials never appear in an
+error or a log line: messages are built from the exchange name, the code and the
+exchange's own message only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import ccxt.async_support as ccxt
+
+from streams.domain import Side
+from streams.exchange.ratelimit import ExchangeRateLimiter
+
+logger = logging.getLogger(__name__)
+
+DUPLICATE_CLIENT_ORDER_ID = -4116
+ORDER_DOES_NOT_EXIST = -2013
+_BINANCE_CODE = re.compile(r'"code"\s*:\s*(-?\d+)')
+_BINANCE_MESSAGE = re.compile(r'"msg"\s*:\s*"([^"]*)"')
+
+# Request weights of the endpoints used (Binance USD-M documentation); order placement
+# counts against the order limits instead.
+WEIGHT_ORDER = 1
+WEIGHT_QUERY_ORDER = 1
+WEIGHT_CANCEL_ORDER = 1
+WEIGHT_POSITIONS = 5
+WEIGHT_MARKETS = 1
+
+
+class ExchangeEdgeError(Exception):
+    """Root of the exchange edge's errors; ``exchange`` names the exchange, never a secret."""
+
+    def __init__(self, exchange: str, message: str, code: int | None = None) -> None:
+        self.exchange = exchange
+        self.code = code
+        self.exchange_message = message
+        super().__init__(f"{exchange}: {message}" + (f" (code {code})" if code is not None else ""))
+
+
+class OrderRejected(ExchangeEdgeError):
+    """The exchange refused the order; nothing was placed."""
+
+
+class DuplicateClientOrderId(ExchangeEdgeError):
+    """An order with this client id exists already: the earlier attempt reached the exchange."""
+
+
+class OrderMissing(ExchangeEdgeError):
+    """The exchange has no order with this client id."""
+
+
+class TransientExchangeError(ExchangeEdgeError):
+    """Network failure, timeout or 5xx: the outcome is unknown; retry with the same client id."""
+
+
+class RateLimited(TransientExchangeError):
+    """429/418: back off for ``retry_after_s`` before anyone sends again."""
+
+    def __init__(self, exchange: str, message: str, code: int | None, retry_after_s: float) -> None:
+        super().__init__(exchange, message, code)
+        self.retry_after_s = retry_after_s
+
+
+class CredentialsRejected(ExchangeEdgeError):
+    """The exchange refused the API key or the signature."""
+
+
+@dataclass(frozen=True)
+class OrderState:
+    """An order as the exchange reports it."""
+
+    client_order_id: str
+    exchange_order_id: str | None
+    status: str  # "filled", "accepted" (resting), "canceled", "rejected"
+    filled_quantity: Decimal | None
+    average_price: Decimal | None
+    stop_price: Decimal | None
+
+
+@dataclass(frozen=True)
+class ExchangePosition:
+    """A non-flat position the exchange holds."""
+
+    symbol: str  # exchange-native, e.g. APTUSDT
+    side: Side
+    quantity: Decimal
+    entry_price: Decimal | None
+
+
+class ExchangeGateway(Protocol):
+    """What the executor and the poller need from one exchange."""
+
+    name: str
+
+    async def place_market(self, symbol: str, side: Side, quantity: Decimal, client_order_id: str,
+                           reduce_only: bool) -> OrderState: ...
+
+    async def place_stop_market(self, symbol: str, side: Side, quantity: Decimal, stop_price: Decimal,
+                                client_order_id: str) -> OrderState: ...
+
+    async def fetch_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState: ...
+
+    async def cancel_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState: ...
+
+    async def fetch_positions(self) -> list[ExchangePosition]: ...
+
+    async def close(self) -> None: ...
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return Decimal(str(value))
+
+
+def binance_code(error: BaseException) -> int | None:
+    """Binance's numeric error code inside a ccxt exception message, if any."""
+    match = _BINANCE_CODE.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def _binance_message(error: BaseException) -> str:
+    match = _BINANCE_MESSAGE.search(str(error))
+    return match.group(1) if match else type(error).__name__
+
+
+_STATUS = {"closed": "filled", "open": "accepted", "canceled": "canceled", "cancelled": "canceled",
+           "expired": "canceled", "rejected": "rejected"}
+
+
+class CcxtGateway:
+    """An ``ExchangeGateway`` over a ccxt async client, rate limited to the exchange's limits."""
+
+    def __init__(self, name: str, client: ccxt.Exchange, limiter: ExchangeRateLimiter | None = None) -> None:
+        self.name = name
+        self._client = client
+        self._limiter = limiter or ExchangeRateLimiter()
+        self._markets_loaded = False
+
+    @property
+    def limiter(self) -> ExchangeRateLimiter:
+        return self._limiter
+
+    async def _call(self, weight: int, orders: int, operation: str, coroutine_factory) -> Any:
+        await self._limiter.acquire(weight, orders)
+        try:
+            return await coroutine_factory()
+        except ccxt.DDoSProtection as error:  # RateLimitExceeded is a subclass: 429 and 418
+            code = binance_code(error)
+            retry_after = 60.0 if "418" in str(error)[:40] else 5.0
+            self._limiter.pause(retry_after)
+            raise RateLimited(self.name, f"{operation}: rate limited: {_binance_message(error)}", code,
+                              retry_after) from None
+        except ccxt.AuthenticationError as error:
+            raise CredentialsRejected(self.name, f"{operation}: credentials refused: {_binance_message(error)}",
+                                      binance_code(error)) from None
+        except ccxt.OrderNotFound as error:
+            raise OrderMissing(self.name, f"{operation}: {_binance_message(error)}", binance_code(error)) from None
+        except ccxt.OperationFailed as error:
+            # NetworkError, timeouts, 5xx, and 5xx bodies with a code such as -1001 (ccxt's
+            # OperationFailed): the request may or may not have been carried out.
+            raise TransientExchangeError(self.name, f"{operation}: {type(error).__name__}: "
+                                         f"{_binance_message(error)}", binance_code(error)) from None
+        except ccxt.ExchangeError as error:
+            code = binance_code(error)
+            message = f"{operation}: {_binance_message(error)}"
+            if code == DUPLICATE_CLIENT_ORDER_ID:
+                raise DuplicateClientOrderId(self.name, message, code) from None
+            if code == ORDER_DOES_NOT_EXIST:
+                raise OrderMissing(self.name, message, code) from None
+            raise OrderRejected(self.name, message, code) from None
+        # `from None`: ccxt's own exception text includes the request URL, never the secret,
+        # but its chained context can carry headers; keep only what was chosen above.
+
+    async def _ensure_markets(self) -> None:
+        if not self._markets_loaded:
+            await self._call(WEIGHT_MARKETS, 0, "load_markets", lambda: self._client.load_markets())
+            self._markets_loaded = True
+
+    async def unified_symbol(self, symbol: str) -> str:
+        """ccxt's unified symbol of an exchange-native one (APTUSDT -> APT/USDT:USDT)."""
+        await self._ensure_markets()
+        markets = self._client.markets_by_id.get(symbol)
+        if not markets:
+            raise OrderRejected(self.name, f"unknown symbol {symbol}")
+        market = next((m for m in markets if m.get("swap") and m.get("linear")), markets[0])
+        return market["symbol"]
+
+    async def is_known_symbol(self, symbol: str) -> bool:
+        await self._ensure_markets()
+        return symbol in self._client.markets_by_id
+
+    async def price_to_precision(self, symbol: str, price: Decimal) -> Decimal:
+        unified = await self.unified_symbol(symbol)
+        return Decimal(self._client.price_to_precision(unified, str(price)))
+
+    async def amount_to_precision(self, symbol: str, quantity: Decimal) -> Decimal:
+        unified = await self.unified_symbol(symbol)
+        return Decimal(self._client.amount_to_precision(unified, str(quantity)))
+
+    def _order_state(self, order: dict, client_order_id: str, status_if_missing: str = "accepted") -> OrderState:
+        raw_status = order.get("status")
+        status = _STATUS.get(str(raw_status).lower(), "accepted") if raw_status is not None else status_if_missing
+        info = order.get("info") or {}
+        filled = _decimal(order.get("filled"))
+        average = _decimal(order.get("average"))
+        if status == "filled" and info.get("actualOrderId"):
+            # A stop that fired: the algo order holds no fill of its own; the market order
+            # it placed did, at `actualPrice`, for the stop's whole quantity.
+            average = average or _decimal(info.get("actualPrice"))
+            filled = filled or _decimal(order.get("amount")) or _decimal(info.get("quantity"))
+        return OrderState(
+            client_order_id=order.get("clientOrderId") or client_order_id,
+            exchange_order_id=str(order["id"]) if order.get("id") is not None else None,
+            status=status,
+            filled_quantity=filled,
+            average_price=average or (_decimal(order.get("price")) if status == "filled" else None),
+            stop_price=_decimal(order.get("triggerPrice") or order.get("stopPrice")),
+        )
+
+    async def place_market(self, symbol: str, side: Side, quantity: Decimal, client_order_id: str,
+                           reduce_only: bool) -> OrderState:
+        unified = await self.unified_symbol(symbol)
+        params = {"newClientOrderId": client_order_id}
+        if reduce_only:
+            params["reduceOnly"] = True
+        order = await self._call(WEIGHT_ORDER, 1, f"market {side.value} {symbol}", lambda: self._client.create_order(
+            unified, "market", side.value.lower(), str(quantity), None, params))
+        return self._order_state(order, client_order_id)
+
+    async def place_stop_market(self, symbol: str, side: Side, quantity: Decimal, stop_price: Decimal,
+                                client_order_id: str) -> OrderState:
+        unified = await self.unified_symbol(symbol)
+        params = {"newClientOrderId": client_order_id, "stopPrice": str(stop_price), "reduceOnly": True}
+        order = await self._call(WEIGHT_ORDER, 1, f"stop-market {side.value} {symbol}",
+                                 lambda: self._client.create_order(unified, "market", side.value.lower(),
+                                                                   str(quantity), None, params))
+        return self._order_state(order, client_order_id)
+
+    async def fetch_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
+        unified = await self.unified_symbol(symbol)
+        params: dict[str, Any] = {"clientOrderId": client_order_id}
+        if conditional:
+            params["trigger"] = True
+        order = await self._call(WEIGHT_QUERY_ORDER, 0, f"fetch order {client_order_id}",
+                                 lambda: self._client.fetch_order(None, unified, params))
+        return self._order_state(order, client_order_id)
+
+    async def cancel_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
+        unified = await self.unified_symbol(symbol)
+        params: dict[str, Any] = {"clientOrderId": client_order_id}
+        if conditional:
+            params["trigger"] = True
+        order = await self._call(WEIGHT_CANCEL_ORDER, 0, f"cancel order {client_order_id}",
+                                 lambda: self._client.cancel_order(None, unified, params))
+        # Binance's cancel answer for an algo order carries no status: the cancel succeeded.
+        return self._order_state(order, client_order_id, status_if_missing="canceled")
+
+    async def fetch_positions(self) -> list[ExchangePosition]:
+        await self._ensure_markets()
+        raw = await self._call(WEIGHT_POSITIONS, 0, "fetch positions", lambda: self._client.fetch_positions())
+        positions = []
+        for position in raw:
+            contracts = _decimal(position.get("contracts")) or Decimal(0)
+            if contracts == 0:
+                continue
+            native = position.get("info", {}).get("symbol") or self._client.market(position["symbol"])["id"]
+            positions.append(ExchangePosition(
+                symbol=native,
+                side=Side.BUY if position.get("side") == "long" else Side.SELL,
+                quantity=abs(contracts),
+                entry_price=_decimal(position.get("entryPrice")),
+            ))
+        return positions
+
+    async def close(self) -> None:
+        await self._client.close()
+
