@@ -48,6 +48,7 @@ run: $(STAMP) ## everything on embedded defaults: the local stack (unless the va
 bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the real broker
 	$(PY) -m benchmarks.bench_decide
 	$(PY) -m benchmarks.bench_agent
+	$(PY) -m benchmarks.bench_burst
 
 test: $(STAMP) ## run every test against the real broker and database (starts the local stack when needed)
 	$(PY) -m pytest

@@ -143,6 +143,11 @@ class TopicTap:
             batch = await self._consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 self.records.extend(records)
+                for record in records:
+                    self.on_record(record)
+
+    def on_record(self, record) -> None:
+        """Called once per record as it arrives; subclasses decode here, once."""
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -162,27 +167,42 @@ class TopicTap:
 
 
 class UpdatesTap(TopicTap):
-    """``position-updates``, decoded into position states and audit records."""
+    """``position-updates``, decoded (once, on arrival) into position states and audit records."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
+        self.decoded: list[Position | AuditRecord] = []
+        self._latest: dict[str, Position] = {}
+
+    def on_record(self, record) -> None:
+        update = serde.decode_update(record.value)
+        self.decoded.append(update)
+        if isinstance(update, Position):
+            self._latest[f"{update.symbol}@{update.exchange}"] = update
 
     def positions(self, key: str | None = None) -> list[Position]:
-        decoded = (serde.decode_update(record.value) for record in self.records)
-        return [u for u in decoded if isinstance(u, Position) and (key is None or f"{u.symbol}@{u.exchange}" == key)]
+        return [u for u in self.decoded
+                if isinstance(u, Position) and (key is None or f"{u.symbol}@{u.exchange}" == key)]
 
     def audits(self, key: str | None = None) -> list[AuditRecord]:
-        decoded = (serde.decode_update(record.value) for record in self.records)
-        return [u for u in decoded if isinstance(u, AuditRecord) and (key is None or u.key == key)]
+        return [u for u in self.decoded if isinstance(u, AuditRecord) and (key is None or u.key == key)]
 
     def latest(self, key: str) -> Position | None:
-        positions = self.positions(key)
-        return positions[-1] if positions else None
+        return self._latest.get(key)
 
 
 class CommandsTap(TopicTap):
-    """``position-commands``, decoded into domain commands."""
+    """``position-commands``, decoded (once, on arrival) into domain commands."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
+        self.decoded: list[Command] = []
+
+    def on_record(self, record) -> None:
+        self.decoded.append(serde.decode_command(record.value))
 
     def commands(self, key: str | None = None) -> list[Command]:
-        decoded = (serde.decode_command(record.value) for record in self.records)
-        return [c for c in decoded if key is None or c.key == key]
+        return [c for c in self.decoded if key is None or c.key == key]
 
 
 class InputSender:
