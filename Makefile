@@ -38,8 +38,8 @@ stack-stop: ## stop exactly the processes `make stack` started
 stack-status: ## show whether the local stack runs
 	@$(PY) -m stack status
 
-pipeline: $(STAMP) ## run the pipeline's processes in the foreground against the services the variables name
-	$(PY) -m streams worker --loglevel info
+pipeline: $(STAMP) ## the pipeline's processes (stream worker, PostgreSQL sink) in the foreground, against the services the variables name
+	$(PY) -m streams.supervise
 
 run: $(STAMP) ## everything on embedded defaults: the local stack (unless the variables name services), then the pipeline
 	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$DATABASE_URL" ]; then $(PY) -m stack start >/dev/null; fi
@@ -49,6 +49,7 @@ bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the
 	$(PY) -m benchmarks.bench_decide
 	$(PY) -m benchmarks.bench_agent
 	$(PY) -m benchmarks.bench_burst
+	$(PY) -m benchmarks.bench_sink
 
 test: $(STAMP) ## run every test against the real broker and database (starts the local stack when needed)
 	$(PY) -m pytest
@@ -56,5 +57,6 @@ test: $(STAMP) ## run every test against the real broker and database (starts th
 test-unit: $(STAMP) ## only the tests that need no service
 	$(PY) -m pytest -m 'not integration'
 
-clean: stack-stop ## stop the stack and remove its data, the virtualenv and caches
+clean: ## stop the stack and remove its data, the virtualenv and caches
+	@if [ -x $(PY) ]; then $(PY) -m stack purge; else python3 -m stack purge; fi
 	rm -rf .stack $(VENV) .pytest_cache .hypothesis

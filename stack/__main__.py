@@ -10,7 +10,7 @@ from stack import localstack
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
-    parser.add_argument("command", choices=["start", "stop", "status", "env"])
+    parser.add_argument("command", choices=["start", "stop", "purge", "status", "env"])
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         elif args.command == "stop":
             localstack.stop()
+        elif args.command == "purge":
+            localstack.purge()
         elif args.command == "status":
             for component, pid in localstack.status().items():
                 print(f"{component}: {'running, pid ' + str(pid) if pid else 'stopped'}")

@@ -504,6 +504,16 @@ def stop(paths: StackPaths | None = None) -> None:
     log("stopped")
 
 
+def purge(paths: StackPaths | None = None) -> None:
+    """Stops the stack and removes all its data, the cluster kept in /var/tmp included."""
+    paths = paths or StackPaths.from_environment()
+    stop(paths)
+    if paths.postgres.is_symlink():
+        shutil.rmtree(paths.postgres.resolve(), ignore_errors=True)
+    shutil.rmtree(paths.root, ignore_errors=True)
+    log(f"removed {paths.root}")
+
+
 def status(paths: StackPaths | None = None) -> dict[str, int | None]:
     """The pid of each running component, or None."""
     paths = paths or StackPaths.from_environment()

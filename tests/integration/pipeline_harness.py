@@ -76,6 +76,8 @@ class PipelineWorker:
             "PIPELINE_SESSION_TIMEOUT_S": "10",
             # The scripted stand-in answers commands; tests of the real edge turn it on.
             "PIPELINE_EXCHANGE_EDGE": "off",
+            # faust's worker starts its web server whatever web_enabled says: a port of its own.
+            "WEB_PORT": str(free_port()),
             "PYTHONPATH": str(REPO_ROOT),
             **self.extra_env,
         }
@@ -263,6 +265,14 @@ class InputSender:
                 error_code=error_code, error_message=error_message,
             ),
         ))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def command_role(command: Command) -> OrderRole:

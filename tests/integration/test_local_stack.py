@@ -36,6 +36,8 @@ def test_stack_started_twice_reuses_processes_and_stop_ends_all_of_them(tmp_path
     finally:
         localstack.stop(paths)
     pids_after_stop = localstack.status(paths)
+    cluster_home = paths.postgres.resolve()
+    localstack.purge(paths)
 
     # Assert
     assert first == second
@@ -44,7 +46,9 @@ def test_stack_started_twice_reuses_processes_and_stop_ends_all_of_them(tmp_path
     assert pids_after_stop == {"kafka": None, "postgres": None}
     started = [pids_after_first["kafka"], pids_after_first["postgres"], *postgres_children]
     assert [pid for pid in started if _alive(pid)] == []
-    assert (paths.root / "env").read_text().splitlines() == first.env_lines()
+    assert first.env_lines() == [f"export KAFKA_BOOTSTRAP_SERVERS={first.kafka_bootstrap_servers}",
+                                 f"export DATABASE_URL={first.database_url}"]
+    assert not paths.root.exists() and not cluster_home.exists()  # purge leaves nothing behind
 
 
 def _children_of(pid: int) -> list[int]:

@@ -1,0 +1,221 @@
+"""Rows per second written by the PostgreSQL sink, against a plain COPY of the same rows.
+
+``python -m benchmarks.bench_sink [--positions 50000] [--keys 500]``
+
+1. Makes a realistic ``position-updates`` stream: whole position lives (``benchmarks.lifecycle``)
+   decided by the real ``decide`` over ``--keys`` keys until about ``--positions`` position
+   updates were published (several versions per position id, one audit record per input).
+2. The sink, end to end: the stream on a fresh topic (12 partitions), then a
+   ``PostgresSink`` with the default batch size and linger into a fresh database; timed from
+   its first batch to the last record written (group join and migrations not counted).
+3. The same batches written without Kafka, by ``write_batch`` (COPY + one merge statement,
+   what the sink does) and by ``executemany`` of the same guarded upsert: the write strategy
+   alone.
+4. A plain COPY of the same final rows (one per position, one per audit record) into empty
+   tables of the same server: the ceiling.
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from benchmarks.lifecycle import POLICY, lifecycle_inputs
+from sinks.migrate import migrate
+from sinks.postgres import PostgresSink, write_batch
+from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchMerger, merge_updates
+from stack import localstack
+from streams import serde
+from streams.domain import AppliedInput, AuditRecord, KeyState, Position, decide
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+PARTITIONS = 12
+POSITION_UPDATES_PER_CYCLE = 5  # pending_entry, pending_sl, active, closing, closed
+
+
+def make_stream(positions: int, keys: int) -> list[tuple[str, Position | AuditRecord, bytes]]:
+    """(key, update, bytes) as the agent publishes them, in its order."""
+    cycles = max(1, round(positions / keys / POSITION_UPDATES_PER_CYCLE))
+    states: dict[str, KeyState | None] = {}
+    offsets: dict[str, int] = {}
+    stream = []
+    for event in lifecycle_inputs(keys, cycles):
+        offsets[event.key] = offsets.get(event.key, -1) + 1
+        decision = decide(states.get(event.key), AppliedInput(offsets[event.key], event), POLICY)
+        states[event.key] = decision.state
+        if decision.position_changed:
+            position = decision.state.position
+            stream.append((event.key, position, serde.encode_position_update(event.key, offsets[event.key], position)))
+        if decision.audit is not None:
+            stream.append((event.key, decision.audit, serde.encode_audit_update(decision.audit)))
+    return stream
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str):
+    name = f"bench_sink_{uuid.uuid4().hex[:8]}"
+    admin_url = urlunsplit(urlsplit(server_url)._replace(path="/postgres"))
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def bench_sink(bootstrap: str, database_url: str, stream) -> float:
+    """Seconds the sink takes from its first batch to the last record written."""
+    app_id = f"bench-sink-{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env(kafka_bootstrap_servers=bootstrap, database_url=database_url, app_id=app_id,
+                                 topic_prefix=f"{app_id}.", topic_partitions=PARTITIONS)
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        for key, _update, data in stream:
+            await producer.send(f"{app_id}.position-updates", key=key.encode(), value=data)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    sink = PostgresSink(settings, health_interval_s=3600)
+    task = asyncio.create_task(sink.run())
+    first_batch_at = None
+    while sink.stats.records_written < len(stream):
+        if task.done():
+            task.result()
+        if first_batch_at is None and sink.stats.batches:
+            first_batch_at = time.monotonic() - sink.stats.last_batch_s
+        await asyncio.sleep(0.005)
+    finished = time.monotonic()
+    sink.stop()
+    await task
+    return finished - (first_batch_at or finished), sink.stats.batches
+
+
+def batches_of(stream, size: int) -> list:
+    return [merge_updates(update for _key, update, _data in stream[start:start + size])
+            for start in range(0, len(stream), size)]
+
+
+async def bench_write_strategies(database_url: str, stream, batch_size: int) -> tuple[float, float]:
+    """Seconds to write the stream's batches by COPY + merge, and by executemany."""
+    batches = batches_of(stream, batch_size)
+    timings = []
+    for strategy in ("copy", "executemany"):
+        async with fresh_database(database_url) as url:
+            connection = await asyncpg.connect(url)
+            try:
+                await migrate(connection)
+                await connection.execute(
+                    "CREATE TEMP TABLE sink_positions (LIKE monitoring.positions) ON COMMIT DELETE ROWS;"
+                    "CREATE TEMP TABLE sink_events (LIKE monitoring.position_events) ON COMMIT DELETE ROWS;")
+                started = time.perf_counter()
+                for rows in batches:
+                    if strategy == "copy":
+                        await write_batch(connection, rows)
+                    else:
+                        await executemany_batch(connection, rows)
+                timings.append(time.perf_counter() - started)
+            finally:
+                await connection.close()
+    return timings[0], timings[1]
+
+
+_UPSERT = (
+    f"INSERT INTO monitoring.positions AS stored ({', '.join(POSITION_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(POSITION_COLUMNS) + 1))}) "
+    f"ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in POSITION_COLUMNS if c != "id")
+    + " WHERE stored.version < EXCLUDED.version"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO monitoring.position_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(EVENT_COLUMNS) + 1))}) ON CONFLICT DO NOTHING"
+)
+
+
+async def executemany_batch(connection: asyncpg.Connection, rows) -> None:
+    """The alternative the sink did not take: the same guarded upsert, row by row, pipelined."""
+    async with connection.transaction():
+        if rows.positions:
+            await connection.executemany(_UPSERT, rows.positions)
+        if rows.events:
+            await connection.executemany(_INSERT_EVENT, rows.events)
+
+
+async def bench_plain_copy(database_url: str, stream) -> tuple[float, int]:
+    """Seconds for a plain COPY of the final rows into empty tables, and how many rows."""
+    merger = BatchMerger()
+    for _key, update, _data in stream:
+        merger.add(update)
+    final = merger.rows()
+    async with fresh_database(database_url) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            await migrate(connection)
+            started = time.perf_counter()
+            async with connection.transaction():
+                await connection.copy_records_to_table("positions", schema_name="monitoring",
+                                                       records=final.positions, columns=POSITION_COLUMNS)
+                await connection.copy_records_to_table("position_events", schema_name="monitoring",
+                                                       records=final.events, columns=EVENT_COLUMNS)
+            return time.perf_counter() - started, len(final.positions) + len(final.events)
+        finally:
+            await connection.close()
+
+
+async def run(bootstrap: str, database_url: str, positions: int, keys: int) -> None:
+    stream = make_stream(positions, keys)
+    position_updates = sum(1 for _k, update, _d in stream if isinstance(update, Position))
+    distinct = len({update.id for _k, update, _d in stream if isinstance(update, Position)})
+    settings = Settings.from_env(kafka_bootstrap_servers=bootstrap, database_url=database_url)
+    final_rows = distinct + (len(stream) - position_updates)
+    print(f"stream: {len(stream):,} update records ({position_updates:,} position updates of {distinct:,} "
+          f"positions over {keys} keys, {len(stream) - position_updates:,} audit records) -> "
+          f"{final_rows:,} final rows")
+
+    async with fresh_database(database_url) as url:
+        sink_s, batches = await bench_sink(bootstrap, url, stream)
+    print(f"sink (Kafka -> PostgreSQL, {PARTITIONS} partitions, batch {settings.sink_batch_size}, "
+          f"linger {settings.sink_linger_s}s): {len(stream) / sink_s:,.0f} records/s = "
+          f"{final_rows / sink_s:,.0f} final rows/s ({sink_s:.2f}s, {batches} transactions)")
+
+    copy_s, many_s = await bench_write_strategies(database_url, stream, settings.sink_batch_size)
+    print(f"  write strategy alone, same {settings.sink_batch_size}-record batches: COPY + merge "
+          f"{len(stream) / copy_s:,.0f} records/s ({copy_s:.2f}s); executemany upsert "
+          f"{len(stream) / many_s:,.0f} records/s ({many_s:.2f}s)")
+
+    plain_s, rows = await bench_plain_copy(database_url, stream)
+    print(f"plain COPY of the same {rows:,} final rows into empty tables: {rows / plain_s:,.0f} rows/s "
+          f"({plain_s:.2f}s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=50_000, help="position updates to generate (about)")
+    parser.add_argument("--keys", type=int, default=500)
+    arguments = parser.parse_args()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    database_url = os.environ.get("DATABASE_URL")
+    if not (bootstrap and database_url):
+        endpoints = localstack.ensure_running()
+        bootstrap = bootstrap or endpoints.kafka_bootstrap_servers
+        database_url = database_url or endpoints.database_url
+    asyncio.run(run(bootstrap, database_url, arguments.positions, arguments.keys))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""End to end: the real worker decides, `python -m sinks` writes, the rows equal the published states.
+
+Inputs go to ``position-inputs``; a scripted exchange answers the worker's commands; the
+worker publishes on ``position-updates``; the sink runs as its own process, exactly as
+deployed, into a fresh database. The expected rows are the newest state of every position
+the worker published (read from the topic), compared field by field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from streams.domain import (
+    CancelOrder,
+    ClosePosition,
+    Command,
+    InputEvent,
+    PlaceEntry,
+    PlaceStopLoss,
+    QueryOrder,
+    ReportOutcome,
+    Side,
+    Signal,
+    SignalAction,
+    Status,
+)
+from tests.integration.pipeline_harness import (
+    PARTITIONS,
+    REPO_ROOT,
+    InputSender,
+    PipelineWorker,
+    ScriptedExchange,
+    UpdatesTap,
+    now_ms,
+)
+from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
+    assert_events_match,
+    assert_rows_match,
+    events_by_key,
+    fresh_database,
+    positions_by_id,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def exchange_script():
+    """Fills entries (APTUSDT short by 0.8), rejects BADUSDT's first entry, accepts every stop."""
+    rejected: set[str] = set()
+
+    async def script(command: Command, inputs: InputSender) -> None:
+        if isinstance(command, PlaceEntry):
+            if command.symbol == "BADUSDT" and not rejected:
+                rejected.add(command.client_order_id)
+                await inputs.report(command, ReportOutcome.REJECTED, error_code=-2019,
+                                    error_message="Margin is insufficient.")
+                return
+            await inputs.report(command, ReportOutcome.FILLED, filled_quantity=str(command.quantity),
+                                average_price="10.00")
+        elif isinstance(command, PlaceStopLoss):
+            await inputs.report(command, ReportOutcome.ACCEPTED, stop_price=str(round(command.stop_price, 3)))
+        elif isinstance(command, ClosePosition):
+            await inputs.report(command, ReportOutcome.FILLED, filled_quantity=str(command.quantity),
+                                average_price="10.50")
+        elif isinstance(command, CancelOrder):
+            await inputs.report(command, ReportOutcome.CANCELED)
+        elif isinstance(command, QueryOrder):
+            await inputs.report(command, ReportOutcome.NOT_FOUND)
+
+    return script
+
+
+def close_signal(symbol: str, signal_id: str) -> InputEvent:
+    ts = now_ms()
+    return InputEvent(event_id=f"signal:{signal_id}", key=f"{symbol}@binance", ts=ts, payload=Signal(
+        signal_id=signal_id, action=SignalAction.CLOSE, symbol=symbol, exchange="binance", side=None,
+        quantity=None, stop_loss_pct=None, ts=ts))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path: Path) -> subprocess.Popen:
+    """`python -m sinks` with the environment a deployment gives it."""
+    environment = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": database_url,
+        "PIPELINE_APP_ID": app_id,
+        "PIPELINE_TOPIC_PREFIX": f"{app_id}.",
+        "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
+        "PIPELINE_SINK_LINGER_S": "0.05",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    return subprocess.Popen([sys.executable, "-m", "sinks"], cwd=REPO_ROOT, env=environment,
+                            stdin=subprocess.DEVNULL, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
+        kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
+    # Arrange: the real worker, the sink as its own process, a scripted exchange.
+    app_id = f"sinkpipe-{unique_suffix}"
+    # A free web port: `faust worker` starts its web server whatever web_enabled says, and
+    # another worker on this machine may hold the default 6066.
+    worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log",
+                            extra_env={"WEB_PORT": str(free_port())})
+    await worker.start()
+    sink_log = tmp_path / "sink.log"
+    sink = start_sink_process(kafka_bootstrap, fresh_database, app_id, sink_log)
+    updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
+    inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
+    exchange = await ScriptedExchange(kafka_bootstrap, worker.topics.commands, inputs, exchange_script()).start()
+
+    def status_of(key: str) -> Status | None:
+        latest = updates.latest(key)
+        return None if latest is None else latest.status
+
+    async def wait_status(key: str, status: Status) -> None:
+        await updates.wait_for(lambda: status_of(key) == status, 60,
+                               f"{key} {status.value}; worker log:\n{worker.log_tail(2000)}")
+
+    try:
+        # Act
+        # APTUSDT: opened, filled, protected; a second open refused; the exchange reports 61.0.
+        await inputs.open("APTUSDT", Side.BUY, "61.8", signal_id="e2e-apt-1")
+        await wait_status("APTUSDT@binance", Status.ACTIVE)
+        await inputs.open("APTUSDT", Side.BUY, "61.8", signal_id="e2e-apt-2")
+        await inputs.snapshot("APTUSDT", Side.BUY, "61.0", "10.00")
+        await updates.wait_for(lambda: updates.latest("APTUSDT@binance").quantity == Decimal("61.0"), 60,
+                               "the exchange's quantity")
+        # BADUSDT: rejected (rolled back), opened again, then closed by a signal.
+        await inputs.open("BADUSDT", Side.SELL, "5", signal_id="e2e-bad-1")
+        await wait_status("BADUSDT@binance", Status.ROLLED_BACK)
+        await inputs.open("BADUSDT", Side.SELL, "5", signal_id="e2e-bad-2", stop_loss_pct=None)
+        await wait_status("BADUSDT@binance", Status.ACTIVE)
+        await inputs.send(close_signal("BADUSDT", "e2e-bad-3"))
+        await wait_status("BADUSDT@binance", Status.CLOSED)
+        # ADOPTUSDT: found on the exchange, adopted and protected.
+        await inputs.snapshot("ADOPTUSDT", Side.BUY, "3.25", "101.5")
+        await wait_status("ADOPTUSDT@binance", Status.ACTIVE)
+        await asyncio.sleep(1.0)  # the last audit records
+
+        expected_positions = {p.id: p for p in updates.positions()}.values()
+        expected_audits = updates.audits()
+
+        async def sink_caught_up() -> bool:
+            rows, events = await positions_by_id(fresh_database), await events_by_key(fresh_database)
+            return len(events) == len({(a.key, a.offset) for a in expected_audits}) and \
+                {i: r["version"] for i, r in rows.items()} == {p.id: p.version for p in expected_positions}
+
+        await wait_until(sink_caught_up, 60, f"the sink to catch up; sink log:\n{sink_log.read_text()[-3000:]}")
+    finally:
+        await exchange.stop()
+        await inputs.stop()
+        await updates.stop()
+        worker.stop()
+        sink.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(sink.wait, 60)
+
+    # Assert: every row is the worker's newest state of its position, field by field.
+    rows = await positions_by_id(fresh_database)
+    assert_rows_match(rows, expected_positions)
+    assert_events_match(await events_by_key(fresh_database), expected_audits)
+    by_key: dict[str, list[dict]] = {}
+    for row in rows.values():
+        by_key.setdefault(row["key"], []).append(row)
+    (apt,) = by_key["APTUSDT@binance"]
+    assert (apt["status"], apt["quantity"], apt["requested_quantity"], apt["source"], apt["signal_id"]) == \
+        ("active", Decimal("61.0"), Decimal("61.8"), "signal", "e2e-apt-1")
+    assert apt["stop_loss_price"] is not None and apt["entry_price"] == Decimal("10.00")
+    assert sorted(row["status"] for row in by_key["BADUSDT@binance"]) == ["closed", "rolled_back"]
+    (adopted,) = by_key["ADOPTUSDT@binance"]
+    assert (adopted["source"], adopted["signal_id"], adopted["status"]) == ("exchange", None, "active")
+    events = await events_by_key(fresh_database)
+    assert any(e["decision"] == "refused" and e["key"] == "APTUSDT@binance" for e in events.values())
+    assert exit_code == 0, sink_log.read_text()[-3000:]
+    assert "postgres sink stopped" in sink_log.read_text()

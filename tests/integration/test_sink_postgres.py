@@ -1,0 +1,320 @@
+"""The sink on the real broker and PostgreSQL: final rows, redelivery, order, bad records, lost connections.
+
+Each test publishes what the agent would publish (``UpdateStream``, made by the real
+``decide``) on its own ``position-updates`` topic and runs a ``PostgresSink`` into its own
+fresh database. The end-to-end test with the real worker is ``test_sink_pipeline.py``;
+a stopped and restarted PostgreSQL is ``test_sink_outage.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from sinks.exceptions import IntegrityViolationError
+from sinks.migrate import migrate
+from sinks.postgres import PostgresWriter, write_batch
+from sinks.rows import BatchRows, merge_updates
+from streams import serde
+from streams.domain import Position, ReportOutcome, Status
+from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
+    RunningSink,
+    UpdateStream,
+    assert_events_match,
+    assert_rows_match,
+    committed_offsets,
+    create_topics,
+    end_offsets,
+    events_by_key,
+    fresh_database,
+    positions_by_id,
+    publish,
+    publish_updates,
+    sink_settings,
+    table_rows,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_rows_after_a_stream_equal_the_final_state_of_every_position_field_by_field(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: 6 keys x 4 lives (closed, rolled back, adopted, partially filled), then one
+    # more position per key left active: old ones close and new ones open inside batches.
+    stream = UpdateStream.lives(keys=6, cycles=4)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=50)
+    topics = await create_topics(settings)
+    await publish_updates(kafka_bootstrap, topics.updates, stream.updates)
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await sink.wait_written(len(stream.updates))
+
+        # Assert: offsets moved exactly to the end, after the rows were written.
+        assert await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+        lag = await sink.sink.refresh_lag()
+
+    # Assert
+    rows = await positions_by_id(fresh_database)
+    assert_rows_match(rows, stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
+    assert sorted(row["status"] for row in rows.values() if row["status"] not in ("closed", "rolled_back")) \
+        == ["active"] * 6
+    assert sum(lag.values()) == 0
+    assert sink.stats.batches > 1 and sink.stats.retries == 0
+    assert sink.stats.last_versions  # the newest input offset written, per partition
+
+
+async def test_the_same_updates_delivered_twice_leave_identical_rows(kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: the whole stream published twice (an agent that re-sent everything).
+    stream = UpdateStream.lives(keys=4, cycles=3)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=40)
+    topics = await create_topics(settings)
+    await publish_updates(kafka_bootstrap, topics.updates, stream.updates + stream.updates)
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await sink.wait_written(2 * len(stream.updates))
+    positions_once = await table_rows(fresh_database, "monitoring.positions", "id")
+    events_once = await table_rows(fresh_database, "monitoring.position_events", "key, input_offset")
+
+    # ... and replayed once more from the beginning by a sink of another group (a reset sink).
+    replay = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, app_id=f"replay-{unique_suffix}")
+    async with RunningSink(replay) as replaying:
+        await replaying.wait_written(2 * len(stream.updates))
+
+    # Assert
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
+    assert await table_rows(fresh_database, "monitoring.positions", "id") == positions_once
+    assert await table_rows(fresh_database, "monitoring.position_events", "key, input_offset") == events_once
+    assert (replaying.stats.positions_upserted, replaying.stats.events_inserted) == (0, 0)
+
+
+async def test_updates_delivered_out_of_version_order_leave_identical_rows(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: the stream backwards, in small batches: every position's newest version
+    # comes first, each older one after it, across batch boundaries.
+    stream = UpdateStream.lives(keys=4, cycles=3)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=7)
+    topics = await create_topics(settings)
+    await publish_updates(kafka_bootstrap, topics.updates, list(reversed(stream.updates)))
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await sink.wait_written(len(stream.updates))
+
+    # Assert
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
+
+
+async def test_a_batch_in_any_order_writes_the_same_rows_as_the_stream_in_order(fresh_database):
+    # Arrange: the whole stream as one batch, shuffled.
+    stream = UpdateStream.lives(keys=5, cycles=4)
+    shuffled = [update.value for update in stream.updates]
+    random.Random(7).shuffle(shuffled)
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        # Act
+        await writer.write(merge_updates(shuffled), asyncio.Event())
+
+        # Assert
+        assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+        assert_events_match(await events_by_key(fresh_database), stream.audits())
+    finally:
+        await writer.close()
+
+
+def close_and_reopen() -> tuple[UpdateStream, list, list]:
+    """A key's first position active (first batch), then closed and the next one active (second)."""
+    stream = UpdateStream()
+    stream.open_to_active("APTUSDT")
+    first = list(stream.updates)
+    stream.answer(stream.close("APTUSDT"), ReportOutcome.FILLED)
+    stream.open_to_active("APTUSDT", quantity="7")
+    return stream, first, stream.updates[len(first):]
+
+
+async def test_an_old_position_closing_and_the_next_opening_in_one_batch_pass_the_unique_index(fresh_database):
+    # Arrange: the table holds the key's first position, active.
+    stream, first_batch, second_batch = close_and_reopen()
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        await writer.write(merge_updates(u.value for u in first_batch), asyncio.Event())
+        rows = merge_updates(u.value for u in second_batch)
+        # Handed over newest first: the merge statement's ORDER BY alone must put them right.
+        backwards = BatchRows(positions=list(reversed(rows.positions)), events=rows.events)
+
+        # Act
+        result = await write_batch(await writer.connection(), backwards)
+
+        # Assert
+        assert result.positions_upserted == 2
+        assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+        assert sorted(p.status for p in stream.positions()) == sorted([Status.CLOSED, Status.ACTIVE])
+    finally:
+        await writer.close()
+
+
+async def test_the_next_position_written_before_the_old_one_closed_is_refused_by_the_index(fresh_database):
+    # Arrange: the control of the test above. The same updates split the wrong way round,
+    # the new position in a batch before the old one's close: the backstop fires. So the
+    # ordering is what keeps it quiet on legitimate data.
+    stream, first_batch, second_batch = close_and_reopen()
+    (old_id,) = {u.value.id for u in first_batch if isinstance(u.value, Position)}
+    newer = [u.value for u in second_batch if isinstance(u.value, Position) and u.value.id != old_id]
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        await writer.write(merge_updates(u.value for u in first_batch), asyncio.Event())
+        connection = await writer.connection()
+
+        # Act / Assert
+        with pytest.raises(IntegrityViolationError) as refused:
+            await write_batch(connection, merge_updates(newer))
+        assert isinstance(refused.value.__cause__, asyncpg.UniqueViolationError)
+        assert await connection.fetchval("SELECT count(*) FROM monitoring.positions") == 1
+    finally:
+        await writer.close()
+
+
+async def test_an_undecodable_update_is_dead_lettered_and_the_sink_goes_on(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: garbage and an empty value between good updates, all on one key's partition.
+    stream = UpdateStream.lives(keys=1, cycles=2)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix)
+    topics = await create_topics(settings)
+    key = stream.updates[0].key.encode()
+    half = len(stream.updates) // 2
+    records = [(key, u.data) for u in stream.updates[:half]] + [(key, b"not avro at all"), (key, None)] \
+        + [(key, u.data) for u in stream.updates[half:]]
+    await publish(kafka_bootstrap, topics.updates, records)
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await sink.wait_written(len(records))
+        committed = await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+
+    # Assert
+    assert sink.stats.undecodable == 2
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
+    assert committed
+    letters = await read_all(kafka_bootstrap, topics.dead_letters, expected=2)
+    decoded = [serde.decode_dead_letter(record.value) for record in letters]
+    assert sorted(letter.source_offset for letter in decoded) == [half, half + 1]
+    assert {letter.source_topic for letter in decoded} == {topics.updates}
+    assert sorted((letter.value or b"") for letter in decoded) == [b"", b"not avro at all"]
+
+
+async def test_connections_killed_mid_stream_are_retried_and_nothing_is_skipped(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: a sink with its own application_name, so its server process can be found.
+    stream = UpdateStream.lives(keys=8, cycles=4)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=20,
+                             sink_max_backoff_s=0.2)
+    topics = await create_topics(settings)
+    application = f"sink-{unique_suffix}"
+    killer = await asyncpg.connect(fresh_database)
+    killed = 0
+
+    async with RunningSink(settings, application_name=application) as sink:
+        try:
+            # Act: publish a slice, then at once terminate the sink's connection: it is
+            # writing the slice (lost mid-batch) or about to (lost while idle), and either
+            # way the next write finds it gone.
+            for start in range(0, len(stream.updates), 25):
+                await publish_updates(kafka_bootstrap, topics.updates, stream.updates[start:start + 25])
+                killed += await killer.fetchval(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = $1) AS terminated", application)
+                await asyncio.sleep(0.1)
+        finally:
+            await killer.close()
+        await sink.wait_written(len(stream.updates))
+
+    # Assert
+    assert killed >= 3
+    assert sink.stats.retries >= 3 and sink.stats.reconnects >= 3
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
+
+
+async def test_offsets_are_not_committed_while_the_batch_is_not_durable(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: the first half written and committed.
+    stream = UpdateStream.lives(keys=4, cycles=2)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix)
+    topics = await create_topics(settings)
+    half = len(stream.updates) // 2
+    await publish_updates(kafka_bootstrap, topics.updates, stream.updates[:half])
+    blocker = await asyncpg.connect(fresh_database)
+    async with RunningSink(settings) as sink:
+        await sink.wait_written(half)
+        group = sink.sink.group_id
+        await wait_until(lambda: committed_matches(kafka_bootstrap, group, topics.updates), 30, "first commit")
+        before = await committed_offsets(kafka_bootstrap, group, topics.updates)
+
+        # Act: hold a lock the sink's merge needs, then publish the second half.
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE monitoring.positions IN ACCESS EXCLUSIVE MODE")
+        await publish_updates(kafka_bootstrap, topics.updates, stream.updates[half:])
+        await asyncio.sleep(3)
+
+        # Assert: consumed, not written, so not committed.
+        assert await committed_offsets(kafka_bootstrap, group, topics.updates) == before
+        assert sink.stats.records_written == half
+        await blocking.rollback()
+        await sink.wait_written(len(stream.updates))
+        await wait_until(lambda: committed_matches(kafka_bootstrap, group, topics.updates), 30, "second commit")
+    await blocker.close()
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+
+
+async def committed_matches(bootstrap: str, group: str, topic: str) -> bool:
+    """True when the group's committed offsets are the topic's end offsets."""
+    ends = {p: o for p, o in (await end_offsets(bootstrap, topic)).items() if o > 0}
+    committed = await committed_offsets(bootstrap, group, topic)
+    return all(committed.get(partition) == offset for partition, offset in ends.items())
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
+    """At least ``expected`` records of ``topic``, from its beginning."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    records: list = []
+    try:
+        async def enough() -> bool:
+            for partition_records in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(partition_records)
+            return len(records) >= expected
+
+        await wait_until(enough, timeout_s, f"{expected} records on {topic}")
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_migrations_run_at_sink_start_on_an_empty_database(kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix)
+    await create_topics(settings)
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await wait_until(lambda: sink.sink.writer._migrated, 30, "migrations")
+
+    # Assert
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        assert await migrate(connection) == []  # nothing left to apply
+    finally:
+        await connection.close()
