@@ -306,7 +306,36 @@ def build_pipeline(settings: Settings) -> Pipeline:
         for event in due_deadlines(list(key_to_state.values()), now_ms):
             await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
 
+    _add_replay_command(app, settings)
     return Pipeline(settings=settings, app=app, topics=names, key_to_state=key_to_state, processor=processor)
+
+
+def _add_replay_command(app: faust.App, settings: Settings) -> None:
+    from faust.cli import option
+
+    @app.command(
+        option("--from-offset", type=int, default=None,
+               help="Replay every partition from this offset (default: the log start)."),
+        option("--from-timestamp", type=int, default=None,
+               help="Replay from the first input at or after this epoch-ms time."),
+        option("--truncate-sink", is_flag=True, default=False,
+               help="Empty monitoring.positions and monitoring.position_events before re-driving the sink."),
+        option("--force", is_flag=True, default=False,
+               help="Skip the check that no worker of the group is running."),
+        option("--no-progress", is_flag=True, default=False, help="No progress bar."),
+    )
+    async def replay(self: Any, from_offset: int | None, from_timestamp: int | None, truncate_sink: bool,
+                     force: bool, no_progress: bool) -> None:
+        """Rebuild the table from position-inputs and re-drive the sink (stop the workers first)."""
+        from streams.replay import ReplayRefused
+        from streams.replay import replay as run_replay
+
+        try:
+            summary = await run_replay(settings, from_offset=from_offset, from_timestamp_ms=from_timestamp,
+                                       truncate_sink=truncate_sink, force=force, progress=not no_progress)
+        except ReplayRefused as refusal:
+            raise SystemExit(f"replay refused: {refusal}") from None
+        self.say(summary.render())
 
 
 __all__ = ["ConsumedRecord", "InputProcessor", "InvalidInputRecord", "Pipeline", "build_pipeline", "due_deadlines"]

@@ -10,6 +10,7 @@ partition as ours.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -47,6 +48,16 @@ class TopicNames:
         return (self.inputs, self.commands, self.updates, self.dead_letters)
 
 
+async def _describe_when_ready(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> list:
+    """Topic descriptions, waiting out the moment after creation when a topic shows no partitions."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        descriptions = await admin.describe_topics(names)
+        if all(d["partitions"] for d in descriptions) or asyncio.get_running_loop().time() > deadline:
+            return descriptions
+        await asyncio.sleep(0.2)
+
+
 async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> None:
     """Creates the missing topics and refuses existing ones with another partition count."""
     names = names or TopicNames.for_prefix(settings.topic_prefix)
@@ -65,7 +76,7 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create: fine
             logger.info("created topics %s with %d partitions", missing, settings.topic_partitions)
-        for description in await admin.describe_topics(list(names.all())):
+        for description in await _describe_when_ready(admin, list(names.all())):
             count = len(description["partitions"])
             if count != settings.topic_partitions:
                 raise TopologyError(
@@ -74,3 +85,20 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
                 )
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (empty when it does not exist), from the brokers.
+
+    A consumer's own metadata knows only the topics it has subscribed to or assigned, so
+    tools that read a whole topic ask the admin client first.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if description.get("error_code", 0) != 0:
+        return []
+    return sorted(partition["partition"] for partition in description["partitions"])

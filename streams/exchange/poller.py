@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams import codec
 from streams.domain import ExchangeSnapshot, InputEvent, Status
 from streams.exchange.gateway import ExchangeEdgeError, ExchangeGateway
+from streams.topics import topic_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,11 @@ class TrackedKeys:
         self._task = asyncio.create_task(self._follow())
 
     async def _partitions(self) -> list[TopicPartition]:
-        assert self._consumer is not None
         while True:
-            partitions = self._consumer.partitions_for_topic(self._topic)
+            partitions = await topic_partitions(self._bootstrap, self._topic)
             if partitions:
-                return [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            await self._consumer._client.force_metadata_update()  # the topic appears with the worker
-            await asyncio.sleep(0.5)
+                return [TopicPartition(self._topic, p) for p in partitions]
+            await asyncio.sleep(0.5)  # the changelog appears once the worker has started
 
     async def _follow(self) -> None:
         assert self._consumer is not None
