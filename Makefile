@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv lock stack stack-stop stack-status pipeline run test test-unit bench clean
+.PHONY: help venv lock stack stack-stop stack-status pipeline run browser test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,7 +51,11 @@ bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the
 	$(PY) -m benchmarks.bench_burst
 	$(PY) -m benchmarks.bench_sink
 
-test: $(STAMP) ## run every test against the real broker and database (starts the local stack when needed)
+browser: ## Debian's headless Chromium for the page's screenshot test (never a downloaded browser)
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || { echo "install Debian's chromium package: sudo apt-get install -y chromium" >&2; exit 1; }
+
+test: $(STAMP) browser ## run every test against the real broker and database (starts the local stack when needed)
 	$(PY) -m pytest
 
 test-unit: $(STAMP) ## only the tests that need no service

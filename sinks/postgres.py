@@ -52,6 +52,7 @@ from sinks.migrate import Migration, migrate
 from sinks.retry import backoff_delay, is_transient
 from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchMerger, BatchRows
 from streams import serde
+from streams.heartbeat import beat_while_running
 from streams.domain import Position
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -584,4 +585,9 @@ async def run_sink(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, sink.stop)
-    await sink.run()
+    heartbeat = asyncio.create_task(beat_while_running(settings.heartbeat_file)) if settings.heartbeat_file else None
+    try:
+        await sink.run()
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()

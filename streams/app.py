@@ -37,6 +37,7 @@ from streams.domain import (
 )
 from streams.settings import Settings
 from streams.topics import TopicNames
+from streams.web import metrics, register_web
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class InputProcessor:
             stored = self.load(record.key)
             state = serde.key_state_from_record(stored) if stored is not None else None
             decision = decide(state, AppliedInput(record.offset, event), self._policy)
+            metrics.observe_input(event)
+            metrics.observe_decision(decision)
         except (codec.DecodeError, DomainError, InvalidInputRecord) as error:
             await self._dead_letter(record, error)
             return None
@@ -152,6 +155,7 @@ class InputProcessor:
                        letter.error_type, letter.reason)
         await self._send_durably(record.key or b"", [(self.topics.dead_letters, serde.encode_dead_letter(letter))])
         self.dead_letters += 1
+        metrics.observe_dead_letter("agent", letter.error_type)
 
 
 class InvalidInputRecord(ValueError):
@@ -198,9 +202,12 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
                                           int(message.timestamp * 1000))
                 await output_topics[names.dead_letters].send(key=message.key or b"",
                                                              value=serde.encode_dead_letter(letter))
+                metrics.observe_dead_letter("executor", type(error).__name__)
                 continue
             await edge.ready.wait()  # extra services start after the agents
             report = await edge.executor.execute(command)
+            if report.payload.error_code is not None:
+                metrics.observe_exchange_error(report.payload.error_code)
             future = await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report))
             await future  # acknowledged before this command's offset can be committed
 
@@ -237,6 +244,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         processing_guarantee="at_least_once",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
+        # Hot copies of each table partition on other workers: a failover resumes at once.
+        table_standby_replicas=settings.table_standby_replicas,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -307,6 +316,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
             await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
 
     _add_replay_command(app, settings)
+    register_web(app, settings, key_to_state)  # positions views, HTML page, /metrics, /health, /ready
+
     return Pipeline(settings=settings, app=app, topics=names, key_to_state=key_to_state, processor=processor)
 
 

@@ -73,6 +73,12 @@ class Settings:
     default_stop_loss_pct: Decimal = Decimal("2")
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
+    # The web server (streams/web): the host name other workers reach this one by (default:
+    # WEB_BIND when it names one address, else the machine's host name), the optional bearer
+    # token every route then requires, and the log format (text or json lines).
+    web_host: str | None = None
+    web_auth_token: str | None = field(default=None, repr=False)
+    log_format: str = "text"
 
     # The pipeline's own knobs.
     app_id: str = "position-pipeline"
@@ -94,7 +100,15 @@ class Settings:
     sink_linger_s: float = 0.2
     sink_max_backoff_s: float = 30.0
     exchange_edge_enabled: bool = True
+    table_standby_replicas: int = 1
+    heartbeat_file: Path | None = None
     emulator_port: int = 6070
+    # The signal ingest (streams/ingest): the built-in demo feed it plays when SIGNALS_WS_URL
+    # is unset (its port, 0 = any free one, and the pause between its frames), and the
+    # ceiling of its reconnect/retry backoff.
+    demo_feed_port: int = 6071
+    demo_feed_interval_s: float = 1.5
+    ingest_max_backoff_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -115,6 +129,9 @@ class Settings:
             default_stop_loss_pct=_number(env, "DEFAULT_STOP_LOSS_PCT", "2", Decimal),
             web_port=_number(env, "WEB_PORT", "6066", int),
             web_bind=env.get("WEB_BIND", "127.0.0.1"),
+            web_host=env.get("WEB_HOST") or None,
+            web_auth_token=env.get("WEB_AUTH_TOKEN") or None,
+            log_format=env.get("LOG_FORMAT", "text").lower(),
             app_id=env.get("PIPELINE_APP_ID", "position-pipeline"),
             topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", ""),
             topic_partitions=_number(env, "PIPELINE_TOPIC_PARTITIONS", "12", int),
@@ -131,7 +148,12 @@ class Settings:
             sink_linger_s=_number(env, "PIPELINE_SINK_LINGER_S", "0.2", float),
             sink_max_backoff_s=_number(env, "PIPELINE_SINK_MAX_BACKOFF_S", "30", float),
             exchange_edge_enabled=_flag(env, "PIPELINE_EXCHANGE_EDGE", True),
+            table_standby_replicas=_number(env, "PIPELINE_TABLE_STANDBY_REPLICAS", "1", int),
+            heartbeat_file=Path(env["PIPELINE_HEARTBEAT_FILE"]) if env.get("PIPELINE_HEARTBEAT_FILE") else None,
             emulator_port=_number(env, "EMULATOR_PORT", "6070", int),
+            demo_feed_port=_number(env, "DEMO_FEED_PORT", "6071", int),
+            demo_feed_interval_s=_number(env, "DEMO_FEED_INTERVAL_S", "1.5", float),
+            ingest_max_backoff_s=_number(env, "PIPELINE_INGEST_MAX_BACKOFF_S", "30", float),
         )
         settings = dataclasses.replace(settings, **overrides)
         settings.validate()
@@ -141,6 +163,10 @@ class Settings:
         """Refuses values the pipeline cannot run with, naming the variable."""
         if not 0 < self.default_stop_loss_pct < 100:
             raise SettingsError(f"DEFAULT_STOP_LOSS_PCT must be between 0 and 100, got {self.default_stop_loss_pct}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT must be text or json, got {self.log_format!r}")
+        if not 1 <= self.web_port <= 65535:
+            raise SettingsError(f"WEB_PORT must be a port number, got {self.web_port}")
         if self.topic_partitions < 1:
             raise SettingsError(f"PIPELINE_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
         if self.sync_interval_s <= 0:
@@ -153,6 +179,14 @@ class Settings:
             raise SettingsError(f"PIPELINE_SINK_LINGER_S must be >= 0, got {self.sink_linger_s}")
         if self.sink_max_backoff_s <= 0:
             raise SettingsError(f"PIPELINE_SINK_MAX_BACKOFF_S must be > 0, got {self.sink_max_backoff_s}")
+        if self.signals_ws_url is not None and not self.signals_ws_url.startswith(("ws://", "wss://")):
+            raise SettingsError("SIGNALS_WS_URL must be a ws:// or wss:// URL")
+        if not 0 <= self.demo_feed_port <= 65535:
+            raise SettingsError(f"DEMO_FEED_PORT must be a port (0 = any free one), got {self.demo_feed_port}")
+        if self.demo_feed_interval_s < 0:
+            raise SettingsError(f"DEMO_FEED_INTERVAL_S must be >= 0, got {self.demo_feed_interval_s}")
+        if self.ingest_max_backoff_s < 0.5:
+            raise SettingsError(f"PIPELINE_INGEST_MAX_BACKOFF_S must be >= 0.5, got {self.ingest_max_backoff_s}")
 
     @property
     def broker_urls(self) -> list[str]:

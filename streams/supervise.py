@@ -1,7 +1,8 @@
 """`python -m streams.supervise`: the pipeline's own processes, in the foreground.
 
 Starts the stream worker (``python -m streams worker``: the agents, the table, the exchange
-edge) and the PostgreSQL sink (``python -m sinks``) as children in this process group, with
+edge, the web endpoint), the PostgreSQL sink (``python -m sinks``) and the signal ingest
+(``python -m streams.ingest``) as children in this process group, with
 the same environment. Ctrl-C or SIGTERM stops them cleanly; when one child exits on its own
 the others are stopped and the supervisor exits with that child's code, so a process
 manager (make, systemd, a container runtime) sees the failure. SIGKILL of the process
@@ -16,15 +17,41 @@ import subprocess
 import sys
 import time
 
+from streams.settings import Settings
+
 PROCESSES: dict[str, list[str]] = {
     "worker": [sys.executable, "-m", "streams", "worker", "--loglevel", "info"],
     "sink": [sys.executable, "-m", "sinks"],
+    "ingest": [sys.executable, "-m", "streams.ingest"],
 }
 STOP_TIMEOUT_S = 60.0
 
 
+def banner(settings: Settings) -> str:
+    """Where to look, printed once everything is started."""
+    web = f"http://{settings.web_bind}:{settings.web_port}"
+    exchange = (f"built-in emulator, http://127.0.0.1:{settings.emulator_port}/_emulator/orders"
+                if settings.binance_futures_url is None else settings.binance_futures_url)
+    feed = settings.signals_ws_url or f"built-in demo feed, ws://127.0.0.1:{settings.demo_feed_port}"
+    return "\n".join([
+        "",
+        "position-pipeline is running",
+        f"  positions page   {web}/",
+        f"  positions JSON   {web}/positions/",
+        f"  metrics          {web}/metrics",
+        f"  PostgreSQL       psql '{settings.database_url}' -c 'select id, status, side, quantity, entry_price, "
+        f"stop_loss_price from monitoring.positions order by updated_at desc'",
+        f"  exchange         {exchange}",
+        f"  signal feed      {feed}",
+        "  Ctrl-C stops the pipeline; the local stack keeps running (make stack-stop ends it).",
+        "",
+    ])
+
+
 def main() -> int:
+    settings = Settings.from_env()
     children = {name: subprocess.Popen(command, stdin=subprocess.DEVNULL) for name, command in PROCESSES.items()}
+    print(banner(settings), file=sys.stderr, flush=True)
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:

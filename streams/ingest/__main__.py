@@ -1,0 +1,13 @@
+"""``python -m streams.ingest``: run the signal ingest with ``Settings.from_env()`` until SIGTERM/SIGINT.
+
+With ``SIGNALS_WS_URL`` unset it plays the built-in demo feed (``DEMO_FEED_PORT``, default
+6071) in-process. Exits 0 on a requested stop, 1 on a fatal error (a malformed variable,
+a topic with another partition count, the demo feed's port taken).
+"""
+
+import sys
+
+from streams.ingest.feed import main
+
+if __name__ == "__main__":
+    sys.exit(main())

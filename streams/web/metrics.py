@@ -1,0 +1,233 @@
+"""The pipeline's own Prometheus metrics, and the functions that feed them.
+
+Every metric is a module-level object in prometheus-client's default registry, so any
+module of a process can import this one and count; the worker's ``GET /metrics`` serves
+that registry together with Faust's own sensor metrics (``faust_*``, see
+``streams.web.server``). Callers should use the ``observe_*`` / ``set_*`` functions rather
+than the objects: they keep every label value inside a small fixed set (a label value is
+a time series; free text such as a refusal sentence or an exchange message must never
+become one).
+
+Where to call them:
+
+- ``observe_input(event)`` and ``observe_decision(decision)``: the stream agent, once per
+  applied input (``InputProcessor.apply``, after ``decide``);
+- ``observe_dead_letter(source, error_type)``: wherever a dead letter is published;
+- ``observe_refusal(reason_or_code, source)``: the ingest, for a signal it refuses
+  (``observe_decision`` already counts the state machine's refusals);
+- ``observe_exchange_error(code)``: the executor, for an error answer of the exchange;
+- ``set_sink_lag(records)``: the PostgreSQL sink;
+- ``refresh_position_gauge(positions)``: the web server, before each scrape (from the local
+  table, so each worker reports the positions of the partitions it owns).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge
+
+from streams.domain import (
+    AuditDecision,
+    Deadline,
+    Decision,
+    ExchangeSnapshot,
+    ExecutionReport,
+    InputEvent,
+    Position,
+    Signal,
+    Status,
+)
+
+__all__ = [
+    "DEAD_LETTERS",
+    "DECISIONS",
+    "EXCHANGE_ERRORS",
+    "INPUTS",
+    "POSITIONS",
+    "REFUSALS",
+    "REFUSAL_CATEGORIES",
+    "SINK_LAG",
+    "observe_dead_letter",
+    "observe_decision",
+    "observe_exchange_error",
+    "observe_input",
+    "observe_refusal",
+    "refresh_position_gauge",
+    "refusal_category",
+    "set_sink_lag",
+]
+
+INPUTS = Counter(
+    "pipeline_inputs",
+    "Inputs applied by the stream agent, by kind (signal, snapshot, report, deadline).",
+    ["kind"],
+)
+DECISIONS = Counter(
+    "pipeline_decisions",
+    "Decisions of the state machine, by decision (applied, refused, ignored, duplicate, "
+    "redelivered) and input kind.",
+    ["decision", "kind"],
+)
+REFUSALS = Counter(
+    "pipeline_refusals",
+    "Refused signals, by reason category and by who refused (agent: the state machine; "
+    "ingest: validation of the feed).",
+    ["reason", "source"],
+)
+DEAD_LETTERS = Counter(
+    "pipeline_dead_letters",
+    "Records sent to the dead-letter topic, by source and error type.",
+    ["source", "error_type"],
+)
+POSITIONS = Gauge(
+    "pipeline_positions",
+    "Open and in-flight positions in this worker's partitions of the table, by status.",
+    ["status"],
+)
+SINK_LAG = Gauge(
+    "pipeline_sink_lag_records",
+    "Position updates the PostgreSQL sink has not committed yet.",
+)
+EXCHANGE_ERRORS = Counter(
+    "pipeline_exchange_errors",
+    "Error answers of the exchange, by the exchange's error code ('none' without one).",
+    ["code"],
+)
+
+#: The label values ``pipeline_refusals`` may carry. A refusal nobody mapped is ``other``.
+REFUSAL_CATEGORIES = (
+    "already_open",
+    "already_closing",
+    "nothing_to_close",
+    "invalid_signal",
+    "unknown_symbol",
+    "invalid_frame",
+    "other",
+)
+
+# Fragments of the state machine's refusal sentences (streams/domain/transitions.py and
+# decide.py) and the ingest's refusal codes (streams/ingest/validation.py), first match
+# wins: "close already requested" must be tried before "already" alone.
+_REFUSAL_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("close already requested", "already_closing"),
+    ("already closing", "already_closing"),
+    ("no open position", "nothing_to_close"),
+    ("nothing_to_close", "nothing_to_close"),
+    ("unknown_symbol", "unknown_symbol"),
+    ("unknown symbol", "unknown_symbol"),
+    ("frame", "invalid_frame"),
+    ("json", "invalid_frame"),
+    ("already", "already_open"),
+    ("open signal", "invalid_signal"),
+    ("missing_field", "invalid_signal"),
+    ("invalid_field", "invalid_signal"),
+    ("unknown_action", "invalid_signal"),
+    ("unknown_exchange", "invalid_signal"),
+    ("unknown_side", "invalid_signal"),
+    ("non_positive_quantity", "invalid_signal"),
+    ("stop_loss_out_of_range", "invalid_signal"),
+)
+
+_INPUT_KIND_OF_PAYLOAD = {
+    Signal: "signal",
+    ExchangeSnapshot: "snapshot",
+    ExecutionReport: "report",
+    Deadline: "deadline",
+}
+
+
+class _BoundedLabels:
+    """Passes label values through until ``limit`` distinct ones were seen, then says ``other``.
+
+    For labels whose values come from outside (exchange error codes, exception class
+    names): a misbehaving peer must not be able to create time series without end.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()  # the executor or a sink may count from threads
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) >= self._limit:
+                return "other"
+            self._seen.add(value)
+            return value
+
+
+_exchange_codes = _BoundedLabels(limit=40)
+_error_types = _BoundedLabels(limit=40)
+_SOURCES = frozenset({"agent", "ingest", "executor", "sink"})
+
+
+def refusal_category(reason: str) -> str:
+    """The bounded category of a refusal, from its sentence or its code (see ``REFUSAL_CATEGORIES``)."""
+    text = reason.lower()
+    for fragment, category in _REFUSAL_PATTERNS:
+        if fragment in text:
+            return category
+    return "other"
+
+
+def _source(source: str) -> str:
+    return source if source in _SOURCES else "other"
+
+
+def observe_input(event: InputEvent) -> None:
+    """Counts one input applied by the agent, by the kind of its payload."""
+    INPUTS.labels(kind=_INPUT_KIND_OF_PAYLOAD.get(type(event.payload), "other")).inc()
+
+
+def observe_decision(decision: Decision) -> None:
+    """Counts what ``decide`` did with one input; a refusal is also counted by its category.
+
+    A decision without an audit record is an input redelivered after a crash (its offset
+    was applied already): counted as ``redelivered``, so replays show up as such.
+    """
+    audit = decision.audit
+    if audit is None:
+        DECISIONS.labels(decision="redelivered", kind="unknown").inc()
+        return
+    DECISIONS.labels(decision=AuditDecision(audit.decision).value, kind=audit.input_kind.value).inc()
+    if audit.decision == AuditDecision.REFUSED:
+        REFUSALS.labels(reason=refusal_category(audit.reason), source="agent").inc()
+
+
+def observe_refusal(reason: str, source: str = "ingest") -> None:
+    """Counts a refused signal outside the state machine (``reason`` is a code or a sentence)."""
+    REFUSALS.labels(reason=refusal_category(reason), source=_source(source)).inc()
+
+
+def observe_dead_letter(source: str, error_type: str) -> None:
+    """Counts one record sent to the dead-letter topic (``error_type``: exception name or refusal code)."""
+    DEAD_LETTERS.labels(source=_source(source), error_type=_error_types(str(error_type)[:64])).inc()
+
+
+def observe_exchange_error(code: int | str | None) -> None:
+    """Counts one error answer of the exchange by its code (Binance's ``-2019``...; None: ``none``)."""
+    label = "none" if code is None else str(code)[:16]
+    EXCHANGE_ERRORS.labels(code=_exchange_codes(label)).inc()
+
+
+def set_sink_lag(records: int) -> None:
+    """Sets how many position updates the sink has not committed (called by the sink)."""
+    SINK_LAG.set(max(0, records))
+
+
+def refresh_position_gauge(positions: Iterable[Position]) -> None:
+    """Sets ``pipeline_positions`` from the live positions of this worker's partitions.
+
+    Every live status gets a value (0 included) so a status that empties drops to 0 rather
+    than keeping its last count.
+    """
+    counts = {status: 0 for status in Status if status.is_live}
+    for position in positions:
+        if position.status in counts:
+            counts[position.status] += 1
+    for status, count in counts.items():
+        POSITIONS.labels(status=status.value).set(count)

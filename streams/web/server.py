@@ -1,0 +1,432 @@
+"""The worker's web server: the positions views, the HTML page, metrics, health and readiness.
+
+One aiohttp application per worker, run as a ``mode.Service`` registered with
+``app.web_server(...)``, the framework-neutral hook of faust-streaming 0.15.3. Registering
+it retires Faust's legacy aiohttp stack entirely, so none of its built-in routes
+(``/table/``, ``/router/``, ``/graph/``, ``/stats/``, the index at ``/``) exist: a path not
+listed below is a 404, and every route is GET/HEAD only (read-only).
+
+| route | answer |
+|---|---|
+| ``GET /`` (also ``/positions.html``) | the HTML page of open and in-flight positions |
+| ``GET /positions/`` | JSON array of every live position, from every worker |
+| ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
+| ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
+| ``GET /health`` | 200 while the process serves |
+| ``GET /ready`` | 200 once the worker has its assignment and its table recovered, else 503 |
+| ``GET /_node/positions/`` | this worker's own part (the fan-out's building block) |
+
+**Where a key is answered.** The table is partitioned: a key's state lives only on the
+worker owning the key's changelog partition. A worker that does not own the key forwards
+the request, unchanged and with its ``Authorization`` header, to the owner's canonical URL
+taken from Faust's assignment metadata (``app.router.tables_metadata()``, what
+``app.table_route`` uses) and relays the answer. The forwarded request carries
+``X-Positions-Routed-By``: its receiver answers from its own table or, if it no longer owns
+the partition (a rebalance in between), says 503; never forwards again, so a request
+cannot loop.
+
+**Why ``/positions/`` fans out.** No worker holds all keys, and no map of keys exists
+outside the table. The receiving worker asks every owner in the assignment for its part
+(``/_node/positions/``, answered from the local table only) and merges. Each part says which
+partitions it covers (owned and recovered), so the merge knows whether every partition of
+the topic was answered for. An incomplete picture (a worker away, a rebalance under way)
+is retried briefly and then answered with 503 naming the missing partitions, never with
+a list silently short of positions.
+
+**Started early.** Faust starts a registered web server only after table recovery; this
+one is put in the boot strategy's web slot (where the legacy server started: after the
+producer, before the consumer) so ``/health`` answers and ``/ready`` says 503 while the
+worker joins its group and recovers. The table-backed routes answer 503 until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from yarl import URL
+
+from streams import serde
+from streams.settings import Settings
+from streams.topics import TopicNames
+from streams.web import metrics
+from streams.web.auth import bearer_token_matches
+from streams.web.page import render_page
+from streams.web.render import position_to_json
+from streams.web.sinklag import SinkLagProbe
+from streams.web.routing import (
+    ROUTED_HEADER,
+    LocalAnswer,
+    is_valid_key,
+    merge_local_answers,
+    owner_of,
+    partition_for_key,
+    partitions_by_owner,
+    same_node,
+)
+
+__all__ = ["IncompleteAnswer", "PositionsWebServer", "advertised_url", "register_web"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a worker waits for a peer's answer (forwarded key or its part of the list).
+PEER_TIMEOUT_S = 5.0
+#: Attempts at a complete ``/positions/`` before answering 503, and the pause between them.
+FAN_OUT_ATTEMPTS = 3
+FAN_OUT_RETRY_PAUSE_S = 0.5
+
+_WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IncompleteAnswer(RuntimeError):
+    """Some partitions of the table had no worker answering for them."""
+
+    def __init__(self, missing: frozenset[int], errors: list[str]) -> None:
+        self.missing = missing
+        self.errors = errors
+        details = f"; {'; '.join(errors)}" if errors else ""
+        super().__init__(f"no worker answered for partitions {sorted(missing)}{details}")
+
+
+def advertised_url(settings: Settings) -> URL:
+    """The URL other workers reach this worker's web server by (Faust's ``canonical_url``).
+
+    ``WEB_HOST`` when set; else ``WEB_BIND`` when it names one address (the default
+    127.0.0.1: workers on one machine); else the machine's host name, as Faust would.
+    """
+    host = settings.web_host
+    if not host:
+        host = settings.web_bind if settings.web_bind not in _WILDCARD_BINDS else socket.gethostname()
+    return URL.build(scheme="http", host=host.strip("[]"), port=settings.web_port)
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(value, ensure_ascii=False), status=status,
+                        content_type="application/json", headers=headers)
+
+
+class PositionsWebServer(Service):
+    """The web server of one worker (see the module's docstring for routes and routing)."""
+
+    driver_version = f"aiohttp={aiohttp.__version__} (streams.web)"
+
+    def __init__(self, app: Any, settings: Settings, table: Any, *, faust_registry: CollectorRegistry | None = None,
+                 **kwargs: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.table = table
+        self.faust_registry = faust_registry
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        # The sink's consumer group (sinks/postgres.py) on position-updates.
+        self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, f"{settings.app_id}-postgres-sink",
+                                     TopicNames.for_prefix(settings.topic_prefix).updates)
+        super().__init__(**kwargs)
+
+    # ------------------------------------------------------------------ service
+
+    @property
+    def web_url(self) -> str:
+        """The canonical URL of this worker's web server (shown in the worker's banner)."""
+        return str(self.app.conf.canonical_url)
+
+    @property
+    def label(self) -> str:
+        """How the service shows in Faust's logs."""
+        return f"{type(self).__name__}: http://{self.app.conf.web_bind}:{self.app.conf.web_port}"
+
+    def build_application(self) -> web.Application:
+        """The aiohttp application: middlewares and routes (separate so tests can serve it alone)."""
+        application = web.Application(middlewares=[self._auth_middleware])
+        application.router.add_get("/", self.page)
+        application.router.add_get("/positions.html", self.page)
+        application.router.add_get("/positions/", self.positions)
+        application.router.add_get("/positions", self.positions)
+        application.router.add_get("/positions/{key}/", self.position)
+        application.router.add_get("/positions/{key}", self.position)
+        application.router.add_get("/_node/positions/", self.node_positions)
+        application.router.add_get("/metrics", self.metrics)
+        application.router.add_get("/health", self.health)
+        application.router.add_get("/ready", self.ready)
+        return application
+
+    async def on_start(self) -> None:
+        """Binds ``WEB_BIND``:``WEB_PORT`` and starts serving."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
+        self._runner = web.AppRunner(self.build_application(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.app.conf.web_bind, self.app.conf.web_port)
+        await site.start()
+        logger.info("web server on http://%s:%s (advertised as %s)", self.app.conf.web_bind,
+                    self.app.conf.web_port, self.web_url)
+
+    async def on_stop(self) -> None:
+        """Stops serving and closes the connections to peers."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.sink_lag.close()
+
+    # ------------------------------------------------------------------ worker state
+
+    @property
+    def _changelog_topic(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): ready once the worker has an assignment and its table is recovered.
+
+        Not ready while a rebalance or a recovery is under way: the assignment may be about
+        to change, and a recovering table does not hold every key yet.
+        """
+        app = self.app
+        if not app.tables.recovery.completed.is_set():
+            return False, "joining the group and recovering the table"
+        if app.rebalancing:
+            return False, "rebalancing"
+        if app.in_recovery:
+            return False, "recovering the table"
+        if not self.owners():
+            return False, "no partition assignment yet"
+        return True, "ready"
+
+    def owners(self) -> dict[str, frozenset[int]]:
+        """``{worker URL: changelog partitions it owns}`` from the latest assignment."""
+        return partitions_by_owner(self.app.router.tables_metadata(), self._changelog_topic)
+
+    def owned_partitions(self) -> frozenset[int]:
+        """The changelog partitions assigned to this worker as active (not standby)."""
+        topic = self._changelog_topic
+        return frozenset(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+
+    def local_answer(self) -> LocalAnswer:
+        """This worker's live positions, of the partitions it owns; none while it is not ready.
+
+        Keys are filtered by partition, not only by what the store iterates: a memory store
+        also holds the standby copies of other workers' partitions.
+        """
+        ready, _ = self.readiness()
+        owned = self.owned_partitions() if ready else frozenset()
+        return LocalAnswer(node=self.web_url, partitions=owned, positions=tuple(
+            position_to_json(position) for position in self._local_positions(owned)))
+
+    def _local_positions(self, owned: frozenset[int]) -> list:
+        partitions = self.settings.topic_partitions
+        positions = []
+        for key, record in list(self.table.items()):
+            if partition_for_key(key, partitions) not in owned:
+                continue
+            try:
+                position = serde.key_state_from_record(record).live_position
+            except Exception:  # noqa: BLE001 - one unreadable row must not hide all the others
+                logger.exception("table value of key %r cannot be read", key)
+                continue
+            if position is not None:
+                positions.append(position)
+        return positions
+
+    async def collect_positions(self) -> list[dict]:
+        """Every worker's live positions, merged; raises ``IncompleteAnswer`` when a partition stays unanswered."""
+        missing: frozenset[int] = frozenset(range(self.settings.topic_partitions))
+        errors: list[str] = []
+        for attempt in range(FAN_OUT_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(FAN_OUT_RETRY_PAUSE_S)
+            answers, errors = await self._ask_every_owner()
+            merged = merge_local_answers(answers, self.settings.topic_partitions)
+            if not merged.missing:
+                return merged.positions
+            missing = merged.missing
+        raise IncompleteAnswer(missing, errors)
+
+    async def _ask_every_owner(self) -> tuple[list[LocalAnswer], list[str]]:
+        owners = self.owners()
+        me = self.web_url
+        nodes = [url for url in owners if not same_node(url, me)]
+        results = await asyncio.gather(*(self._ask_peer(url) for url in nodes), return_exceptions=True)
+        answers, errors = [self.local_answer()], []
+        for url, result in zip(nodes, results):
+            if isinstance(result, LocalAnswer):
+                answers.append(result)
+            else:
+                errors.append(f"{url}: {result}")
+        return answers, errors
+
+    async def _ask_peer(self, url: str) -> LocalAnswer:
+        assert self._session is not None
+        async with self._session.get(URL(url).with_path("/_node/positions/"), headers=self._peer_headers()) as reply:
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}")
+            body = await reply.json()
+        return LocalAnswer(node=body["node"], partitions=frozenset(body["partitions"]),
+                           positions=tuple(body["positions"]))
+
+    def _peer_headers(self) -> dict[str, str]:
+        headers = {ROUTED_HEADER: self.web_url, "Accept": "application/json"}
+        if self.settings.web_auth_token:
+            headers["Authorization"] = f"Bearer {self.settings.web_auth_token}"
+        return headers
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if not bearer_token_matches(request.headers.get("Authorization"), self.settings.web_auth_token):
+            return _json({"error": "a valid 'Authorization: Bearer <token>' header is required"}, status=401,
+                         headers={"WWW-Authenticate": 'Bearer realm="position-pipeline"'})
+        return await handler(request)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def health(self, request: web.Request) -> web.Response:
+        """200 while the process runs and serves."""
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 once assigned and recovered, 503 (with the reason) before and during rebalances."""
+        ready, reason = self.readiness()
+        return _json({"ready": ready, "reason": reason, "partitions": sorted(self.owned_partitions()) if ready else []},
+                     status=200 if ready else 503)
+
+    async def node_positions(self, request: web.Request) -> web.Response:
+        """This worker's part of ``/positions/``: its partitions and their live positions."""
+        answer = self.local_answer()
+        return _json({"node": answer.node, "partitions": sorted(answer.partitions),
+                      "positions": list(answer.positions)})
+
+    async def positions(self, request: web.Request) -> web.Response:
+        """Every live position of every worker, newest first."""
+        try:
+            return _json(await self.collect_positions())
+        except IncompleteAnswer as error:
+            logger.warning("GET /positions/ incomplete: %s", error)
+            return _json({"error": str(error), "missing_partitions": sorted(error.missing)}, status=503,
+                         headers={"Retry-After": "1"})
+
+    async def position(self, request: web.Request) -> web.StreamResponse:
+        """The live position of one key, answered by the worker owning the key's partition."""
+        key = request.match_info["key"]
+        if not is_valid_key(key):
+            return _json({"error": f"{key!r} is not a SYMBOL@exchange key"}, status=404)
+        ready, reason = self.readiness()
+        if not ready:
+            return _json({"error": f"not ready: {reason}"}, status=503, headers={"Retry-After": "1"})
+        partition = partition_for_key(key.encode("utf-8"), self.settings.topic_partitions)
+        if partition in self.owned_partitions():
+            return self._local_position(key)
+        if ROUTED_HEADER in request.headers:
+            return _json({"error": f"partition {partition} is no longer owned here (rebalancing)"}, status=503,
+                         headers={"Retry-After": "1"})
+        owner = owner_of(partition, self.owners())
+        if owner is None or same_node(owner, self.web_url):
+            return _json({"error": f"no worker owns partition {partition} yet"}, status=503,
+                         headers={"Retry-After": "1"})
+        return await self._forward(owner, request)
+
+    def _local_position(self, key: str) -> web.Response:
+        record = self.table.get(key.encode("utf-8"))
+        position = serde.key_state_from_record(record).live_position if record is not None else None
+        if position is None:
+            return _json({"error": f"no open or in-flight position for {key}"}, status=404)
+        return _json(position_to_json(position))
+
+    async def _forward(self, owner: str, request: web.Request) -> web.Response:
+        """Relays ``request`` to ``owner`` (path and query unchanged) and returns its answer."""
+        assert self._session is not None
+        target = URL(owner).join(request.rel_url)
+        try:
+            async with self._session.get(target, headers=self._peer_headers()) as reply:
+                body = await reply.read()
+                return web.Response(body=body, status=reply.status, content_type=reply.content_type,
+                                    headers={"X-Positions-Served-By": owner})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            logger.warning("forwarding %s to %s failed: %r", request.rel_url, owner, error)
+            return _json({"error": f"the owner of this key ({owner}) did not answer: {error!r}"}, status=503,
+                         headers={"Retry-After": "1"})
+
+    async def page(self, request: web.Request) -> web.Response:
+        """The HTML page; shows what it has and a banner when a worker did not answer."""
+        error = None
+        try:
+            positions = await self.collect_positions()
+        except IncompleteAnswer as incomplete:
+            positions, error = [], f"Positions unavailable: {incomplete}"
+        title = f"Positions \u00b7 {self.settings.app_id}"
+        return web.Response(text=render_page(positions, title=title, error=error), content_type="text/html")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text: the project's registry, then Faust's sensor registry."""
+        metrics.refresh_position_gauge(self._local_positions(self.owned_partitions()))
+        await self.sink_lag.refresh()
+        body = generate_latest(REGISTRY)
+        if self.faust_registry is not None:
+            body += generate_latest(self.faust_registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _start_with_the_web_slot(app: Any, server: PositionsWebServer) -> None:
+    """Makes the boot strategy start ``server`` where Faust's own web server starts.
+
+    ``App.BootStrategy`` is Faust's documented extension point; the subclass is made from
+    the app's current strategy class so any other customisation of it is kept.
+    """
+    current = app.boot_strategy
+
+    class _EarlyWebServer(type(current)):  # type: ignore[misc]
+        def web_server(self) -> list:
+            return [server] if self._should_enable_web() else []
+
+    strategy = _EarlyWebServer(app)
+    strategy.__dict__.update(current.__dict__)
+    app.boot_strategy = strategy
+
+
+def _install_faust_sensor(app: Any) -> CollectorRegistry | None:
+    """Faust's Prometheus sensor, in a registry of its own (one per app: tests build several)."""
+    try:
+        from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+    except ImportError:  # pragma: no cover - prometheus-client is a dependency
+        return None
+    registry = CollectorRegistry(auto_describe=True)
+    # A fixed "faust" prefix rather than the app id, so dashboards do not depend on it.
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    return registry
+
+
+def register_web(app: Any, settings: Settings, table: Any) -> PositionsWebServer:
+    """Puts the positions web server, metrics and log format on ``app``; call once, in ``build_pipeline``.
+
+    - advertises ``advertised_url(settings)`` as the worker's canonical URL (what the
+      assignment tells other workers; with the default bind 127.0.0.1 Faust would advertise
+      the host name, which need not lead back to 127.0.0.1);
+    - turns Faust's built-in web views off (also for the legacy stack, should anything
+      start it);
+    - installs Faust's Prometheus sensor and, with ``LOG_FORMAT=json``, JSON log lines;
+    - registers the server with ``app.web_server`` and starts it with the producer.
+    """
+    from streams.web.logfmt import faust_logging_config
+
+    app.conf.web_host = advertised_url(settings).host
+    app.conf.canonical_url = str(advertised_url(settings))
+    for flag in ("web_tables_enabled", "web_router_enabled", "web_graph_enabled", "web_stats_enabled",
+                 "web_metrics_enabled"):
+        setattr(app.conf, flag, False)
+    logging_config = faust_logging_config(settings.log_format)
+    if logging_config is not None:
+        app.conf.logging_config = logging_config
+    server = PositionsWebServer(app, settings, table, faust_registry=_install_faust_sensor(app))
+    app.web_server(server)
+    _start_with_the_web_slot(app, server)
+    return server
