@@ -41,9 +41,14 @@ stack-status: ## show whether the local stack runs
 pipeline: $(STAMP) ## the pipeline's processes (stream worker, PostgreSQL sink) in the foreground, against the services the variables name
 	$(PY) -m streams.supervise
 
-run: $(STAMP) ## everything on embedded defaults: the local stack (unless the variables name services), then the pipeline
-	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$DATABASE_URL" ]; then $(PY) -m stack start >/dev/null; fi
-	@$(MAKE) --no-print-directory pipeline
+run: $(STAMP) ## everything on embedded defaults: the local stack (unless the variables name services), then the pipeline; Ctrl-C stops what it started
+	@started_stack=0; \
+	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$DATABASE_URL" ]; then \
+	  $(PY) -m stack status | grep -q "kafka: running" || started_stack=1; \
+	  $(PY) -m stack start >/dev/null || exit 1; \
+	fi; \
+	trap 'if [ $$started_stack = 1 ]; then $(PY) -m stack stop; fi' EXIT; \
+	$(PY) -m streams.supervise
 
 bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the real broker
 	$(PY) -m benchmarks.bench_decide

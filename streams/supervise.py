@@ -43,7 +43,7 @@ def banner(settings: Settings) -> str:
         f"stop_loss_price from monitoring.positions order by updated_at desc'",
         f"  exchange         {exchange}",
         f"  signal feed      {feed}",
-        "  Ctrl-C stops the pipeline; the local stack keeps running (make stack-stop ends it).",
+        "  Ctrl-C stops the pipeline (and, under make run, the local stack if make run started it).",
         "",
     ])
 
