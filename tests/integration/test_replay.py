@@ -104,8 +104,8 @@ async def test_replay_from_offset_zero_rebuilds_the_table_and_the_rows_of_the_or
         await inputs.stop()
         await updates.stop()
         worker.stop()
-    sink.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(sink.wait, 60)
+        sink.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(sink.wait, 60)
     original_rows = await positions_by_id(fresh_database)
     changelog = f"{app_id}-key_to_state-changelog"
     original_table = await changelog_states(kafka_bootstrap, changelog)
