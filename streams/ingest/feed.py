@@ -46,6 +46,7 @@ from streams.ingest.backoff import Backoff, sleep_unless_stopped
 from streams.ingest.exceptions import IngestError, InvalidFrame, InvalidSignal, PublishFailed, RefusedInput
 from streams.ingest.publish import Delivery, KafkaPublisher, Publisher
 from streams.ingest.symbols import SymbolDirectory, binance_directory
+from streams.exchange.ccxt_client import is_production_url
 from streams.heartbeat import beat_while_running
 from streams.ingest.validation import parse_frame, to_input_event, validate_signal
 from streams.settings import Settings, SettingsError
@@ -304,6 +305,10 @@ async def run_ingest(settings: Settings, stop: asyncio.Event, *, symbols: Symbol
     publisher = KafkaPublisher(settings)
     try:
         url = settings.signals_ws_url
+        if url is None and settings.binance_futures_url is not None and is_production_url(settings.binance_futures_url):
+            # The demo feed opens real positions wherever the exchange points: never on production.
+            raise IngestError("SIGNALS_WS_URL is unset, so the built-in demo feed would trade on the production "
+                              "exchange named by BINANCE_FUTURES_URL: set SIGNALS_WS_URL to your signal feed")
         if url is None:
             demo = DemoFeed("127.0.0.1", settings.demo_feed_port, interval_s=settings.demo_feed_interval_s)
             try:

@@ -418,3 +418,19 @@ def test_settings_bad_ingest_value_raises_an_error_naming_the_variable(variable,
     # Act / Assert
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_ingest_without_a_signal_feed_refuses_to_play_the_demo_against_the_production_exchange():
+    import asyncio
+
+    import pytest
+
+    from streams.ingest.exceptions import IngestError
+    from streams.ingest.feed import run_ingest
+    from streams.settings import Settings
+
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BINANCE_FUTURES_URL": "https://fapi.binance.com",
+                                  "BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
+
+    with pytest.raises(IngestError, match="production"):
+        asyncio.run(run_ingest(settings, asyncio.Event()))
