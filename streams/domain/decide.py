@@ -412,69 +412,41 @@ def _new_order(position_id: str, role: OrderRole, attempt: int) -> OrderRef:
     return OrderRef(client_order_id=client_order_id(position_id, role, attempt), attempt=attempt)
 
 
+def _order_fields(step: _Step, position: Position, kind: str, order: OrderRef, *,
+                  query_offset: int | None = None) -> dict:
+    """The fields every order command shares: ids, key, position and market."""
+    return {
+        "command_id": command_id(position.id, kind, order.client_order_id, query_offset),
+        "key": step.key,
+        "position_id": position.id,
+        "symbol": position.symbol,
+        "exchange": position.exchange,
+        "client_order_id": order.client_order_id,
+    }
+
+
 def _place_entry(step: _Step, position: Position, order: OrderRef) -> PlaceEntry:
-    return PlaceEntry(
-        command_id=command_id(position.id, PlaceEntry.kind, order.client_order_id),
-        key=step.key,
-        position_id=position.id,
-        symbol=position.symbol,
-        exchange=position.exchange,
-        client_order_id=order.client_order_id,
-        side=position.side,
-        quantity=position.quantity,
-    )
+    return PlaceEntry(**_order_fields(step, position, PlaceEntry.kind, order),
+                      side=position.side, quantity=position.quantity)
 
 
 def _place_stop_loss(step: _Step, position: Position, order: OrderRef, price: Decimal) -> PlaceStopLoss:
-    return PlaceStopLoss(
-        command_id=command_id(position.id, PlaceStopLoss.kind, order.client_order_id),
-        key=step.key,
-        position_id=position.id,
-        symbol=position.symbol,
-        exchange=position.exchange,
-        client_order_id=order.client_order_id,
-        side=position.side.opposite(),
-        quantity=position.quantity,
-        stop_price=price,
-    )
+    return PlaceStopLoss(**_order_fields(step, position, PlaceStopLoss.kind, order),
+                         side=position.side.opposite(), quantity=position.quantity, stop_price=price)
 
 
 def _close_position(step: _Step, position: Position, order: OrderRef) -> ClosePosition:
-    return ClosePosition(
-        command_id=command_id(position.id, ClosePosition.kind, order.client_order_id),
-        key=step.key,
-        position_id=position.id,
-        symbol=position.symbol,
-        exchange=position.exchange,
-        client_order_id=order.client_order_id,
-        side=position.side.opposite(),
-        quantity=position.quantity,
-    )
+    return ClosePosition(**_order_fields(step, position, ClosePosition.kind, order),
+                         side=position.side.opposite(), quantity=position.quantity)
 
 
 def _cancel_order(step: _Step, position: Position, order: OrderRef, role: OrderRole) -> CancelOrder:
-    return CancelOrder(
-        command_id=command_id(position.id, CancelOrder.kind, order.client_order_id),
-        key=step.key,
-        position_id=position.id,
-        symbol=position.symbol,
-        exchange=position.exchange,
-        client_order_id=order.client_order_id,
-        role=role,
-    )
+    return CancelOrder(**_order_fields(step, position, CancelOrder.kind, order), role=role)
 
 
 def _query_order(step: _Step, position: Position, order: OrderRef, role: OrderRole) -> QueryOrder:
-    return QueryOrder(
-        # Queries repeat on every deadline; the offset keeps their ids apart.
-        command_id=command_id(position.id, QueryOrder.kind, order.client_order_id, step.offset),
-        key=step.key,
-        position_id=position.id,
-        symbol=position.symbol,
-        exchange=position.exchange,
-        client_order_id=order.client_order_id,
-        role=role,
-    )
+    # Queries repeat on every deadline; the offset keeps their ids apart.
+    return QueryOrder(**_order_fields(step, position, QueryOrder.kind, order, query_offset=step.offset), role=role)
 
 
 # --- shared effects ------------------------------------------------------------------------

@@ -90,8 +90,7 @@ class OrderExecutor:
                 state = await self._place(command, gateway, conditional=False, place=lambda: gateway.place_market(
                     command.symbol, command.side, command.quantity, command.client_order_id, reduce_only=True))
             elif isinstance(command, PlaceStopLoss):
-                stop_price = await gateway.price_to_precision(command.symbol, command.stop_price) \
-                    if hasattr(gateway, "price_to_precision") else command.stop_price
+                stop_price = await gateway.price_to_precision(command.symbol, command.stop_price)
                 state = await self._place(command, gateway, conditional=True, place=lambda: gateway.place_stop_market(
                     command.symbol, command.side, command.quantity, stop_price, command.client_order_id))
                 if state.stop_price is None:  # not every answer echoes it; it is the price we sent
