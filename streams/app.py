@@ -219,6 +219,27 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
         await edge.poller.poll_once()
 
 
+class KeyStateTable(faust.Table):
+    """The ``key_to_state`` table: raw key bytes, Avro ``KeyState`` values on every path.
+
+    faust-streaming derives a table's value serializer from ``value_type`` (a Model) only,
+    and the app's table manager builds the changelog topic, with that serializer, the
+    moment the table is registered. Setting the serializer on the finished table therefore
+    reached the store and the changelog *writes* but not the changelog topic's schema, and
+    recovery and standby replicas read the changelog with JSON: every worker whose local
+    store was behind the changelog stalled in recovery ("'utf-8' codec can't decode byte
+    0xc3"). Setting it here, before registration, gives the store, the changelog writes,
+    recovery and standbys one codec.
+    """
+
+    #: Faust codec name of the table's values (registered by ``codec.register_faust_codecs``).
+    VALUE_CODEC = "avro-key-state"
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.value_serializer = self.VALUE_CODEC
+
+
 @dataclass
 class Pipeline:
     """The Faust app and the parts tests and commands reach for."""
@@ -263,15 +284,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
         for name in (names.commands, names.updates, names.dead_letters)
     }
     # Keys are the raw key bytes of position-inputs, so the changelog is co-partitioned with it.
-    key_to_state = app.Table(
-        "key_to_state",
+    key_to_state = app.tables.add(KeyStateTable(
+        app,
+        name="key_to_state",
+        beacon=app.tables.beacon,
         partitions=settings.topic_partitions,
         key_type=bytes,  # faust maps key_type=bytes to the "raw" serializer
-    )
-    # faust-streaming derives a table's value serializer only from value_type (a Model) and
-    # ignores `schema`; the store and the changelog topic read this attribute lazily, so
-    # setting it before the worker starts makes both write Avro single-object encoding.
-    key_to_state.value_serializer = "avro-key-state"
+    ))
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await output_topics[topic].send(key=key, value=value)
@@ -349,4 +368,4 @@ def _add_replay_command(app: faust.App, settings: Settings) -> None:
         self.say(summary.render())
 
 
-__all__ = ["ConsumedRecord", "InputProcessor", "InvalidInputRecord", "Pipeline", "build_pipeline", "due_deadlines"]
+__all__ = ["ConsumedRecord", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline", "due_deadlines"]
