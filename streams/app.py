@@ -16,6 +16,7 @@ dead-letter topic with the reason; a failed send is retried until Kafka takes it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -38,6 +39,7 @@ from streams.domain import (
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.web import metrics, register_web
+from streams.web.routing import partition_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +242,21 @@ class KeyStateTable(faust.Table):
         self.value_serializer = self.VALUE_CODEC
 
 
+def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
+    """The table partitions this worker owns as active (standby copies excluded)."""
+    return frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
+
+
+async def _count_restored_record(app: faust.App, event: Any) -> None:
+    """Counts a changelog record read into the local store, as an active or a standby replica.
+
+    Active restores are the cost of a takeover; with standby replicas the new owner has
+    already read its partitions as a standby, so a failover adds (almost) no active ones.
+    """
+    replica = "active" if event.message.tp in app.tables.recovery.active_tps else "standby"
+    metrics.observe_restored_record(replica)
+
+
 @dataclass
 class Pipeline:
     """The Faust app and the parts tests and commands reach for."""
@@ -271,8 +288,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=settings.commit_interval_s,
-        # A crashed worker's partitions move to the others only after this long.
+        # A crashed worker's partitions move to the others only after this long (the bulk
+        # of a failover: standby replicas make the recovery after it near-instant).
         broker_session_timeout=settings.session_timeout_s,
+        # Kafka's rule of thumb: at most a third of the session, so one lost heartbeat is no failover.
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         web_enabled=False,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
@@ -290,6 +310,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         beacon=app.tables.beacon,
         partitions=settings.topic_partitions,
         key_type=bytes,  # faust maps key_type=bytes to the "raw" serializer
+        on_changelog_event=functools.partial(_count_restored_record, app),
     ))
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
@@ -329,9 +350,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     @app.timer(interval=settings.deadline_scan_interval_s)
     async def emit_due_deadlines() -> None:
-        """Publishes a deadline input for every local in-flight position past its deadline."""
+        """Publishes a deadline input for every in-flight position of this worker's partitions past its deadline."""
         now_ms = int(time.time() * 1000)  # the clock lives here, at the edge, never in decide()
-        for event in due_deadlines(list(key_to_state.values()), now_ms):
+        # Standby copies are another worker's to time out (a memory store iterates them too).
+        owned = active_partitions(app, key_to_state.changelog_topic.get_topic_name())
+        states = [record for key, record in list(key_to_state.items())
+                  if partition_for_key(key, settings.topic_partitions) in owned]
+        for event in due_deadlines(states, now_ms):
             await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
 
     _add_replay_command(app, settings)

@@ -93,7 +93,7 @@ class Settings:
     deadline_scan_interval_s: float = 1.0
     max_remembered_signal_ids: int = 256
     commit_interval_s: float = 2.8
-    session_timeout_s: float = 60.0
+    session_timeout_s: float = 10.0
     # The PostgreSQL sink (sinks/postgres.py): records per transaction, how long a partial
     # batch waits for more, and the ceiling of its retry backoff while PostgreSQL is down.
     sink_batch_size: int = 1000
@@ -143,7 +143,7 @@ class Settings:
             close_timeout_s=_number(env, "PIPELINE_CLOSE_TIMEOUT_S", "30", float),
             deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
             commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
-            session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "60", float),
+            session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "10", float),
             sink_batch_size=_number(env, "PIPELINE_SINK_BATCH_SIZE", "1000", int),
             sink_linger_s=_number(env, "PIPELINE_SINK_LINGER_S", "0.2", float),
             sink_max_backoff_s=_number(env, "PIPELINE_SINK_MAX_BACKOFF_S", "30", float),
@@ -169,6 +169,9 @@ class Settings:
             raise SettingsError(f"WEB_PORT must be a port number, got {self.web_port}")
         if self.topic_partitions < 1:
             raise SettingsError(f"PIPELINE_TOPIC_PARTITIONS must be >= 1, got {self.topic_partitions}")
+        if not 6 <= self.session_timeout_s <= 1800:
+            # Kafka brokers refuse a session outside group.min/max.session.timeout.ms (6 s / 30 min by default).
+            raise SettingsError(f"PIPELINE_SESSION_TIMEOUT_S must be between 6 and 1800, got {self.session_timeout_s}")
         if self.sync_interval_s <= 0:
             raise SettingsError(f"SYNC_INTERVAL_S must be > 0, got {self.sync_interval_s}")
         if not self.database_url.startswith(("postgresql://", "postgres://")):

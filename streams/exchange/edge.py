@@ -3,7 +3,8 @@
 Started with the Faust app (a ``mode.Service``): it builds one ccxt gateway per configured
 exchange, follows the table changelog for the poller's tracked keys, and, when
 ``BINANCE_FUTURES_URL`` is unset, runs the built-in Binance USD-M emulator (the embedded
-default: paper trading) and points the real ccxt client at it.
+default: paper trading; shared by every worker on the host) and points the real ccxt client
+at it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 import mode
 
 from streams.exchange.ccxt_client import create_binanceusdm
@@ -45,17 +47,42 @@ class ExchangeEdge(mode.Service):
         base_url = self.settings.binance_futures_url
         api_key, api_secret = self.settings.binance_api_key, self.settings.binance_api_secret
         if base_url is None:
-            from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
+            from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET
 
-            self._emulator = BinanceUsdmEmulator(host="127.0.0.1", port=self.settings.emulator_port)
-            base_url = await self._emulator.start()
+            base_url = await self._start_or_share_emulator()
             api_key, api_secret = api_key or DEFAULT_API_KEY, api_secret or DEFAULT_API_SECRET
-            logger.info("BINANCE_FUTURES_URL unset: paper trading on the built-in emulator at %s", base_url)
         if not api_key or not api_secret:
             raise RuntimeError("binance: BINANCE_API_KEY and BINANCE_API_SECRET are required with BINANCE_FUTURES_URL")
         self.gateways["binance"] = CcxtGateway("binance", create_binanceusdm(base_url, api_key, api_secret))
         await self.tracked.start()
         self.ready.set()
+
+    async def _start_or_share_emulator(self) -> str:
+        """The built-in emulator's URL: started here, or the one another worker on this host serves.
+
+        Several workers of one group on one machine (``make pipeline`` twice) must trade on
+        ONE paper exchange: each with its own would hold a different book, and keys would
+        move between exchanges with their partitions. The first worker binds
+        ``EMULATOR_PORT``; the others find it there and use it.
+        """
+        from emulator.binance_usdm import BinanceUsdmEmulator
+
+        port = self.settings.emulator_port
+        emulator = BinanceUsdmEmulator(host="127.0.0.1", port=port)
+        try:
+            base_url = await emulator.start()
+        except OSError as error:
+            shared = f"http://127.0.0.1:{port}"
+            if port == 0 or not await _answers_as_binance(shared):
+                raise RuntimeError(f"cannot start the built-in exchange emulator on 127.0.0.1:{port} ({error}) and "
+                                   f"nothing there answers /fapi/v1/ping: set EMULATOR_PORT or "
+                                   f"BINANCE_FUTURES_URL") from error
+            logger.info("BINANCE_FUTURES_URL unset: paper trading on the built-in emulator another worker on this "
+                        "host serves at %s", shared)
+            return shared
+        self._emulator = emulator
+        logger.info("BINANCE_FUTURES_URL unset: paper trading on the built-in emulator at %s", base_url)
+        return base_url
 
     async def on_stop(self) -> None:
         await self.tracked.stop()
@@ -63,3 +90,13 @@ class ExchangeEdge(mode.Service):
             await gateway.close()
         if self._emulator is not None:
             await self._emulator.stop()
+
+
+async def _answers_as_binance(base_url: str) -> bool:
+    """True when ``base_url`` answers Binance USD-M's ping (``GET /fapi/v1/ping`` -> ``{}``)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+            async with session.get(f"{base_url}/fapi/v1/ping") as reply:
+                return reply.status == 200 and await reply.json(content_type=None) == {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return False

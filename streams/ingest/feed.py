@@ -314,9 +314,16 @@ async def run_ingest(settings: Settings, stop: asyncio.Event, *, symbols: Symbol
             try:
                 url = await demo.start()
             except OSError as error:
-                raise IngestError(f"cannot start the built-in demo feed on 127.0.0.1:{settings.demo_feed_port}: "
-                                  f"{error}; set DEMO_FEED_PORT (0 = any free port) or SIGNALS_WS_URL") from error
-            logger.info("SIGNALS_WS_URL unset: playing the built-in demo feed at %s", url)
+                if settings.demo_feed_port == 0:
+                    raise IngestError(f"cannot start the built-in demo feed on 127.0.0.1: {error}") from error
+                # Another pipeline on this host plays it (several `make pipeline`, one group):
+                # listen to that run. Its signal ids are the run's, so every ingest publishes
+                # the same signals and the repeated ids have no further effect.
+                demo, url = None, f"ws://127.0.0.1:{settings.demo_feed_port}"
+                logger.info("SIGNALS_WS_URL unset and 127.0.0.1:%d is taken (%s): following the demo feed another "
+                            "pipeline on this host plays there", settings.demo_feed_port, error)
+            else:
+                logger.info("SIGNALS_WS_URL unset: playing the built-in demo feed at %s", url)
         if not await publisher.start_until_ready(stop, Backoff(max_s=backoff_cap)):
             return
         if not await directory.load_until_ready(stop, Backoff(max_s=backoff_cap)):

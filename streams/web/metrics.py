@@ -16,6 +16,8 @@ Where to call them:
 - ``observe_refusal(reason_or_code, source)``: the ingest, for a signal it refuses
   (``observe_decision`` already counts the state machine's refusals);
 - ``observe_exchange_error(code)``: the executor, for an error answer of the exchange;
+- ``observe_restored_record(replica)``: the table's changelog callback, per record restored;
+- ``set_group_leader(is_leader)``: the web server, before each scrape;
 - ``set_sink_lag(records)``: the PostgreSQL sink;
 - ``refresh_position_gauge(positions)``: the web server, before each scrape (from the local
   table, so each worker reports the positions of the partitions it owns).
@@ -44,18 +46,22 @@ __all__ = [
     "DEAD_LETTERS",
     "DECISIONS",
     "EXCHANGE_ERRORS",
+    "GROUP_LEADER",
     "INPUTS",
     "POSITIONS",
     "REFUSALS",
     "REFUSAL_CATEGORIES",
+    "RESTORED_RECORDS",
     "SINK_LAG",
     "observe_dead_letter",
     "observe_decision",
     "observe_exchange_error",
     "observe_input",
     "observe_refusal",
+    "observe_restored_record",
     "refresh_position_gauge",
     "refusal_category",
+    "set_group_leader",
     "set_sink_lag",
 ]
 
@@ -89,6 +95,16 @@ POSITIONS = Gauge(
 SINK_LAG = Gauge(
     "pipeline_sink_lag_records",
     "Position updates the PostgreSQL sink has not committed yet.",
+)
+RESTORED_RECORDS = Counter(
+    "pipeline_table_restored_records",
+    "Changelog records this worker read into its table store, as the active owner (recovery "
+    "after an assignment) or as a standby replica (kept hot for a failover).",
+    ["replica"],
+)
+GROUP_LEADER = Gauge(
+    "pipeline_group_leader",
+    "1 on the worker that leads the consumer group (and so runs the exchange poller), else 0.",
 )
 EXCHANGE_ERRORS = Counter(
     "pipeline_exchange_errors",
@@ -212,6 +228,16 @@ def observe_exchange_error(code: int | str | None) -> None:
     """Counts one error answer of the exchange by its code (Binance's ``-2019``...; None: ``none``)."""
     label = "none" if code is None else str(code)[:16]
     EXCHANGE_ERRORS.labels(code=_exchange_codes(label)).inc()
+
+
+def observe_restored_record(replica: str) -> None:
+    """Counts one changelog record restored into the local store (``replica``: active or standby)."""
+    RESTORED_RECORDS.labels(replica=replica if replica in ("active", "standby") else "other").inc()
+
+
+def set_group_leader(is_leader: bool) -> None:
+    """Sets whether this worker leads the group (the poller runs on the leader only)."""
+    GROUP_LEADER.set(1 if is_leader else 0)
 
 
 def set_sink_lag(records: int) -> None:

@@ -13,7 +13,7 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 | ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
 | ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
 | ``GET /health`` | 200 while the process serves |
-| ``GET /ready`` | 200 once the worker has its assignment and its table recovered, else 503 |
+| ``GET /ready`` | 200 once the worker has its assignment and its table recovered, else 503; says if it leads the group |
 | ``GET /_node/positions/`` | this worker's own part (the fan-out's building block) |
 
 **Where a key is answered.** The table is partitioned: a key's state lives only on the
@@ -88,11 +88,16 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class IncompleteAnswer(RuntimeError):
-    """Some partitions of the table had no worker answering for them."""
+    """Some partitions of the table had no worker answering for them.
 
-    def __init__(self, missing: frozenset[int], errors: list[str]) -> None:
+    ``positions`` holds what the partitions that did answer have (a rebalance under way, a
+    worker away): shown beside the missing partitions, never passed off as the whole list.
+    """
+
+    def __init__(self, missing: frozenset[int], errors: list[str], positions: list[dict] | None = None) -> None:
         self.missing = missing
         self.errors = errors
+        self.positions = positions or []
         details = f"; {'; '.join(errors)}" if errors else ""
         super().__init__(f"no worker answered for partitions {sorted(missing)}{details}")
 
@@ -241,6 +246,7 @@ class PositionsWebServer(Service):
         """Every worker's live positions, merged; raises ``IncompleteAnswer`` when a partition stays unanswered."""
         missing: frozenset[int] = frozenset(range(self.settings.topic_partitions))
         errors: list[str] = []
+        partial: list[dict] = []
         for attempt in range(FAN_OUT_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(FAN_OUT_RETRY_PAUSE_S)
@@ -248,8 +254,8 @@ class PositionsWebServer(Service):
             merged = merge_local_answers(answers, self.settings.topic_partitions)
             if not merged.missing:
                 return merged.positions
-            missing = merged.missing
-        raise IncompleteAnswer(missing, errors)
+            missing, partial = merged.missing, merged.positions
+        raise IncompleteAnswer(missing, errors, partial)
 
     async def _ask_every_owner(self) -> tuple[list[LocalAnswer], list[str]]:
         owners = self.owners()
@@ -297,7 +303,8 @@ class PositionsWebServer(Service):
     async def ready(self, request: web.Request) -> web.Response:
         """200 once assigned and recovered, 503 (with the reason) before and during rebalances."""
         ready, reason = self.readiness()
-        return _json({"ready": ready, "reason": reason, "partitions": sorted(self.owned_partitions()) if ready else []},
+        return _json({"ready": ready, "reason": reason, "partitions": sorted(self.owned_partitions()) if ready else [],
+                      "leader": ready and self.app.is_leader()},
                      status=200 if ready else 503)
 
     async def node_positions(self, request: web.Request) -> web.Response:
@@ -307,13 +314,13 @@ class PositionsWebServer(Service):
                       "positions": list(answer.positions)})
 
     async def positions(self, request: web.Request) -> web.Response:
-        """Every live position of every worker, newest first."""
+        """Every live position of every worker, newest first; 503 with what answered and what is missing."""
         try:
             return _json(await self.collect_positions())
         except IncompleteAnswer as error:
             logger.warning("GET /positions/ incomplete: %s", error)
-            return _json({"error": str(error), "missing_partitions": sorted(error.missing)}, status=503,
-                         headers={"Retry-After": "1"})
+            return _json({"error": str(error), "missing_partitions": sorted(error.missing),
+                          "positions": error.positions}, status=503, headers={"Retry-After": "1"})
 
     async def position(self, request: web.Request) -> web.StreamResponse:
         """The live position of one key, answered by the worker owning the key's partition."""
@@ -362,13 +369,14 @@ class PositionsWebServer(Service):
         try:
             positions = await self.collect_positions()
         except IncompleteAnswer as incomplete:
-            positions, error = [], f"Positions unavailable: {incomplete}"
+            positions, error = incomplete.positions, f"Incomplete: {incomplete}"
         title = f"Positions \u00b7 {self.settings.app_id}"
         return web.Response(text=render_page(positions, title=title, error=error), content_type="text/html")
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text: the project's registry, then Faust's sensor registry."""
         metrics.refresh_position_gauge(self._local_positions(self.owned_partitions()))
+        metrics.set_group_leader(self.readiness()[0] and self.app.is_leader())
         await self.sink_lag.refresh()
         body = generate_latest(REGISTRY)
         if self.faust_registry is not None:

@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import serde
+from streams import codec, serde
+from streams.app import ConsumedRecord, InputProcessor
 from streams.domain import (
     AuditRecord,
     Command,
     ExchangeSnapshot,
     ExecutionReport,
     InputEvent,
+    KeyState,
     OrderRole,
     Position,
     ReportOutcome,
@@ -39,7 +42,8 @@ from streams.domain import (
     Signal,
     SignalAction,
 )
-from streams.topics import TopicNames
+from streams.settings import Settings
+from streams.topics import TopicNames, topic_partitions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 3
@@ -47,7 +51,11 @@ PARTITIONS = 3
 
 @dataclass
 class PipelineWorker:
-    """One `python -m streams worker` process of a test's private pipeline."""
+    """One `python -m streams worker` process of a test's private pipeline.
+
+    Its web port is chosen once, so a restarted worker answers where it did before (as a
+    StatefulSet pod keeps its name).
+    """
 
     bootstrap: str
     app_id: str
@@ -55,6 +63,36 @@ class PipelineWorker:
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    web_port: int = field(default_factory=lambda: free_port())
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def get_json(self, path: str, timeout_s: float = 10.0) -> tuple[int, object]:
+        """GET ``path`` from this worker's web server: (status, decoded JSON body); (0, error) when it does not answer."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+                async with session.get(f"{self.web_url}{path}") as reply:
+                    return reply.status, await reply.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            return 0, repr(error)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of this worker's ``/metrics`` (0 when absent)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{self.web_url}/metrics") as reply:
+                text = await reply.text()
+        wanted = ",".join(f'{label}="{value}"' for label, value in sorted(labels.items()))
+        sample = f"{name}{{{wanted}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     @property
     def topics(self) -> TopicNames:
@@ -77,7 +115,7 @@ class PipelineWorker:
             # The scripted stand-in answers commands; tests of the real edge turn it on.
             "PIPELINE_EXCHANGE_EDGE": "off",
             # faust's worker starts its web server whatever web_enabled says: a port of its own.
-            "WEB_PORT": str(free_port()),
+            "WEB_PORT": str(self.web_port),
             "PYTHONPATH": str(REPO_ROOT),
             **self.extra_env,
         }
@@ -318,3 +356,108 @@ class ScriptedExchange:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._tap.stop()
+
+
+# --------------------------------------------------------------------------- what one worker would do
+
+
+async def read_topic(bootstrap: str, topic: str) -> dict[int, list]:
+    """Every record of ``topic`` from its start to its current end, by partition, in offset order."""
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+    records: dict[int, list] = {tp.partition: [] for tp in partitions}
+    if not partitions:
+        return records
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        while remaining:
+            for tp, batch in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                records[tp.partition].extend(record for record in batch if record.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def changelog_states(bootstrap: str, topic: str) -> dict[str, KeyState]:
+    """The table as its changelog holds it: the newest value per key, tombstones removed."""
+    states: dict[str, KeyState | None] = {}
+    for records in (await read_topic(bootstrap, topic)).values():
+        for record in records:
+            states[record.key.decode()] = None if record.value is None else \
+                serde.key_state_from_record(codec.decode("KeyState", record.value))
+    return {key: state for key, state in states.items() if state is not None}
+
+
+@dataclass
+class LogFold:
+    """What ONE worker applying the whole inputs log in order decides: the reference of every multi-worker test."""
+
+    states: dict[str, KeyState]
+    commands: dict[str, set[bytes]]  # encoded commands, per key
+    positions: dict[str, Position]  # the newest state of every position, by id
+
+    def live_positions(self) -> dict[str, Position]:
+        return {key: state.live_position for key, state in self.states.items() if state.live_position is not None}
+
+
+async def fold_inputs_log(bootstrap: str, settings: Settings) -> LogFold:
+    """Folds the agent's own ``InputProcessor`` over ``position-inputs`` from offset 0, sending nothing."""
+    names = TopicNames.for_prefix(settings.topic_prefix)
+    table: dict[bytes, dict] = {}
+    commands: dict[str, set[bytes]] = {}
+    positions: dict[str, Position] = {}
+    acknowledged = asyncio.get_running_loop().create_future()
+    acknowledged.set_result(None)
+
+    async def collect(topic: str, key: bytes, value: bytes) -> asyncio.Future:
+        if topic == names.commands:
+            commands.setdefault(key.decode(), set()).add(value)
+        elif topic == names.updates:
+            update = serde.decode_update(value)
+            if isinstance(update, Position):
+                positions[update.id] = update
+        return acknowledged
+
+    processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get, store=table.__setitem__)
+    for partition, records in sorted((await read_topic(bootstrap, names.inputs)).items()):
+        for record in records:
+            await processor.apply(ConsumedRecord(names.inputs, partition, record.offset, record.key, record.value,
+                                                 record.timestamp))
+    states = {key.decode(): serde.key_state_from_record(value) for key, value in table.items()}
+    return LogFold(states=states, commands=commands, positions=positions)
+
+
+async def commands_on_topic(bootstrap: str, topic: str) -> dict[str, set[bytes]]:
+    """The distinct commands on ``position-commands``, per key (a redelivered command counts once)."""
+    found: dict[str, set[bytes]] = {}
+    for records in (await read_topic(bootstrap, topic)).values():
+        for record in records:
+            found.setdefault(record.key.decode(), set()).add(record.value)
+    return found
+
+
+async def wait_until_applied(bootstrap: str, app_id: str, inputs_topic: str, timeout_s: float = 90.0) -> None:
+    """Waits until the worker group has committed every input of the log (nothing left to apply)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(inputs_topic, p) for p in await topic_partitions(bootstrap, inputs_topic)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = await consumer.end_offsets(partitions)
+            committed = {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
+            behind = {tp.partition: ends[tp] - committed[tp] for tp in partitions if committed[tp] < ends[tp]}
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the group {app_id} still has inputs to apply: {behind}")
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()

@@ -4,7 +4,8 @@ The real worker runs a scripted history (an active position, a rolled-back and r
 one, a closed one, an adopted one) and the real sink writes PostgreSQL. Then the workers
 stop, the database tables are emptied by the replay command itself (``--truncate-sink``),
 and ``python -m streams replay --from-offset 0`` rebuilds the table from position-inputs and
-re-drives the sink. The rebuilt table (on its changelog) and the rows equal the originals.
+re-drives the sink. The rebuilt table (on its changelog) and the rows equal the originals,
+and a worker started afterwards, on its old data dir or an empty one, serves that table.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import sys
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import codec, serde
-from streams.domain import KeyState, Side, Status
-from streams.topics import topic_partitions
-from tests.integration.pipeline_harness import REPO_ROOT, InputSender, PipelineWorker, ScriptedExchange, UpdatesTap
+from streams.domain import Side, Status
+from streams.web.render import position_to_json
+from tests.integration.pipeline_harness import (
+    REPO_ROOT,
+    InputSender,
+    PipelineWorker,
+    ScriptedExchange,
+    UpdatesTap,
+    changelog_states,
+)
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
     fresh_database,
     positions_by_id,
@@ -31,26 +37,6 @@ from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a
 from tests.integration.test_sink_pipeline import close_signal, exchange_script, start_sink_process
 
 pytestmark = pytest.mark.integration
-
-
-async def changelog_states(bootstrap: str, topic: str) -> dict[str, KeyState]:
-    """The table as its changelog holds it: the newest value per key, tombstones removed."""
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        states: dict[str, KeyState | None] = {}
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    states[record.key.decode()] = None if record.value is None else \
-                        serde.key_state_from_record(codec.decode("KeyState", record.value))
-    finally:
-        await consumer.stop()
-    return {key: state for key, state in states.items() if state is not None}
 
 
 def run_replay(bootstrap: str, database_url: str, app_id: str) -> subprocess.CompletedProcess:
@@ -63,7 +49,7 @@ def run_replay(bootstrap: str, database_url: str, app_id: str) -> subprocess.Com
                           cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
 
 
-async def test_replay_from_offset_zero_rebuilds_the_table_and_the_rows_of_the_original_run(
+async def test_replay_from_offset_zero_rebuilds_the_table_and_rows_and_restarted_workers_serve_it(
         kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
     # Arrange: an original run, worker + sink, until the sink has written every state.
     app_id = f"replay-{unique_suffix}"
@@ -127,6 +113,23 @@ async def test_replay_from_offset_zero_rebuilds_the_table_and_the_rows_of_the_or
     assert await positions_by_id(fresh_database) == original_rows
     assert replayed_table == original_table
     assert "replayed" in result.stdout and "positions by status" in result.stdout
+
+    # Act, then assert: a worker restarted on its own data dir (its store now behind the
+    # changelog the replay wrote) and one on an empty data dir both restore that table and
+    # serve it.
+    expected = sorted((position_to_json(state.live_position) for state in replayed_table.values()
+                       if state.live_position is not None), key=lambda p: p["id"])
+    assert expected, "the scripted history leaves live positions to serve"
+    for data_dir in (tmp_path / "data", tmp_path / "empty-data"):
+        restarted = PipelineWorker(kafka_bootstrap, app_id, data_dir, tmp_path / f"restart-{data_dir.name}.log")
+        await restarted.start()
+        try:
+            status, served = await restarted.get_json("/positions/")
+        finally:
+            restarted.stop()
+        assert status == 200, (data_dir.name, served, restarted.log_tail(3000))
+        assert sorted(served, key=lambda p: p["id"]) == expected, data_dir.name
+        assert "Error in recovery" not in restarted.log_path.read_text(errors="replace")
 
 
 async def _rows_equal(database_url: str, expected: dict) -> bool:

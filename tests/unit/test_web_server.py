@@ -40,7 +40,8 @@ class FakeTable(dict):
 class FakeApp:
     """What the server reads of a Faust app: its URL, recovery state, the assignment map."""
 
-    def __init__(self, port: int, owned: set[int], assignment: dict) -> None:
+    def __init__(self, port: int, owned: set[int], assignment: dict, leader: bool = False) -> None:
+        self.leader = leader
         self.conf = SimpleNamespace(canonical_url=URL(f"http://127.0.0.1:{port}"), web_bind="127.0.0.1",
                                     web_port=port)
         self.tables = SimpleNamespace(recovery=SimpleNamespace(completed=asyncio.Event()))
@@ -49,6 +50,9 @@ class FakeApp:
         self.in_recovery = False
         self.router = SimpleNamespace(tables_metadata=lambda: assignment)
         self.assignor = SimpleNamespace(assigned_actives=lambda: {TP(CHANGELOG, p) for p in owned})
+
+    def is_leader(self) -> bool:
+        return self.leader
 
 
 def state_for(key: str, template: KeyState) -> KeyState:
@@ -102,8 +106,9 @@ async def make_cluster(token: str | None = None, start_b: bool = True) -> Cluste
     for partition, key in KEYS.items():
         table[key.encode()] = serde.key_state_to_record(state_for(key, templates[partition]))
     servers = []
-    for port, owned in ((port_a, {0, 1}), (port_b, {2, 3})):
-        servers.append(PositionsWebServer(FakeApp(port, owned, assignment), settings(web_auth_token=token), table))
+    for port, owned, leader in ((port_a, {0, 1}, True), (port_b, {2, 3}, False)):
+        servers.append(PositionsWebServer(FakeApp(port, owned, assignment, leader), settings(web_auth_token=token),
+                                          table))
     await servers[0].start()
     if start_b:
         await servers[1].start()
@@ -160,7 +165,7 @@ async def test_positions_is_complete_from_either_worker_and_ignores_standby_copi
     assert sorted(p["key"] for p in part_a[1]["positions"]) == sorted(KEYS[p] for p in (0, 1))
 
 
-async def test_an_absent_owner_gives_503_never_a_wrong_answer(http, monkeypatch):
+async def test_an_absent_owner_gives_503_with_what_answered_never_a_short_list(http, monkeypatch):
     # Arrange: b is assigned partitions 2 and 3 but does not answer.
     monkeypatch.setattr(web_server, "FAN_OUT_RETRY_PAUSE_S", 0.0)
     running = await make_cluster(start_b=False)
@@ -175,9 +180,11 @@ async def test_an_absent_owner_gives_503_never_a_wrong_answer(http, monkeypatch)
 
     # Assert
     assert listing[0] == 503 and listing[1]["missing_partitions"] == [2, 3]
+    assert sorted(p["key"] for p in listing[1]["positions"]) == sorted(KEYS[p] for p in (0, 1))
     assert key_of_b[0] == 503
     assert key_of_a[0] == 200
     assert page[0] == 200 and "no worker answered for partitions [2, 3]" in page[1]
+    assert KEYS[0].split("@")[0] in page[1]  # the page shows what it has beside the warning
 
 
 async def test_a_forwarded_request_is_never_forwarded_again(cluster, http):
@@ -200,7 +207,8 @@ async def test_not_ready_worker_says_503_on_ready_and_table_routes_but_is_health
     part = await fetch(http, f"{cluster.url('a')}/_node/positions/")
 
     # Assert
-    assert ready[0] == 503 and ready[1] == {"ready": False, "reason": "rebalancing", "partitions": []}
+    assert ready[0] == 503 and ready[1] == {"ready": False, "reason": "rebalancing", "partitions": [],
+                                            "leader": False}
     assert key[0] == 503 and key[2].get("Retry-After") == "1"
     assert health[0] == 200
     assert part[1]["partitions"] == []  # claims nothing: the fan-out retries or says 503
@@ -245,3 +253,16 @@ async def test_unknown_paths_and_writes_are_refused(cluster, http):
 
     # Assert
     assert table[0] == 404 and put_status == 405
+
+
+async def test_ready_names_the_partitions_and_whether_the_worker_leads_the_group(cluster, http):
+    # Act
+    ready_a = await fetch(http, f"{cluster.url('a')}/ready")
+    ready_b = await fetch(http, f"{cluster.url('b')}/ready")
+    metrics_a = await fetch(http, f"{cluster.url('a')}/metrics")
+
+    # Assert
+    assert ready_a[0] == ready_b[0] == 200
+    assert ready_a[1] == {"ready": True, "reason": "ready", "partitions": [0, 1], "leader": True}
+    assert ready_b[1]["leader"] is False and ready_b[1]["partitions"] == [2, 3]
+    assert "pipeline_group_leader 1.0" in metrics_a[1]
