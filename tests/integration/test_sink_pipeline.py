@@ -93,7 +93,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path: Path) -> subprocess.Popen:
+def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path: Path,
+                       partitions: int = PARTITIONS) -> subprocess.Popen:
     """`python -m sinks` with the environment a deployment gives it."""
     environment = {
         **os.environ,
@@ -101,7 +102,7 @@ def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path:
         "DATABASE_URL": database_url,
         "PIPELINE_APP_ID": app_id,
         "PIPELINE_TOPIC_PREFIX": f"{app_id}.",
-        "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
+        "PIPELINE_TOPIC_PARTITIONS": str(partitions),
         "PIPELINE_SINK_LINGER_S": "0.05",
         "PYTHONPATH": str(REPO_ROOT),
     }

@@ -363,6 +363,20 @@ def test_workers_never_outnumber_the_partitions(rendered: list[dict]):
     assert 1 <= worker["spec"]["replicas"] <= partitions
 
 
+def test_scaled_workers_fail_over_within_seconds_to_a_hot_standby(production_objects: list[dict]):
+    # Arrange: the production overlay runs 3 workers.
+    worker = _one(production_objects, "StatefulSet", "worker")
+    config = _config_map(production_objects)["data"]
+    headless = next(o for o in production_objects if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None")
+
+    # Assert: each partition has a hot copy elsewhere, a dead worker is noticed within
+    # seconds, and peers reach each other (forwarding, fan-out) while /ready says 503.
+    assert worker["spec"]["replicas"] >= 2
+    assert int(config["PIPELINE_TABLE_STANDBY_REPLICAS"]) >= 1
+    assert 6 <= float(config["PIPELINE_SESSION_TIMEOUT_S"]) <= 15
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+
+
 # --------------------------------------------------------------------------- sink, ingest, topics
 
 
