@@ -1,7 +1,8 @@
 """`python -m sinks`: run the PostgreSQL sink with ``Settings.from_env()`` until SIGTERM/SIGINT.
 
 Exits 0 on a requested stop, 1 when the sink hits something no retry can fix (a failed
-migration, a row PostgreSQL refuses): its offsets stay uncommitted, so nothing is lost.
+migration): its offsets stay uncommitted, so nothing is lost. A row PostgreSQL refuses is
+dead-lettered and counted on ``/metrics``, and the sink goes on.
 """
 
 from __future__ import annotations

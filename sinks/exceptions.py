@@ -32,6 +32,6 @@ class DatabaseError(SinkError):
 class IntegrityViolationError(DatabaseError):
     """The batch breaks a constraint, e.g. the one-live-position-per-symbol backstop index.
 
-    The stream never produces such data; when it happens the pipeline has a bug, and the
-    sink stops rather than write around it (its offsets stay uncommitted, nothing is lost).
+    The writer answers it by writing the batch row by row and dead-lettering the refused
+    rows (``PostgresWriter.write``), so it never stops the sink.
     """

@@ -22,7 +22,11 @@ bounded) and the consumer keeps polling so the group does not evict it. It never
 record and never commits the offset of one it has not written.
 
 Undecodable update records (our own agent wrote them, so this is a bug, not input) are
-logged, counted and sent to the dead-letter topic; the sink goes on.
+logged, counted and sent to the dead-letter topic; the sink goes on. So is a position row
+the one-live-position index refuses (a replay that did not start at offset 0 re-adopting a
+position under a new id, say): the batch is written again row by row, every other row
+lands, the refused one is dead-lettered with the live row that holds its key and counted
+(``pipeline_sink_refused_rows_total``); the sink never crash-loops on it.
 
 Several sinks may run in the one group: a key lives on one partition, so two sinks never
 write the same position or race on the (symbol, exchange) index.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -39,8 +44,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sinks.exceptions import (
     DatabaseError,
@@ -56,6 +64,7 @@ from streams.heartbeat import beat_while_running
 from streams.domain import Position
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
+from streams.web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +118,21 @@ INSERT_EVENTS_SQL = _insert_events_sql()
 
 
 @dataclass(frozen=True)
+class RefusedRow:
+    """A position row the one-live-position index refused, beside the live row that holds the key."""
+
+    row: dict
+    existing: dict | None
+    error: str
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What one batch's transaction changed."""
 
     positions_upserted: int  # rows inserted or replaced by a newer version
     events_inserted: int  # audit rows new to the table
+    refused: tuple[RefusedRow, ...] = ()  # rows the unique live-position index refused (dead letters)
 
 
 def _row_count(status: str) -> int:
@@ -140,6 +159,47 @@ async def write_batch(connection: asyncpg.Connection, rows: BatchRows) -> WriteR
         return WriteResult(positions, events)
     except Exception as error:  # noqa: BLE001 - classified and wrapped below, nothing swallowed
         wrapped = _wrap(error, "writing a batch")
+        if wrapped is error:
+            raise
+        raise wrapped from error
+
+
+_LIVE_ROW_OF_KEY_SQL = (
+    "SELECT * FROM monitoring.positions WHERE symbol = $1 AND exchange = $2 "
+    "AND status NOT IN ('closed', 'rolled_back')"
+)
+
+
+async def write_batch_isolating_conflicts(connection: asyncpg.Connection, rows: BatchRows) -> WriteResult:
+    """Writes one batch row by row, keeping every row but those the live-position index refuses.
+
+    The slow path, taken only after ``write_batch`` met an integrity violation: each
+    position row is merged under its own savepoint (the same guarded merge, in version
+    order), a refused one is rolled back alone and returned with the live row that holds
+    its key. One transaction, as ``write_batch``: the offsets move after it commits.
+    """
+    refused: list[RefusedRow] = []
+    try:
+        async with connection.transaction():
+            positions = events = 0
+            for row in rows.positions:
+                try:
+                    async with connection.transaction():  # a savepoint
+                        await connection.copy_records_to_table("sink_positions", records=[row],
+                                                               columns=POSITION_COLUMNS)
+                        positions += _row_count(await connection.execute(MERGE_POSITIONS_SQL))
+                        await connection.execute("DELETE FROM sink_positions")
+                except asyncpg.IntegrityConstraintViolationError as error:
+                    refused_row = dict(zip(POSITION_COLUMNS, row))
+                    existing = await connection.fetchrow(_LIVE_ROW_OF_KEY_SQL, refused_row["symbol"],
+                                                         refused_row["exchange"])
+                    refused.append(RefusedRow(refused_row, dict(existing) if existing else None, str(error)))
+            if rows.events:
+                await connection.copy_records_to_table("sink_events", records=rows.events, columns=EVENT_COLUMNS)
+                events = _row_count(await connection.execute(INSERT_EVENTS_SQL))
+        return WriteResult(positions, events, tuple(refused))
+    except Exception as error:  # noqa: BLE001 - classified and wrapped below, nothing swallowed
+        wrapped = _wrap(error, "writing a batch row by row")
         if wrapped is error:
             raise
         raise wrapped from error
@@ -173,6 +233,7 @@ class SinkStats:
     retries: int = 0  # failed attempts to reach or write PostgreSQL
     reconnects: int = 0  # successful connections after a failure
     undecodable: int = 0  # update records that could not be decoded (sent to dead letters)
+    refused: int = 0  # position rows the one-live-position index refused (sent to dead letters)
     commit_failures: int = 0  # Kafka offset commits that failed (rows were written: replay only)
     last_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last written update offset
     last_versions: dict[int, int] = field(default_factory=dict)  # partition -> newest input offset written
@@ -194,8 +255,13 @@ class SinkStats:
             f"({self.positions_upserted} position upserts, {self.events_inserted} audit rows), "
             f"lag {self.total_lag} {_by_partition(self.lag)}, last offsets {_by_partition(self.last_offsets)}, "
             f"last versions {_by_partition(self.last_versions)}, retries {self.retries}, "
-            f"reconnects {self.reconnects}, undecodable {self.undecodable}{waiting}"
+            f"reconnects {self.reconnects}, undecodable {self.undecodable}, refused {self.refused}{waiting}"
         )
+
+
+def _row_json(row: dict) -> str:
+    return json.dumps({name: (value if value is None or isinstance(value, (bool, int)) else str(value))
+                       for name, value in row.items()}, sort_keys=True)
 
 
 def _by_partition(values: dict[int, int]) -> str:
@@ -269,10 +335,20 @@ class PostgresWriter:
 
     async def write(self, rows: BatchRows, stopping: asyncio.Event,
                     while_waiting: Callable[[], Awaitable[None]] | None = None) -> WriteResult:
-        """Writes ``rows`` in one transaction, retrying until durable (or the sink stops)."""
+        """Writes ``rows`` in one transaction, retrying until durable (or the sink stops).
+
+        A batch the live-position index refuses is written again row by row: every other
+        row lands and the refused ones come back in ``WriteResult.refused``; the sink never
+        stops (and never crash-loops) on data another position already holds.
+        """
 
         async def attempt() -> WriteResult:
-            return await write_batch(await self.connection(), rows)
+            connection = await self.connection()
+            try:
+                return await write_batch(connection, rows)
+            except IntegrityViolationError as violation:
+                logger.warning("batch refused by a constraint (%s): writing it row by row", violation)
+                return await write_batch_isolating_conflicts(connection, rows)
 
         return await self._with_retries(attempt, f"writing {len(rows.positions)} positions and "
                                                  f"{len(rows.events)} audit rows", stopping, while_waiting)
@@ -434,6 +510,7 @@ class PostgresSink:
         started = time.monotonic()
         merger = BatchMerger()
         undecodable = []
+        position_records: dict[str, object] = {}  # position id -> the record of its newest version
         newest: dict[TopicPartition, int] = {}
         versions: dict[int, int] = {}
         for record in records:
@@ -448,6 +525,8 @@ class PostgresSink:
                 undecodable.append((record, error))
                 continue
             merger.add(update)
+            if isinstance(update, Position):
+                position_records[update.id] = record
             version = update.version if isinstance(update, Position) else update.offset
             versions[record.partition] = max(versions.get(record.partition, -1), version)
         if undecodable:
@@ -457,6 +536,8 @@ class PostgresSink:
             result = await self.writer.write(rows, self._stopping, self._keep_alive)
             self.stats.positions_upserted += result.positions_upserted
             self.stats.events_inserted += result.events_inserted
+            if result.refused:
+                await self._dead_letter_refused(result.refused, position_records)
         self._resume_all()
         self._held_from.clear()
 
@@ -522,32 +603,50 @@ class PostgresSink:
         if self._consumer is not None and self._consumer.paused():
             self._consumer.resume(*self._consumer.paused())
 
+    async def _dead_letter_refused(self, refused: Sequence[RefusedRow], position_records: dict) -> None:
+        """Dead-letters each position row the live-position index refused, with the row that holds the key."""
+        for item in refused:
+            record = position_records[item.row["id"]]
+            existing = item.existing or {}
+            reason = (f"position {item.row['id']} ({item.row['status']}, version {item.row['version']}) refused: "
+                      f"{item.row['symbol']}@{item.row['exchange']} already has the live row {existing.get('id')} "
+                      f"({existing.get('status')}, version {existing.get('version')}) in monitoring.positions. "
+                      f"refused row: {_row_json(item.row)}; existing row: {_row_json(existing)}")
+            logger.error("%s; sent to %s, the sink goes on", reason, self.topics.dead_letters)
+            metrics.observe_sink_refused_row()
+            await self._publish_dead_letter(record, "LivePositionConflict", reason)
+            self.stats.refused += 1
+
     async def _dead_letter(self, undecodable: list) -> None:
         """Logs, counts and publishes undecodable records to the dead-letter topic (acked before commit)."""
+        for record, error in undecodable:
+            logger.error("undecodable update %s[%d]@%d: %s: %s; sent to %s", record.topic, record.partition,
+                         record.offset, type(error).__name__, error, self.topics.dead_letters)
+            await self._publish_dead_letter(record, type(error).__name__, str(error) or type(error).__name__)
+            self.stats.undecodable += 1
+
+    async def _publish_dead_letter(self, record, error_type: str, reason: str) -> None:
+        """Publishes one dead letter for ``record`` and waits for Kafka's acknowledgement (retrying)."""
         if self._producer is None:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                               acks="all", enable_idempotence=True)
             await self._producer.start()
-        for record, error in undecodable:
-            logger.error("undecodable update %s[%d]@%d: %s: %s; sent to %s", record.topic, record.partition,
-                         record.offset, type(error).__name__, error, self.topics.dead_letters)
-            letter = serde.DeadLetter(
-                source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
-                key=record.key, value=record.value, error_type=type(error).__name__,
-                reason=str(error) or type(error).__name__, ts=record.timestamp,
-            )
-            attempt = 0
-            while True:
-                try:
-                    await self._producer.send_and_wait(self.topics.dead_letters, key=record.key or b"",
-                                                       value=serde.encode_dead_letter(letter))
-                    break
-                except KafkaError as send_error:
-                    delay = backoff_delay(attempt, cap_s=self.settings.sink_max_backoff_s)
-                    attempt += 1
-                    logger.warning("dead letter not accepted by Kafka (%s); retrying in %.1fs", send_error, delay)
-                    await _wait(delay, self._stopping, None)
-            self.stats.undecodable += 1
+        letter = serde.DeadLetter(
+            source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
+            key=record.key, value=record.value, error_type=error_type, reason=reason, ts=record.timestamp,
+        )
+        metrics.observe_dead_letter("sink", error_type)
+        attempt = 0
+        while True:
+            try:
+                await self._producer.send_and_wait(self.topics.dead_letters, key=record.key or b"",
+                                                   value=serde.encode_dead_letter(letter))
+                return
+            except KafkaError as send_error:
+                delay = backoff_delay(attempt, cap_s=self.settings.sink_max_backoff_s)
+                attempt += 1
+                logger.warning("dead letter not accepted by Kafka (%s); retrying in %.1fs", send_error, delay)
+                await _wait(delay, self._stopping, None)
 
     # ------------------------------------------------------------------ health
 
@@ -586,8 +685,40 @@ async def run_sink(settings: Settings) -> None:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, sink.stop)
     heartbeat = asyncio.create_task(beat_while_running(settings.heartbeat_file)) if settings.heartbeat_file else None
+    metrics_server = await _serve_metrics(settings, sink)
     try:
         await sink.run()
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
+        if metrics_server is not None:
+            await metrics_server.cleanup()
+
+
+async def _serve_metrics(settings: Settings, sink: PostgresSink) -> web.AppRunner | None:
+    """``GET /metrics`` of the sink process on ``WEB_BIND:PIPELINE_SINK_METRICS_PORT`` (0: none).
+
+    The sink's own counters (refused rows, dead letters, lag) live in this process, not in
+    a worker's. A port already taken (a second sink on the host) costs the endpoint, never
+    the sink: logged, and the sink goes on.
+    """
+    if settings.sink_metrics_port == 0:
+        return None
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        await sink.refresh_lag()
+        metrics.set_sink_lag(sink.stats.total_lag)
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    application = web.Application()
+    application.router.add_get("/metrics", serve_metrics)
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.web_bind, settings.sink_metrics_port).start()
+    except OSError as error:
+        logger.warning("sink metrics not served on %s:%d: %s", settings.web_bind, settings.sink_metrics_port, error)
+        await runner.cleanup()
+        return None
+    logger.info("sink metrics on http://%s:%d/metrics", settings.web_bind, settings.sink_metrics_port)
+    return runner

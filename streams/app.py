@@ -107,7 +107,11 @@ class InputProcessor:
         if decision.audit is not None:
             outputs.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
         await self._send_durably(record.key, outputs)
-        if decision.state is not state:
+        redelivered = state is not None and record.offset <= state.last_offset
+        if decision.state is not state or redelivered:
+            # A redelivered input changes nothing, but its state is written again: a kill
+            # between the local store write and the changelog flush left the changelog (and
+            # so the standbys and the next owner) without it; rewriting converges them.
             self.store(record.key, serde.key_state_to_record(decision.state))
         self.applied_inputs += 1
         return decision
@@ -377,17 +381,20 @@ def _add_replay_command(app: faust.App, settings: Settings) -> None:
                help="Empty monitoring.positions and monitoring.position_events before re-driving the sink."),
         option("--force", is_flag=True, default=False,
                help="Skip the check that no worker of the group is running."),
+        option("--allow-partial", is_flag=True, default=False,
+               help="Allow --truncate-sink when the replay does not start at offset 0 of the log."),
         option("--no-progress", is_flag=True, default=False, help="No progress bar."),
     )
     async def replay(self: Any, from_offset: int | None, from_timestamp: int | None, truncate_sink: bool,
-                     force: bool, no_progress: bool) -> None:
+                     force: bool, allow_partial: bool, no_progress: bool) -> None:
         """Rebuild the table from position-inputs and re-drive the sink (stop the workers first)."""
         from streams.replay import ReplayRefused
         from streams.replay import replay as run_replay
 
         try:
             summary = await run_replay(settings, from_offset=from_offset, from_timestamp_ms=from_timestamp,
-                                       truncate_sink=truncate_sink, force=force, progress=not no_progress)
+                                       truncate_sink=truncate_sink, force=force, progress=not no_progress,
+                                       allow_partial_truncate=allow_partial)
         except ReplayRefused as refusal:
             raise SystemExit(f"replay refused: {refusal}") from None
         self.say(summary.render())

@@ -18,8 +18,10 @@ replay, with every worker stopped:
 5. moves the worker group's committed offsets on ``position-inputs`` to where the replay
    stopped, so the workers go on from there.
 
-Starting anywhere but the log start (or a point where the table was known empty) rebuilds
-from an empty table at that point: the summary says so.
+Starting anywhere but offset 0 (a chosen offset or time, or a log whose older inputs the
+broker deleted: create it with ``retention.ms=-1``, the default) rebuilds from an empty table
+at that point: the summary says so, and ``--truncate-sink`` is refused unless
+``--allow-partial`` is given.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from streams import codec, serde
 from streams.app import ConsumedRecord, InputProcessor
 from streams.settings import Settings
-from streams.topics import TopicNames, topic_partitions
+from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -60,25 +62,28 @@ class ReplaySummary:
     statuses: Counter = field(default_factory=Counter)
     start_offsets: dict[int, int] = field(default_factory=dict)
     end_offsets: dict[int, int] = field(default_factory=dict)
+    log_start_offsets: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when the replay started at offset 0 of a log that still starts at 0."""
+        return all(offset == 0 for offset in self.start_offsets.values())
 
     def render(self) -> str:
         live = {status: count for status, count in self.statuses.items()}
-        started_at_log_start = all(offset == 0 for offset in self.start_offsets.values())
+        trimmed = {p: o for p, o in self.log_start_offsets.items() if o > 0}
         return "\n".join([
             f"replayed {self.inputs} inputs ({self.skipped} undecodable, skipped as in the original run) "
             f"over {len(self.start_offsets)} partitions in {self.seconds:.1f}s",
             f"table: {self.keys} keys written, {self.tombstones} removed; positions by status: {live or 'none'}",
             f"sink: {self.updates_published} updates republished to position-updates",
-            "started from the log start" if started_at_log_start else
-            f"started from offsets {self.start_offsets} with an EMPTY table at that point",
+            "started from offset 0: every input the log ever held" if self.complete else
+            f"started from offsets {self.start_offsets} with an EMPTY table at that point: positions opened "
+            f"before are missing from the rebuilt table"
+            + (f" (the log itself starts at {trimmed}: older inputs were deleted by retention)" if trimmed else ""),
             f"worker group offsets set to {self.end_offsets}",
         ])
-
-
-def changelog_topic(settings: Settings) -> str:
-    """The table's changelog topic (Faust names it ``<app id>-<table>-changelog``)."""
-    return f"{settings.app_id}-key_to_state-changelog"
 
 
 async def _refuse_if_workers_run(settings: Settings) -> None:
@@ -107,8 +112,15 @@ async def _start_offsets(consumer: AIOKafkaConsumer, partitions: list[TopicParti
 
 
 async def replay(settings: Settings, *, from_offset: int | None = None, from_timestamp_ms: int | None = None,
-                 truncate_sink: bool = False, force: bool = False, progress: bool = True) -> ReplaySummary:
-    """Runs the replay described in the module docstring; returns its summary."""
+                 truncate_sink: bool = False, force: bool = False, progress: bool = True,
+                 allow_partial_truncate: bool = False) -> ReplaySummary:
+    """Runs the replay described in the module docstring; returns its summary.
+
+    Refuses ``truncate_sink`` when the replay does not start at offset 0 of a log that
+    starts at 0 (a chosen start, or inputs deleted by retention), unless
+    ``allow_partial_truncate``: the rebuilt table would lack every position opened before,
+    and emptying the sink would erase their rows.
+    """
     started = time.monotonic()
     names = TopicNames.for_prefix(settings.topic_prefix)
     if not force:
@@ -130,7 +142,16 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
         ends = await consumer.end_offsets(partitions)
         summary.start_offsets = {tp.partition: starts[tp] for tp in partitions}
         summary.end_offsets = {tp.partition: ends[tp] for tp in partitions}
-        old_keys = await _changelog_keys(settings.kafka_bootstrap_servers, changelog_topic(settings))
+        summary.log_start_offsets = {tp.partition: offset
+                                     for tp, offset in (await consumer.beginning_offsets(partitions)).items()}
+        if truncate_sink and not summary.complete and not allow_partial_truncate:
+            trimmed = {p: o for p, o in summary.log_start_offsets.items() if o > 0}
+            why = (f"the log starts at offsets {trimmed} (older inputs were deleted by retention)" if trimmed
+                   else f"it starts at offsets {summary.start_offsets}, not at offset 0")
+            raise ReplayRefused(f"--truncate-sink refused: {why}, so the rebuilt table lacks every position opened "
+                                f"before and emptying the sink would erase their rows; pass --allow-partial to "
+                                f"truncate anyway")
+        old_keys = await _changelog_keys(settings.kafka_bootstrap_servers, table_changelog_topic(settings))
 
         # The agent's own InputProcessor does the fold, so a replay decides exactly as the
         # worker did; its outputs are collected instead of sent, and commands are dropped.
@@ -175,7 +196,7 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
         bar.close()
         states = {key: (partition_of_key[key], serde.key_state_from_record(value)) for key, value in table.items()}
 
-        changelog = changelog_topic(settings)
+        changelog = await ensure_table_changelog(settings)
         sends = []
         for key, (partition, state) in states.items():
             sends.append(await producer.send(changelog, key=key, partition=partition,
@@ -232,8 +253,11 @@ async def _changelog_keys(bootstrap_servers: str, topic: str) -> dict[bytes, int
 
 
 async def _truncate_sink(database_url: str) -> None:
+    from sinks.migrate import migrate  # the schema's owner: a database no sink has touched yet has no tables
+
     connection = await asyncpg.connect(database_url)
     try:
+        await migrate(connection)
         await connection.execute("TRUNCATE monitoring.positions, monitoring.position_events")
     finally:
         await connection.close()

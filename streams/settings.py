@@ -94,11 +94,15 @@ class Settings:
     max_remembered_signal_ids: int = 256
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
+    # retention.ms of position-inputs when the pipeline creates it: -1 keeps every input, so
+    # a replay from the log start knows every position ever opened.
+    inputs_retention_ms: int = -1
     # The PostgreSQL sink (sinks/postgres.py): records per transaction, how long a partial
     # batch waits for more, and the ceiling of its retry backoff while PostgreSQL is down.
     sink_batch_size: int = 1000
     sink_linger_s: float = 0.2
     sink_max_backoff_s: float = 30.0
+    sink_metrics_port: int = 6068
     exchange_edge_enabled: bool = True
     table_standby_replicas: int = 1
     heartbeat_file: Path | None = None
@@ -144,9 +148,11 @@ class Settings:
             deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
             commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
             session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "10", float),
+            inputs_retention_ms=_number(env, "PIPELINE_INPUTS_RETENTION_MS", "-1", int),
             sink_batch_size=_number(env, "PIPELINE_SINK_BATCH_SIZE", "1000", int),
             sink_linger_s=_number(env, "PIPELINE_SINK_LINGER_S", "0.2", float),
             sink_max_backoff_s=_number(env, "PIPELINE_SINK_MAX_BACKOFF_S", "30", float),
+            sink_metrics_port=_number(env, "PIPELINE_SINK_METRICS_PORT", "6068", int),
             exchange_edge_enabled=_flag(env, "PIPELINE_EXCHANGE_EDGE", True),
             table_standby_replicas=_number(env, "PIPELINE_TABLE_STANDBY_REPLICAS", "1", int),
             heartbeat_file=Path(env["PIPELINE_HEARTBEAT_FILE"]) if env.get("PIPELINE_HEARTBEAT_FILE") else None,
@@ -172,6 +178,9 @@ class Settings:
         if not 6 <= self.session_timeout_s <= 1800:
             # Kafka brokers refuse a session outside group.min/max.session.timeout.ms (6 s / 30 min by default).
             raise SettingsError(f"PIPELINE_SESSION_TIMEOUT_S must be between 6 and 1800, got {self.session_timeout_s}")
+        if self.inputs_retention_ms != -1 and self.inputs_retention_ms < 1:
+            raise SettingsError(f"PIPELINE_INPUTS_RETENTION_MS must be -1 (keep forever) or > 0 ms, "
+                                f"got {self.inputs_retention_ms}")
         if self.sync_interval_s <= 0:
             raise SettingsError(f"SYNC_INTERVAL_S must be > 0, got {self.sync_interval_s}")
         if not self.database_url.startswith(("postgresql://", "postgres://")):
@@ -184,6 +193,8 @@ class Settings:
             raise SettingsError(f"PIPELINE_SINK_MAX_BACKOFF_S must be > 0, got {self.sink_max_backoff_s}")
         if self.signals_ws_url is not None and not self.signals_ws_url.startswith(("ws://", "wss://")):
             raise SettingsError("SIGNALS_WS_URL must be a ws:// or wss:// URL")
+        if not 0 <= self.sink_metrics_port <= 65535:
+            raise SettingsError(f"PIPELINE_SINK_METRICS_PORT must be a port (0 = no endpoint), got {self.sink_metrics_port}")
         if not 0 <= self.demo_feed_port <= 65535:
             raise SettingsError(f"DEMO_FEED_PORT must be a port (0 = any free one), got {self.demo_feed_port}")
         if self.demo_feed_interval_s < 0:

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
@@ -70,12 +71,18 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
             try:
                 await admin.create_topics([
                     NewTopic(name, num_partitions=settings.topic_partitions,
-                             replication_factor=settings.topic_replication_factor)
+                             replication_factor=settings.topic_replication_factor,
+                             topic_configs=_topic_configs(settings, names, name))
                     for name in missing
                 ])
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create: fine
             logger.info("created topics %s with %d partitions", missing, settings.topic_partitions)
+        retention = await _retention_ms(admin, names.inputs)
+        if retention is not None and retention != settings.inputs_retention_ms and retention != -1:
+            logger.warning("topic %r keeps inputs for %d ms only: a replay from its start will not see older "
+                           "positions (PIPELINE_INPUTS_RETENTION_MS is %d; -1 keeps every input)",
+                           names.inputs, retention, settings.inputs_retention_ms)
         for description in await _describe_when_ready(admin, list(names.all())):
             count = len(description["partitions"])
             if count != settings.topic_partitions:
@@ -83,6 +90,62 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
                     f"topic {description['topic']!r} has {count} partitions, the pipeline expects "
                     f"{settings.topic_partitions} (PIPELINE_TOPIC_PARTITIONS): keys would not be co-partitioned"
                 )
+    finally:
+        await admin.close()
+
+
+def table_changelog_topic(settings: Settings) -> str:
+    """The ``key_to_state`` table's changelog topic: Faust names it ``<app id>-<table>-changelog``."""
+    return f"{settings.app_id}-key_to_state-changelog"
+
+
+async def ensure_table_changelog(settings: Settings) -> str:
+    """Creates the table's changelog topic when missing (compacted, co-partitioned); returns its name.
+
+    Workers create it themselves on start; a replay onto a deployment where no worker ran
+    yet must write the table before any worker exists.
+    """
+    topic = table_changelog_topic(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            try:
+                await admin.create_topics([NewTopic(topic, num_partitions=settings.topic_partitions,
+                                                    replication_factor=settings.topic_replication_factor,
+                                                    topic_configs={"cleanup.policy": "compact"})])
+            except TopicAlreadyExistsError:
+                pass
+            await _describe_when_ready(admin, [topic])
+    finally:
+        await admin.close()
+    return topic
+
+
+def _topic_configs(settings: Settings, names: TopicNames, name: str) -> dict[str, str]:
+    # The inputs log is the source of truth: the broker's default retention (7 days) would
+    # make a replay from its start forget every position opened before that.
+    return {"retention.ms": str(settings.inputs_retention_ms)} if name == names.inputs else {}
+
+
+async def _retention_ms(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """``retention.ms`` of ``topic`` as the broker applies it (None when it cannot tell)."""
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})])
+    for response in responses:
+        for resource in response.resources:
+            # (error_code, error_message, resource_type, resource_name, config_entries)
+            for entry in resource[4]:
+                if entry[0] == "retention.ms" and entry[1] is not None:
+                    return int(entry[1])
+    return None
+
+
+async def inputs_retention_ms(bootstrap_servers: str, topic: str) -> int | None:
+    """``retention.ms`` of the inputs log (-1: forever); None when the broker does not say."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        return await _retention_ms(admin, topic)
     finally:
         await admin.close()
 

@@ -18,7 +18,7 @@ Where to call them:
 - ``observe_exchange_error(code)``: the executor, for an error answer of the exchange;
 - ``observe_restored_record(replica)``: the table's changelog callback, per record restored;
 - ``set_group_leader(is_leader)``: the web server, before each scrape;
-- ``set_sink_lag(records)``: the PostgreSQL sink;
+- ``set_sink_lag(records)``, ``observe_sink_refused_row()``: the PostgreSQL sink;
 - ``refresh_position_gauge(positions)``: the web server, before each scrape (from the local
   table, so each worker reports the positions of the partitions it owns).
 """
@@ -53,12 +53,14 @@ __all__ = [
     "REFUSAL_CATEGORIES",
     "RESTORED_RECORDS",
     "SINK_LAG",
+    "SINK_REFUSED_ROWS",
     "observe_dead_letter",
     "observe_decision",
     "observe_exchange_error",
     "observe_input",
     "observe_refusal",
     "observe_restored_record",
+    "observe_sink_refused_row",
     "refresh_position_gauge",
     "refusal_category",
     "set_group_leader",
@@ -101,6 +103,11 @@ RESTORED_RECORDS = Counter(
     "Changelog records this worker read into its table store, as the active owner (recovery "
     "after an assignment) or as a standby replica (kept hot for a failover).",
     ["replica"],
+)
+SINK_REFUSED_ROWS = Counter(
+    "pipeline_sink_refused_rows",
+    "Position rows PostgreSQL's one-live-position index refused (dead-lettered with the row that "
+    "holds the key; someone must look): alert on any increase.",
 )
 GROUP_LEADER = Gauge(
     "pipeline_group_leader",
@@ -233,6 +240,11 @@ def observe_exchange_error(code: int | str | None) -> None:
 def observe_restored_record(replica: str) -> None:
     """Counts one changelog record restored into the local store (``replica``: active or standby)."""
     RESTORED_RECORDS.labels(replica=replica if replica in ("active", "standby") else "other").inc()
+
+
+def observe_sink_refused_row() -> None:
+    """Counts one position row the sink could not write because another live row holds its key."""
+    SINK_REFUSED_ROWS.inc()
 
 
 def set_group_leader(is_leader: bool) -> None:

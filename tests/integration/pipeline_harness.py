@@ -135,6 +135,7 @@ class PipelineWorker:
             if "[^Worker]: Ready" in self.log_path.read_text(errors="replace")[offset:]:
                 return
             await asyncio.sleep(0.2)
+        self.kill()  # a worker that never got ready must not outlive the test
         raise RuntimeError(f"worker not ready within {ready_timeout_s}s:\n{self.log_tail()}")
 
     def stop(self) -> None:

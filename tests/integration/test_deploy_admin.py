@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.topics import TopicNames, topic_partitions
+from streams.topics import TopicNames, inputs_retention_ms, topic_partitions
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _create_topics(bootstrap: str, prefix: str, partitions: int) -> subprocess.CompletedProcess:
+def _create_topics(bootstrap: str, prefix: str, partitions: int, **env_overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PIPELINE_TOPIC_PREFIX": prefix,
-           "PIPELINE_TOPIC_PARTITIONS": str(partitions)}
+           "PIPELINE_TOPIC_PARTITIONS": str(partitions), **env_overrides}
     return subprocess.run([sys.executable, "-m", "streams.admin", "create-topics", "--wait", "30"],
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env)
 
@@ -65,3 +65,24 @@ def test_create_topics_fails_on_topics_with_another_partition_count(kafka_bootst
     assert result.returncode == 1
     assert f"{prefix}position-inputs" in result.stderr and "PIPELINE_TOPIC_PARTITIONS" in result.stderr
     assert asyncio.run(topic_partitions(kafka_bootstrap, f"{prefix}position-inputs")) == [0, 1, 2]
+
+
+def test_the_inputs_log_keeps_every_input_by_default_and_other_topics_the_brokers_retention(kafka_bootstrap: str,
+                                                                                          prefix: str):
+    # Act
+    result = _create_topics(kafka_bootstrap, prefix, 2)
+
+    # Assert: the source of truth is never trimmed by the broker's 7-day default
+    names = TopicNames.for_prefix(prefix)
+    assert result.returncode == 0, result.stderr
+    assert asyncio.run(inputs_retention_ms(kafka_bootstrap, names.inputs)) == -1
+    assert asyncio.run(inputs_retention_ms(kafka_bootstrap, names.commands)) == 7 * 24 * 3600 * 1000
+
+
+def test_the_inputs_retention_is_configurable(kafka_bootstrap: str, prefix: str):
+    # Act
+    result = _create_topics(kafka_bootstrap, prefix, 2, PIPELINE_INPUTS_RETENTION_MS=str(30 * 24 * 3600 * 1000))
+
+    # Assert
+    assert result.returncode == 0, result.stderr
+    assert asyncio.run(inputs_retention_ms(kafka_bootstrap, TopicNames.for_prefix(prefix).inputs)) == 2592000000

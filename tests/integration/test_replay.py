@@ -20,6 +20,8 @@ import asyncpg
 import pytest
 
 from streams.domain import Side, Status
+from streams.settings import Settings
+from streams.topics import TopicNames, ensure_topics
 from streams.web.render import position_to_json
 from tests.integration.pipeline_harness import (
     REPO_ROOT,
@@ -39,13 +41,14 @@ from tests.integration.test_sink_pipeline import close_signal, exchange_script, 
 pytestmark = pytest.mark.integration
 
 
-def run_replay(bootstrap: str, database_url: str, app_id: str) -> subprocess.CompletedProcess:
+def run_replay(bootstrap: str, database_url: str, app_id: str,
+               arguments: tuple[str, ...] = ("--from-offset", "0", "--truncate-sink")) -> subprocess.CompletedProcess:
     environment = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
                    "PIPELINE_APP_ID": app_id, "PIPELINE_TOPIC_PREFIX": f"{app_id}.",
                    "PIPELINE_TOPIC_PARTITIONS": "3", "PIPELINE_EXCHANGE_EDGE": "off",
                    "PIPELINE_ENTRY_TIMEOUT_S": "5", "PIPELINE_STOP_LOSS_TIMEOUT_S": "5",
                    "PIPELINE_CLOSE_TIMEOUT_S": "5", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "streams", "replay", "--from-offset", "0", "--truncate-sink"],
+    return subprocess.run([sys.executable, "-m", "streams", "replay", "--no-progress", *arguments],
                           cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -151,3 +154,32 @@ async def test_replay_while_a_worker_runs_is_refused_and_changes_nothing(
     # Assert
     assert result.returncode != 0
     assert "replay refused" in result.stderr + result.stdout and "stop every worker" in result.stderr + result.stdout
+
+
+async def test_replay_not_from_offset_zero_refuses_to_truncate_the_sink_unless_told(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: a log with inputs, and a row in the sink that a partial replay could not rebuild.
+    app_id = f"replay-partial-{unique_suffix}"
+    await ensure_topics(Settings.from_env({}, kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=f"{app_id}.",
+                                          topic_partitions=3))
+    inputs = await InputSender(kafka_bootstrap, TopicNames.for_prefix(f"{app_id}.").inputs).start()
+    try:
+        for index in range(4):
+            await inputs.open(f"PART{index}USDT", Side.BUY, "1", signal_id=f"{unique_suffix}-{index}")
+    finally:
+        await inputs.stop()
+
+    # Act
+    refused = await asyncio.to_thread(run_replay, kafka_bootstrap, fresh_database, app_id,
+                                      ("--from-offset", "1", "--truncate-sink"))
+    allowed = await asyncio.to_thread(run_replay, kafka_bootstrap, fresh_database, app_id,
+                                      ("--from-offset", "1", "--truncate-sink", "--allow-partial"))
+    untruncated = await asyncio.to_thread(run_replay, kafka_bootstrap, fresh_database, app_id, ("--from-offset", "1"))
+
+    # Assert
+    assert refused.returncode != 0
+    assert "--truncate-sink refused" in refused.stderr + refused.stdout and "--allow-partial" in refused.stderr
+    assert allowed.returncode == 0, allowed.stderr
+    assert untruncated.returncode == 0, untruncated.stderr
+    for result in (allowed, untruncated):
+        assert "EMPTY table" in result.stdout and "positions opened before are missing" in result.stdout

@@ -22,6 +22,7 @@ from sinks.postgres import PostgresWriter, write_batch
 from sinks.rows import BatchRows, merge_updates
 from streams import serde
 from streams.domain import Position, ReportOutcome, Status
+from streams.web import metrics
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
     RunningSink,
     UpdateStream,
@@ -211,6 +212,46 @@ async def test_an_undecodable_update_is_dead_lettered_and_the_sink_goes_on(
     assert sorted(letter.source_offset for letter in decoded) == [half, half + 1]
     assert {letter.source_topic for letter in decoded} == {topics.updates}
     assert sorted((letter.value or b"") for letter in decoded) == [b"", b"not avro at all"]
+
+
+async def test_a_live_position_another_live_row_holds_is_dead_lettered_with_both_rows_and_the_sink_goes_on(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: the database already holds a live DUPUSDT position; a second life of the same
+    # key under another id arrives (what a replay not started at offset 0 produces), then
+    # more good updates of another key.
+    first, second, later = UpdateStream(), UpdateStream(), UpdateStream()
+    first.open_to_active("DUPUSDT")
+    second.snapshot("DUPUSDT", "0")  # moves its offsets on: the second life gets another id
+    second.snapshot("DUPUSDT", "0")
+    second.open_to_active("DUPUSDT", quantity="3.5")
+    later.open_to_active("OKUSDT")
+    (held,) = first.positions()
+    (intruder,) = second.positions()
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=1000)
+    topics = await create_topics(settings)
+    refused_before = metrics.SINK_REFUSED_ROWS._value.get()
+
+    # Act
+    async with RunningSink(settings) as sink:
+        await publish_updates(kafka_bootstrap, topics.updates, first.updates)
+        await sink.wait_written(len(first.updates))
+        await publish_updates(kafka_bootstrap, topics.updates, second.updates + later.updates)
+        await sink.wait_written(len(first.updates) + len(second.updates) + len(later.updates))
+        letters = await read_all(kafka_bootstrap, topics.dead_letters, expected=1)
+        committed = await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+        still_running = not sink.task.done()
+
+    # Assert: the held row stays, the other key's rows landed, the intruder is a dead letter
+    # naming both rows, the offsets moved on and the sink never stopped.
+    assert held.id != intruder.id
+    assert_rows_match(await positions_by_id(fresh_database), first.positions() + later.positions())
+    assert still_running and committed
+    decoded = [serde.decode_dead_letter(record.value) for record in letters]
+    assert {letter.error_type for letter in decoded} == {"LivePositionConflict"}
+    assert all(intruder.id in letter.reason and held.id in letter.reason for letter in decoded)
+    assert serde.decode_update(decoded[-1].value).id == intruder.id
+    assert sink.stats.refused == len(decoded) >= 1
+    assert metrics.SINK_REFUSED_ROWS._value.get() - refused_before == len(decoded)
 
 
 async def test_connections_killed_mid_stream_are_retried_and_nothing_is_skipped(
