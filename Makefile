@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv lock stack stack-stop stack-status pipeline run browser test test-unit bench clean
+.PHONY: help venv lock stack stack-stop stack-status pipeline run diff browser test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,6 +49,9 @@ run: $(STAMP) ## everything on embedded defaults: the local stack (unless the va
 	fi; \
 	trap 'if [ $$started_stack = 1 ]; then $(PY) -m stack stop; fi' EXIT; \
 	$(PY) -m streams.supervise
+
+diff: $(STAMP) ## decision diff: replay the recorded inputs through this code, list what would decide differently (exit 1 if any); ARGS="--set default_stop_loss_pct=3"
+	$(PY) -m streams diff $(ARGS)
 
 bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the real broker
 	$(PY) -m benchmarks.bench_decide

@@ -1,12 +1,19 @@
-"""`python -m streams worker [faust worker options]`: run the pipeline's stream processor.
+"""`python -m streams <command>`: the pipeline's stream processor and its tools.
 
-Creates the topics when missing (and refuses ones with another partition count) before the
-worker joins the consumer group, then hands the command line to Faust.
+- ``worker [faust worker options]``: run the stream processor. Creates the topics when
+  missing (and refuses ones with another partition count) before the worker joins the
+  consumer group.
+- ``replay``: rebuild the table from the inputs log and re-drive the sink (workers stopped).
+- ``diff``: replay the recorded inputs through this code and policy, list every decision
+  that differs; touches nothing (not even a missing topic).
+
+The command line goes to Faust, which dispatches the command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from streams.app import build_pipeline
 from streams.settings import Settings
@@ -15,7 +22,8 @@ from streams.topics import ensure_topics
 
 def main() -> None:
     settings = Settings.from_env()
-    asyncio.run(ensure_topics(settings))
+    if "worker" in sys.argv[1:]:
+        asyncio.run(ensure_topics(settings))
     build_pipeline(settings).app.main()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from streams.domain import (
     Decision,
     DomainError,
     InputEvent,
+    Policy,
     Status,
     decide,
 )
@@ -58,16 +60,37 @@ class ConsumedRecord:
     timestamp_ms: int
 
 
-Send = Callable[[str, bytes, bytes], Awaitable[Any]]
+Headers = list[tuple[str, bytes]]
+Send = Callable[[str, bytes, bytes, Headers], Awaitable[Any]]
+
+#: Kafka headers on every output of an input: which input it was decided for, so a decision
+#: diff (``streams diff``) can put each recorded command beside the input that produced it.
+INPUT_PARTITION_HEADER = "pipeline-input-partition"
+INPUT_OFFSET_HEADER = "pipeline-input-offset"
+
+
+def input_headers(partition: int, offset: int) -> Headers:
+    """The headers naming the input ``partition``/``offset`` an output was decided for."""
+    return [(INPUT_PARTITION_HEADER, str(partition).encode()), (INPUT_OFFSET_HEADER, str(offset).encode())]
+
+
+def input_of(headers: Any) -> tuple[int, int] | None:
+    """``(partition, offset)`` of the input an output record was decided for; None without the headers."""
+    found = {name: value for name, value in (headers or ())}
+    try:
+        return int(found[INPUT_PARTITION_HEADER]), int(found[INPUT_OFFSET_HEADER])
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass
 class InputProcessor:
     """Applies one consumed input to its key's state: decode, decide, send, then store.
 
-    ``send(topic, key, value)`` returns an awaitable that resolves once Kafka has the
-    record; ``load``/``store`` read and write the key's table value. Kept free of Faust
-    so the control flow is testable with plain callables.
+    ``send(topic, key, value, headers)`` returns an awaitable that resolves once Kafka has
+    the record; ``load``/``store`` read and write the key's table value. Kept free of Faust
+    so the control flow is testable with plain callables. ``policy`` replaces the settings'
+    policy (a decision diff trying another one).
     """
 
     settings: Settings
@@ -75,12 +98,13 @@ class InputProcessor:
     send: Send
     load: Callable[[bytes], dict | None]
     store: Callable[[bytes, dict], None]
+    policy: Policy | None = None
     applied_inputs: int = 0
     dead_letters: int = 0
     _policy: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self._policy = self.settings.policy()
+        self._policy = self.policy or self.settings.policy()
 
     async def apply(self, record: ConsumedRecord) -> Decision | None:
         """Applies ``record``; returns the decision, or None when it went to the dead letters."""
@@ -106,7 +130,7 @@ class InputProcessor:
             outputs.append((self.topics.updates, serde.encode_position_update(key, record.offset, position)))
         if decision.audit is not None:
             outputs.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
-        await self._send_durably(record.key, outputs)
+        await self._send_durably(record.key, outputs, input_headers(record.partition, record.offset))
         redelivered = state is not None and record.offset <= state.last_offset
         if decision.state is not state or redelivered:
             # A redelivered input changes nothing, but its state is written again: a kill
@@ -130,12 +154,12 @@ class InputProcessor:
             raise InvalidInputRecord(f"record key {key!r} differs from the input's own key {event.key!r}")
         return key, event
 
-    async def _send_durably(self, key: bytes, outputs: list[tuple[str, bytes]]) -> None:
+    async def _send_durably(self, key: bytes, outputs: list[tuple[str, bytes]], headers: Headers) -> None:
         """Sends every output and waits for Kafka's acknowledgement, retrying until it comes."""
         attempt = 0
         while True:
             try:
-                pending = [await self.send(topic, key, value) for topic, value in outputs]
+                pending = [await self.send(topic, key, value, headers) for topic, value in outputs]
                 await asyncio.gather(*pending)
                 return
             except asyncio.CancelledError:
@@ -159,7 +183,8 @@ class InputProcessor:
         )
         logger.warning("dead letter from %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                        letter.error_type, letter.reason)
-        await self._send_durably(record.key or b"", [(self.topics.dead_letters, serde.encode_dead_letter(letter))])
+        await self._send_durably(record.key or b"", [(self.topics.dead_letters, serde.encode_dead_letter(letter))],
+                                 input_headers(record.partition, record.offset))
         self.dead_letters += 1
         metrics.observe_dead_letter("agent", letter.error_type)
 
@@ -317,8 +342,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         on_changelog_event=functools.partial(_count_restored_record, app),
     ))
 
-    async def send(topic: str, key: bytes, value: bytes) -> Any:
-        return await output_topics[topic].send(key=key, value=value)
+    async def send(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
+        return await output_topics[topic].send(key=key, value=value, headers=headers)
 
     def store(key: bytes, value: dict) -> None:
         key_to_state[key] = value  # a new value every time: in-place mutation writes no changelog
@@ -364,6 +389,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
             await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
 
     _add_replay_command(app, settings)
+    _add_diff_command(app, settings)
     register_web(app, settings, key_to_state)  # positions views, HTML page, /metrics, /health, /ready
 
     return Pipeline(settings=settings, app=app, topics=names, key_to_state=key_to_state, processor=processor)
@@ -400,4 +426,45 @@ def _add_replay_command(app: faust.App, settings: Settings) -> None:
         self.say(summary.render())
 
 
-__all__ = ["ConsumedRecord", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline", "due_deadlines"]
+def _add_diff_command(app: faust.App, settings: Settings) -> None:
+    from faust.cli import option
+
+    @app.command(
+        option("--from-offset", type=int, default=0, help="Compare inputs from this offset of each partition."),
+        option("--to-offset", type=int, default=None, help="Compare inputs up to this offset (inclusive)."),
+        option("--policy", "policy_file", type=str, default=None,
+               help="JSON file of policy fields to decide with instead of the recorded policy."),
+        option("--set", "assignments", multiple=True, default=(),
+               help="Policy field to change, FIELD=VALUE (repeatable), e.g. --set default_stop_loss_pct=3."),
+        option("--json", "json_file", type=str, default=None, help="Also write every difference to this JSON file."),
+        option("--no-progress", is_flag=True, default=False, help="No progress bar."),
+    )
+    async def diff(self: Any, from_offset: int, to_offset: int | None, policy_file: str | None,
+                   assignments: tuple[str, ...], json_file: str | None, no_progress: bool) -> None:
+        """Replay the recorded inputs through this code and policy; list every decision that differs (exit 1 if any)."""
+        from pathlib import Path
+
+        from streams.diff import DiffError, diff_decisions, load_policy_file, policy_with, write_json
+
+        try:
+            overrides = load_policy_file(Path(policy_file)) if policy_file else {}
+            for assignment in assignments:
+                name, equals, value = assignment.partition("=")
+                if not equals:
+                    raise DiffError(f"--set takes FIELD=VALUE, got {assignment!r}")
+                overrides[name.strip()] = value.strip()
+            policy = policy_with(settings.policy(), overrides) if overrides else None
+            result = await diff_decisions(settings, policy=policy, from_offset=from_offset, to_offset=to_offset,
+                                          progress=not no_progress)
+        except DiffError as error:
+            print(f"diff: {error}", file=sys.stderr)
+            raise SystemExit(2) from None  # 1 means "decisions differ": a deploy gate must tell them apart
+        if json_file:
+            write_json(result, Path(json_file))
+        self.say(result.render())
+        if result.differences:
+            raise SystemExit(1)
+
+
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline", "due_deadlines",
+           "input_headers", "input_of"]

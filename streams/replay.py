@@ -157,14 +157,14 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
         # worker did; its outputs are collected instead of sent, and commands are dropped.
         table: dict[bytes, dict] = {}
         partition_of_key: dict[bytes, int] = {}
-        pending_updates: list[tuple[int, bytes, bytes]] = []
+        pending_updates: list[tuple[int, bytes, bytes, list]] = []
         current = {"partition": 0}
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
 
-        async def collect(topic: str, key: bytes, value: bytes) -> asyncio.Future:
+        async def collect(topic: str, key: bytes, value: bytes, headers: list) -> asyncio.Future:
             if topic == names.updates:
-                pending_updates.append((current["partition"], key, value))
+                pending_updates.append((current["partition"], key, value, headers))
             elif topic == names.dead_letters:
                 summary.skipped += 1
             return done
@@ -211,8 +211,9 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
 
         if truncate_sink:
             await _truncate_sink(settings.database_url)
-        for partition, key, value in pending_updates:
-            sends.append(await producer.send(names.updates, key=key, partition=partition, value=value))
+        for partition, key, value, headers in pending_updates:
+            sends.append(await producer.send(names.updates, key=key, partition=partition, value=value,
+                                             headers=headers))
         summary.updates_published = len(pending_updates)
         await asyncio.gather(*sends)
         await _commit_worker_offsets(settings, {tp: ends[tp] for tp in partitions})

@@ -417,7 +417,7 @@ async def fold_inputs_log(bootstrap: str, settings: Settings) -> LogFold:
     acknowledged = asyncio.get_running_loop().create_future()
     acknowledged.set_result(None)
 
-    async def collect(topic: str, key: bytes, value: bytes) -> asyncio.Future:
+    async def collect(topic: str, key: bytes, value: bytes, headers: list) -> asyncio.Future:
         if topic == names.commands:
             commands.setdefault(key.decode(), set()).add(value)
         elif topic == names.updates:

@@ -12,7 +12,7 @@ import asyncio
 from decimal import Decimal
 
 from streams import serde
-from streams.app import ConsumedRecord, InputProcessor
+from streams.app import ConsumedRecord, InputProcessor, input_of
 from streams.domain import InputEvent, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -34,13 +34,13 @@ class Harness:
     def __init__(self) -> None:
         self.table: dict[bytes, dict] = {}
         self.stores: list[tuple[bytes, dict]] = []
-        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.sent: list[tuple[str, bytes, bytes, list]] = []
         settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"})
         self.processor = InputProcessor(settings=settings, topics=TOPICS, send=self._send, load=self.table.get,
                                         store=self._store)
 
-    async def _send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
-        self.sent.append((topic, key, value))
+    async def _send(self, topic: str, key: bytes, value: bytes, headers: list) -> asyncio.Future:
+        self.sent.append((topic, key, value, headers))
         acknowledged = asyncio.get_running_loop().create_future()
         acknowledged.set_result(None)
         return acknowledged
@@ -62,7 +62,8 @@ async def test_an_input_is_sent_before_its_state_is_stored():
 
     # Assert
     assert decision is not None and decision.commands
-    assert [topic for topic, _, _ in harness.sent][0] == TOPICS.commands
+    assert [topic for topic, _, _, _ in harness.sent][0] == TOPICS.commands
+    assert {input_of(headers) for _, _, _, headers in harness.sent} == {(0, 5)}  # each output names its input
     stored = serde.key_state_from_record(harness.stores[-1][1])
     assert stored.last_offset == 5 and stored.live_position is not None
 
