@@ -12,6 +12,7 @@ agent's own ``InputProcessor``): the table on the changelog, the distinct comman
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -150,8 +151,8 @@ def settings_of(worker: PipelineWorker) -> Settings:
     return Settings.from_env(worker.environment())
 
 
-async def assert_as_one_worker_would(worker: PipelineWorker) -> None:
-    """The table and the distinct commands equal one worker's fold of the inputs log."""
+async def assert_as_one_worker_would(worker: PipelineWorker, database_url: str | None = None):
+    """The table, the distinct commands and (given the database) the sink's rows equal one worker's fold of the log."""
     fold = await fold_inputs_log(worker.bootstrap, settings_of(worker))
     table = await changelog_states(worker.bootstrap, f"{worker.app_id}-key_to_state-changelog")
     assert sorted(table) == sorted(fold.states)
@@ -159,6 +160,35 @@ async def assert_as_one_worker_would(worker: PipelineWorker) -> None:
     assert not differing, {key: (table[key], fold.states[key]) for key in differing[:3]}
     on_topic = await commands_on_topic(worker.bootstrap, worker.topics.commands)
     assert on_topic == fold.commands
+    if database_url is not None:
+        await wait_until(lambda: _rows_are(database_url, fold), 60, "the sink to write every position")
+        assert_rows_match(await positions_by_id(database_url), fold.positions.values())
+    return fold
+
+
+class WebWatch:
+    """Asks a worker for ``/positions/`` every 0.2 s in the background and keeps every answer."""
+
+    def __init__(self, worker: PipelineWorker) -> None:
+        self.worker = worker
+        self.answers: list[tuple[int, object]] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> "WebWatch":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            self.answers.append(await self.worker.get_json("/positions/", timeout_s=15))
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> list[tuple[int, object]]:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.answers
 
 
 @pytest.fixture
@@ -236,8 +266,14 @@ async def test_scale_out_one_to_three_workers_with_kills_processes_every_key_as_
             SESSION_TIMEOUT_S + 60, f"{by_hand} adopted after the leader died")
         new_readiness = [await ready_of(w) for w in survivors]
         assert sum(r["leader"] for r in new_readiness) == 1, new_readiness
+        watch = WebWatch(survivors[0]).start()
         await leader.start()  # the old leader rejoins on its own data dir
         await wait_ready(workers)
+        watched = await watch.stop()
+        # While it rejoined, a survivor kept answering: the whole list, or a 503 naming what
+        # is missing beside what it has; never silence, never a short list passed off as whole.
+        assert watched and all(status == 200 or (status == 503 and "missing_partitions" in body
+                                                 and "positions" in body) for status, body in watched), watched
 
         # Assert (while running): every worker answers for every key.
         expected_live = {key: position_to_json(updates.latest(key)) for key in keys_of(symbols) + [f"{by_hand}@binance"]
@@ -259,10 +295,13 @@ async def test_scale_out_one_to_three_workers_with_kills_processes_every_key_as_
     await updates.stop()
     await raw_inputs.stop()
 
-    # Assert: the table and the commands are one worker's; one order per client id at the
-    # exchange, every active position there with its quantity and an open stop covering it.
-    await assert_as_one_worker_would(drain)
-    fold = await fold_inputs_log(kafka_bootstrap, settings_of(drain))
+    # Assert: the table, the commands and the rows are one worker's; one order per client id
+    # at the exchange, every active position there with its quantity and an open stop covering it.
+    try:
+        fold = await assert_as_one_worker_would(drain, fresh_database)
+    finally:
+        sink.terminate()
+        await asyncio.to_thread(sink.wait, 60)
     orders = exchange.orders()
     client_ids = [order["client_order_id"] for order in orders]
     assert len(client_ids) == len(set(client_ids)), "a client order id was accepted twice"
@@ -274,13 +313,6 @@ async def test_scale_out_one_to_three_workers_with_kills_processes_every_key_as_
         assert len(stops) == 1 and Decimal(stops[0]["quantity"]) >= position.quantity, (key, stops)
     assert fold.states[f"{by_hand}@binance"].position.source == PositionSource.EXCHANGE
     assert {symbol for symbol in held} == {p.symbol for p in fold.live_positions().values()}
-    # ... and the sink wrote exactly those positions.
-    try:
-        await wait_until(lambda: _rows_are(fresh_database, fold), 60, "the sink to write every position")
-    finally:
-        sink.terminate()
-        await asyncio.to_thread(sink.wait, 60)
-    assert_rows_match(await positions_by_id(fresh_database), fold.positions.values())
     for worker in workers + [drain]:
         assert "Error in recovery" not in worker.log_path.read_text(errors="replace"), worker.log_path.name
 
@@ -291,7 +323,7 @@ async def _rows_are(database_url: str, fold) -> bool:
 
 
 async def test_failover_to_a_standby_takes_over_the_dead_workers_keys_without_restoring_them(
-        kafka_bootstrap, unique_suffix, tmp_path):
+        kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
     # Arrange: two workers (each the other's standby) and a table with states on every partition.
     app_id = f"failover-{unique_suffix}"
     env = {"PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS), "PIPELINE_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S)}
@@ -300,6 +332,7 @@ async def test_failover_to_a_standby_takes_over_the_dead_workers_keys_without_re
     await a.start()
     await b.start()
     readiness = await wait_ready([a, b])
+    sink = start_sink_process(kafka_bootstrap, fresh_database, app_id, tmp_path / "sink.log", partitions=PARTITIONS)
     inputs = await InputSender(kafka_bootstrap, a.topics.inputs).start()
     exchange = await ScriptedExchange(kafka_bootstrap, a.topics.commands, inputs, exchange_script()).start()
     updates = await UpdatesTap(kafka_bootstrap, a.topics.updates).start()
@@ -340,15 +373,20 @@ async def test_failover_to_a_standby_takes_over_the_dead_workers_keys_without_re
     assert standby_restores >= len(b_keys)
     assert active_restores_after - active_restores_before <= 2, (active_restores_before, active_restores_after)
     assert all(status == 200 and body["status"] == "active" for status, body in served.values()), served
-    await assert_as_one_worker_would(a)
+    try:
+        await assert_as_one_worker_would(a, fresh_database)
+    finally:
+        sink.terminate()
+        await asyncio.to_thread(sink.wait, 60)
 
 
 async def test_one_worker_killed_under_load_restarts_on_its_own_data_dir_then_on_an_empty_one(
-        kafka_bootstrap, unique_suffix, tmp_path):
+        kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
     # Arrange
     app_id = f"restart-{unique_suffix}"
     worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log")
     await worker.start()
+    sink = start_sink_process(kafka_bootstrap, fresh_database, app_id, tmp_path / "sink.log")
     inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
     exchange = await ScriptedExchange(kafka_bootstrap, worker.topics.commands, inputs, exchange_script()).start()
     updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
@@ -377,5 +415,9 @@ async def test_one_worker_killed_under_load_restarts_on_its_own_data_dir_then_on
     # Assert
     assert status == 200, listing
     assert sorted(p["key"] for p in listing) == sorted(k for k, s in expected.items() if s == Status.ACTIVE)
-    await assert_as_one_worker_would(worker)
+    try:
+        await assert_as_one_worker_would(worker, fresh_database)
+    finally:
+        sink.terminate()
+        await asyncio.to_thread(sink.wait, 60)
     assert "Error in recovery" not in worker.log_path.read_text(errors="replace")
