@@ -27,8 +27,10 @@ from streams.domain import (
     Status,
 )
 from streams.exchange.ccxt_client import create_binanceusdm
+from streams.exchange.edge import ExchangeEdge
 from streams.exchange.executor import OrderExecutor
 from streams.exchange.gateway import CcxtGateway
+from streams.settings import Settings
 from tests.integration.pipeline_harness import (
     CommandsTap,
     InputSender,
@@ -257,3 +259,26 @@ async def test_executor_with_bad_credentials_reports_an_error_naming_the_exchang
     assert wrong_secret not in report.payload.error_message
     assert wrong_secret not in caplog.text and "binance" in caplog.text
     assert exchange.orders() == []
+
+
+async def test_a_second_worker_on_the_host_trades_on_the_emulator_the_first_one_serves():
+    # Arrange: a first worker's built-in emulator holds EMULATOR_PORT
+    first = BinanceUsdmEmulator("127.0.0.1", 0)
+    shared_url = await first.start()
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATABASE_URL": "postgresql://u@h:1/d",
+                                  "EMULATOR_PORT": str(first.port)})
+    edge = ExchangeEdge(settings, "unused-changelog", publish=None)
+    try:
+        # Act
+        url = await edge._start_or_share_emulator()
+        client = create_binanceusdm(url, DEFAULT_API_KEY, DEFAULT_API_SECRET)
+        try:
+            await client.create_order("APTUSDT", "market", "buy", 1.0, params={"newClientOrderId": "shared-1"})
+        finally:
+            await client.close()
+    finally:
+        await first.stop()
+
+    # Assert: one book for both workers; the second started no emulator of its own
+    assert url == shared_url and edge._emulator is None
+    assert [order["client_order_id"] for order in first.orders()] == ["shared-1"]

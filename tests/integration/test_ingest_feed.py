@@ -371,3 +371,39 @@ async def test_ingest_entry_point_without_signals_url_plays_the_demo_feed_waits_
     assert "SIGNALS_WS_URL unset: playing the built-in demo feed at ws://127.0.0.1:" in text
     assert "signal feed client stopped" in text
     assert len({event.event_id for _record, event in inputs.events}) == 6  # one delivered twice
+
+
+async def test_a_second_ingest_on_the_host_follows_the_demo_feed_the_first_one_plays(settings, taps):
+    # Arrange: the first pipeline's demo feed and emulator already hold their ports
+    inputs, _dead_letters = taps
+    demo = DemoFeed("127.0.0.1", 0, interval_s=0, run_id="shared-demo")
+    url = await demo.start()
+    demo_port = int(url.rsplit(":", 1)[1])
+    emulator = BinanceUsdmEmulator("127.0.0.1", 0, symbols=default_symbols(bench_count=0))
+    await emulator.start()
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("SIGNALS_WS_URL", "BINANCE_FUTURES_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET")}
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                "PIPELINE_TOPIC_PREFIX": settings.topic_prefix, "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
+                "EMULATOR_PORT": str(emulator.port), "DEMO_FEED_PORT": str(demo_port),
+                "PIPELINE_INGEST_MAX_BACKOFF_S": "1", "PYTHONPATH": str(REPO_ROOT)})
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "streams.ingest", cwd=REPO_ROOT, env=env,
+                                                   stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        # Act: the second ingest cannot bind the demo port, so it listens to the feed there
+        await inputs.wait_for(lambda: len(inputs.events) == 7, TIMEOUT_S, "7 inputs")
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), TIMEOUT_S)
+        log = (await process.stderr.read()).decode(errors="replace")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await demo.stop()
+        await emulator.stop()
+
+    # Assert: the first pipeline's run, signal ids and all
+    assert process.returncode == 0, log
+    assert "following the demo feed another pipeline on this host plays there" in log
+    assert {event.event_id for _record, event in inputs.events} >= {"signal:shared-demo-apt-open",
+                                                                    "signal:shared-demo-apt-close"}
