@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from streams.domain import Policy
 
@@ -58,9 +59,41 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (on/off)")
 
 
+#: What stands for a credential wherever one would be shown.
+MASK = "***"
+_CREDENTIAL_FIELDS = frozenset({"binance_api_key", "binance_api_secret", "web_auth_token"})
+_URL_FIELDS = frozenset({"database_url", "signals_ws_url", "binance_futures_url"})
+_SECRET_QUERY_NAMES = frozenset({"password", "pass", "pwd", "token", "access_token", "key", "apikey", "api_key",
+                                 "secret", "signature", "sslpassword"})
+
+
+def masked_url(url: str | None) -> str | None:
+    """``url`` safe to show: the password of its userinfo and secret-looking query values masked.
+
+    ``postgresql://user:pw@host/db?sslpassword=x`` -> ``postgresql://user:***@host/db?sslpassword=***``.
+    """
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if colon else f"{user}@{hostport}"
+    query = "&".join(
+        f"{name}={MASK}" if name.lower() in _SECRET_QUERY_NAMES else (f"{name}={value}" if sep else name)
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the pipeline's processes need to know about their surroundings."""
+    """Everything the pipeline's processes need to know about their surroundings.
+
+    ``repr()`` masks every credential (the database password, the exchange key and secret,
+    the web token): settings end up in logs and error reports.
+    """
 
     # The contract's variables (../shared/CONTRACT.md, section 1).
     kafka_bootstrap_servers: str
@@ -113,6 +146,17 @@ class Settings:
     demo_feed_port: int = 6071
     demo_feed_interval_s: float = 1.5
     ingest_max_backoff_s: float = 30.0
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in _CREDENTIAL_FIELDS:
+                value = MASK if value else value
+            elif item.name in _URL_FIELDS:
+                value = masked_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from streams.settings import Settings
+from streams.settings import Settings, masked_url
 
 PROCESSES: dict[str, list[str]] = {
     "worker": [sys.executable, "-m", "streams", "worker", "--loglevel", "info"],
@@ -28,18 +28,18 @@ STOP_TIMEOUT_S = 60.0
 
 
 def banner(settings: Settings) -> str:
-    """Where to look, printed once everything is started."""
+    """Where to look, printed once everything is started (credentials masked: banners reach logs)."""
     web = f"http://{settings.web_bind}:{settings.web_port}"
     exchange = (f"built-in emulator, http://127.0.0.1:{settings.emulator_port}/_emulator/orders"
-                if settings.binance_futures_url is None else settings.binance_futures_url)
-    feed = settings.signals_ws_url or f"built-in demo feed, ws://127.0.0.1:{settings.demo_feed_port}"
+                if settings.binance_futures_url is None else masked_url(settings.binance_futures_url))
+    feed = masked_url(settings.signals_ws_url) or f"built-in demo feed, ws://127.0.0.1:{settings.demo_feed_port}"
     return "\n".join([
         "",
         "position-pipeline is running",
         f"  positions page   {web}/",
         f"  positions JSON   {web}/positions/",
         f"  metrics          {web}/metrics",
-        f"  PostgreSQL       psql '{settings.database_url}' -c 'select id, status, side, quantity, entry_price, "
+        f"  PostgreSQL       psql '{masked_url(settings.database_url)}' -c 'select id, status, side, quantity, entry_price, "
         f"stop_loss_price from monitoring.positions order by updated_at desc'",
         f"  exchange         {exchange}",
         f"  signal feed      {feed}",

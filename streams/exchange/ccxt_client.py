@@ -32,13 +32,22 @@ import ccxt.async_support as ccxt
 __all__ = ["PRODUCTION_URL", "create_binanceusdm", "exchange_error_code", "is_production_url"]
 
 PRODUCTION_URL = "https://fapi.binance.com"
+#: Every host of this domain is Binance's production: real money.
+PRODUCTION_DOMAIN = "binance.com"
 _REDACTED = "***"
 _CODE_PATTERN = re.compile(r'"code"\s*:\s*"?(-?\d+)"?')
 
 
 def is_production_url(base_url: str | None) -> bool:
-    """True for ``None`` and for Binance's production USD-M futures URL (trailing slash ignored)."""
-    return base_url is None or base_url.rstrip("/").lower() == PRODUCTION_URL
+    """True for ``None`` and for any URL whose host is Binance's (``binance.com`` or a subdomain).
+
+    The host is parsed, not the string compared: ``https://FAPI.binance.com:443/`` and
+    ``https://fapi.binance.com`` are the same exchange, and so is any other Binance host.
+    """
+    if base_url is None:
+        return True
+    host = (urlsplit(base_url.strip()).hostname or "").rstrip(".").lower()
+    return host == PRODUCTION_DOMAIN or host.endswith("." + PRODUCTION_DOMAIN)
 
 
 def _rehost(url: str, base_url: str) -> str:

@@ -45,11 +45,13 @@ from websockets.exceptions import ConnectionClosed
 
 from streams.web.logfmt import configure_logging
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_INTERVAL_S", "DemoStep", "demo_script", "DemoFeed", "main"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_INTERVAL_S", "DEMO_FEED_HEADER", "DemoStep", "demo_script", "DemoFeed", "main"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6071
+#: Handshake response header by which the demo feed names itself (its run id as the value).
+DEMO_FEED_HEADER = "X-Position-Pipeline-Demo-Feed"
 DEFAULT_INTERVAL_S = 1.5
 
 
@@ -129,13 +131,18 @@ class DemoFeed:
 
     async def start(self) -> str:
         """Binds and serves; returns ``ws://host:port`` (the port actually bound when 0 was asked)."""
-        self._server = await serve(self._play, self.host, self.port)
+        self._server = await serve(self._play, self.host, self.port, process_response=self._identify)
         port = self._server.sockets[0].getsockname()[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"ws://{host}:{port}"
         logger.info("demo feed listening on %s (run %s, one frame every %.1fs)", self.url, self.run_id,
                     self.interval_s)
         return self.url
+
+    def _identify(self, connection: ServerConnection, request: Any, response: Any) -> None:
+        # Says "demo feed" in the handshake, so an ingest configured by URL alone (compose,
+        # SIGNALS_WS_URL=ws://demo-feed:6071) still knows, and refuses a production exchange.
+        response.headers[DEMO_FEED_HEADER] = self.run_id
 
     async def stop(self) -> None:
         """Closes every connection (1001 going away) and the listening socket."""

@@ -8,7 +8,8 @@ person reads in the log.
 
 from __future__ import annotations
 
-__all__ = ["IngestError", "RefusedInput", "InvalidFrame", "InvalidSignal", "SymbolsUnavailable", "PublishFailed"]
+__all__ = ["IngestError", "RefusedInput", "InvalidFrame", "InvalidSignal", "SymbolsUnavailable", "PublishFailed",
+           "DemoFeedOnProduction"]
 
 
 class IngestError(Exception):
@@ -45,3 +46,7 @@ class SymbolsUnavailable(IngestError):
 
 class PublishFailed(IngestError):
     """Kafka did not acknowledge a record (broker away, timeout): nothing is known to be written."""
+
+
+class DemoFeedOnProduction(IngestError):
+    """The built-in demo feed and Binance's production exchange met: refused, whatever the configuration."""

@@ -43,7 +43,15 @@ from websockets.uri import parse_uri
 from streams import serde
 from streams.domain import Signal
 from streams.ingest.backoff import Backoff, sleep_unless_stopped
-from streams.ingest.exceptions import IngestError, InvalidFrame, InvalidSignal, PublishFailed, RefusedInput
+from streams.ingest.demo_feed import DEMO_FEED_HEADER
+from streams.ingest.exceptions import (
+    DemoFeedOnProduction,
+    IngestError,
+    InvalidFrame,
+    InvalidSignal,
+    PublishFailed,
+    RefusedInput,
+)
 from streams.ingest.publish import Delivery, KafkaPublisher, Publisher
 from streams.ingest.symbols import SymbolDirectory, binance_directory
 from streams.exchange.ccxt_client import is_production_url
@@ -131,7 +139,7 @@ class SignalFeedClient:
     def __init__(self, url: str, publisher: Publisher, symbols: SymbolSource, *, backoff: Backoff | None = None,
                  stable_connection_s: float = STABLE_CONNECTION_S, wall_clock_ms: Callable[[], int] | None = None,
                  open_timeout_s: float = 10.0, ping_interval_s: float | None = 20.0,
-                 max_frame_bytes: int = 1 << 20) -> None:
+                 max_frame_bytes: int = 1 << 20, refuse_demo_feed: bool = False) -> None:
         try:
             parse_uri(url)
         except InvalidURI as error:
@@ -151,6 +159,7 @@ class SignalFeedClient:
             "close_timeout": 5,
             "max_size": max_frame_bytes,
         }
+        self._refuse_demo_feed = refuse_demo_feed
         self._stop = asyncio.Event()
         self._connection: ClientConnection | None = None
         self._closing: asyncio.Task | None = None
@@ -175,6 +184,7 @@ class SignalFeedClient:
                     self._connection = connection
                     opened_at = time.monotonic()
                     self.stats.bump("connections")
+                    self._refuse_the_demo_feed_if_asked(connection)
                     logger.info("connected to the signal feed %s", self.source)
                     if not self._stop.is_set():  # stop() during the handshake found no connection to close
                         await self._read(connection)
@@ -196,6 +206,8 @@ class SignalFeedClient:
             except PublishFailed as error:
                 # Only raised once stop() was asked while Kafka did not acknowledge.
                 logger.error("stopping with a frame not fully published: %s", error)
+            except DemoFeedOnProduction:
+                raise  # no reconnect fixes a configuration that trades demo signals for real
             except Exception:  # noqa: BLE001 - a bug must not end the ingest (and with it the supervised pipeline)
                 logger.exception("unexpected error on the signal feed %s; reconnecting", self.source)
             finally:
@@ -211,6 +223,14 @@ class SignalFeedClient:
             logger.info("reconnecting to %s in %.2fs", self.source, delay)
             await sleep_unless_stopped(self._stop, delay)
         logger.info("signal feed client stopped (%r)", self.stats)
+
+    def _refuse_the_demo_feed_if_asked(self, connection: ClientConnection) -> None:
+        run = connection.response.headers.get(DEMO_FEED_HEADER) if connection.response is not None else None
+        if run and self._refuse_demo_feed:
+            raise DemoFeedOnProduction(
+                f"the signal feed {self.source} is the built-in demo feed (run {run}) and BINANCE_FUTURES_URL names "
+                f"Binance's production exchange: its signals would open real positions; point SIGNALS_WS_URL at "
+                f"your feed or BINANCE_FUTURES_URL at a paper exchange")
 
     async def _read(self, connection: ClientConnection) -> None:
         async for frame in connection:  # ends on a normal close, raises ConnectionClosedError otherwise
@@ -305,7 +325,8 @@ async def run_ingest(settings: Settings, stop: asyncio.Event, *, symbols: Symbol
     publisher = KafkaPublisher(settings)
     try:
         url = settings.signals_ws_url
-        if url is None and settings.binance_futures_url is not None and is_production_url(settings.binance_futures_url):
+        trades_for_real = settings.binance_futures_url is not None and is_production_url(settings.binance_futures_url)
+        if url is None and trades_for_real:
             # The demo feed opens real positions wherever the exchange points: never on production.
             raise IngestError("SIGNALS_WS_URL is unset, so the built-in demo feed would trade on the production "
                               "exchange named by BINANCE_FUTURES_URL: set SIGNALS_WS_URL to your signal feed")
@@ -328,7 +349,8 @@ async def run_ingest(settings: Settings, stop: asyncio.Event, *, symbols: Symbol
             return
         if not await directory.load_until_ready(stop, Backoff(max_s=backoff_cap)):
             return
-        client = SignalFeedClient(url, publisher, directory, backoff=Backoff(max_s=backoff_cap))
+        client = SignalFeedClient(url, publisher, directory, backoff=Backoff(max_s=backoff_cap),
+                                  refuse_demo_feed=trades_for_real)
         watcher = asyncio.create_task(_stop_when(stop, client))
         try:
             await client.run()

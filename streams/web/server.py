@@ -18,7 +18,8 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 
 **Where a key is answered.** The table is partitioned: a key's state lives only on the
 worker owning the key's changelog partition. A worker that does not own the key forwards
-the request, unchanged and with its ``Authorization`` header, to the owner's canonical URL
+the request, unchanged and signed as a peer request (never with the token, see
+``streams.web.auth``), to the owner's canonical URL
 taken from Faust's assignment metadata (``app.router.tables_metadata()``, what
 ``app.table_route`` uses) and relays the answer. The forwarded request carries
 ``X-Positions-Routed-By``: its receiver answers from its own table or, if it no longer owns
@@ -45,6 +46,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,7 +60,7 @@ from streams import serde
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.web import metrics
-from streams.web.auth import bearer_token_matches
+from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
 from streams.web.page import render_page
 from streams.web.render import position_to_json
 from streams.web.sinklag import SinkLagProbe
@@ -112,6 +114,11 @@ def advertised_url(settings: Settings) -> URL:
     if not host:
         host = settings.web_bind if settings.web_bind not in _WILDCARD_BINDS else socket.gethostname()
     return URL.build(scheme="http", host=host.strip("[]"), port=settings.web_port)
+
+
+def _host_of(url: URL) -> str:
+    """``host:port`` as the receiver reads it from its ``Host`` header."""
+    return f"{url.raw_host}:{url.port}" if url.port is not None and not url.is_default_port() else str(url.raw_host)
 
 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -272,24 +279,31 @@ class PositionsWebServer(Service):
 
     async def _ask_peer(self, url: str) -> LocalAnswer:
         assert self._session is not None
-        async with self._session.get(URL(url).with_path("/_node/positions/"), headers=self._peer_headers()) as reply:
+        target = URL(url).with_path("/_node/positions/")
+        async with self._session.get(target, headers=self._peer_headers(target)) as reply:
             if reply.status != 200:
                 raise RuntimeError(f"HTTP {reply.status}")
             body = await reply.json()
         return LocalAnswer(node=body["node"], partitions=frozenset(body["partitions"]),
                            positions=tuple(body["positions"]))
 
-    def _peer_headers(self) -> dict[str, str]:
+    def _peer_headers(self, target: URL) -> dict[str, str]:
+        """Headers of a request to a peer: never the token itself, a signature of this request when one is set."""
         headers = {ROUTED_HEADER: self.web_url, "Accept": "application/json"}
         if self.settings.web_auth_token:
-            headers["Authorization"] = f"Bearer {self.settings.web_auth_token}"
+            headers.update(peer_signature_headers(self.settings.web_auth_token, "GET", _host_of(target),
+                                                  target.raw_path_qs, time.time()))
         return headers
 
     # ------------------------------------------------------------------ middleware
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if not bearer_token_matches(request.headers.get("Authorization"), self.settings.web_auth_token):
+        token = self.settings.web_auth_token
+        if token and request.path not in OPEN_PATHS \
+                and not bearer_token_matches(request.headers.get("Authorization"), token) \
+                and not peer_signature_valid(token, request.method, request.host, request.rel_url.raw_path_qs,
+                                             request.headers, time.time()):
             return _json({"error": "a valid 'Authorization: Bearer <token>' header is required"}, status=401,
                          headers={"WWW-Authenticate": 'Bearer realm="position-pipeline"'})
         return await handler(request)
@@ -354,7 +368,7 @@ class PositionsWebServer(Service):
         assert self._session is not None
         target = URL(owner).join(request.rel_url)
         try:
-            async with self._session.get(target, headers=self._peer_headers()) as reply:
+            async with self._session.get(target, headers=self._peer_headers(target)) as reply:
                 body = await reply.read()
                 return web.Response(body=body, status=reply.status, content_type=reply.content_type,
                                     headers={"X-Positions-Served-By": owner})

@@ -249,29 +249,33 @@ async def test_json_log_option_writes_one_json_object_per_log_line(kafka_bootstr
     assert any(record["message"] == "[^Worker]: Ready" for record in records)
 
 
-async def test_bearer_token_guards_every_route_when_set(kafka_bootstrap, unique_suffix, tmp_path, session):
+async def test_bearer_token_guards_every_position_route_and_leaves_the_probes_open(
+        kafka_bootstrap, unique_suffix, tmp_path, session):
     # Arrange
     token = "s3cret-token-for-the-test"
     web = await start_web_worker(kafka_bootstrap, f"webauth-{unique_suffix}", tmp_path / "w", WEB_AUTH_TOKEN=token)
-    routes = ("/", "/positions/", "/positions/APTUSDT@binance/", "/metrics", "/health", "/ready", "/_node/positions/")
+    routes = ("/", "/positions/", "/positions/APTUSDT@binance/", "/metrics", "/_node/positions/")
+    probes = ("/health", "/ready")
     try:
         # Act
         anonymous = {r: (await get(session, f"{web.url}{r}"))[0] for r in routes}
         wrong = {r: (await get(session, f"{web.url}{r}", headers={"Authorization": "Bearer nope"}))[0]
                  for r in routes}
-        basic = (await get(session, f"{web.url}/health", headers={"Authorization": f"Basic {token}"}))[0]
+        basic = (await get(session, f"{web.url}/positions/", headers={"Authorization": f"Basic {token}"}))[0]
         granted = {r: (await get(session, f"{web.url}{r}", headers={"Authorization": f"Bearer {token}"}))[0]
                    for r in routes}
+        open_probes = {r: (await get(session, f"{web.url}{r}"))[0] for r in probes}
         challenge = (await get(session, f"{web.url}/positions/"))[2].headers.get("WWW-Authenticate", "")
     finally:
         web.worker.stop()
 
-    # Assert
+    # Assert: Kubernetes probes and load balancers carry no token, and need none
     assert set(anonymous.values()) == {401}, anonymous
     assert set(wrong.values()) == {401}, wrong
     assert basic == 401
     assert challenge.startswith("Bearer")
     assert granted == {**{r: 200 for r in routes}, "/positions/APTUSDT@binance/": 404}
+    assert open_probes == {"/health": 200, "/ready": 200}
 
 
 # --------------------------------------------------------------------------- two workers

@@ -28,6 +28,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streams.web.auth import OPEN_PATHS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "k8s"
 BASE = K8S / "base"
@@ -40,7 +42,7 @@ CONTRACT_VARIABLES = (
     "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SIGNALS_WS_URL", "BINANCE_FUTURES_URL", "BINANCE_API_KEY",
     "BINANCE_API_SECRET", "SYNC_INTERVAL_S", "DEFAULT_STOP_LOSS_PCT", "WEB_PORT", "WEB_BIND",
 )
-SECRET_VARIABLES = ("DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET")
+SECRET_VARIABLES = ("DATABASE_URL", "BINANCE_API_KEY", "BINANCE_API_SECRET", "WEB_AUTH_TOKEN")
 POD_KINDS = ("StatefulSet", "Deployment", "Job")
 QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
@@ -375,6 +377,36 @@ def test_scaled_workers_fail_over_within_seconds_to_a_hot_standby(production_obj
     assert int(config["PIPELINE_TABLE_STANDBY_REPLICAS"]) >= 1
     assert 6 <= float(config["PIPELINE_SESSION_TIMEOUT_S"]) <= 15
     assert headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_workers_require_the_token_from_the_secret_but_probe_routes_that_need_none(rendered: list[dict]):
+    # Arrange
+    container = _one(rendered, "StatefulSet", "worker")["spec"]["template"]["spec"]["containers"][0]
+    token = next(item for item in container["env"] if item["name"] == "WEB_AUTH_TOKEN")
+
+    # Assert: the token comes from the Secret; the probes use the routes left open (streams.web.auth)
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "position-pipeline-secrets", "key": "WEB_AUTH_TOKEN"}
+    probed = {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probed <= OPEN_PATHS
+
+
+def test_network_policies_admit_only_peers_and_labelled_clients(rendered: list[dict]):
+    # Arrange
+    policies = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "NetworkPolicy"}
+    worker = policies["position-pipeline-worker"]
+    (rule,) = worker["spec"]["ingress"]
+
+    # Assert: every pipeline pod is selected by a policy; the worker's web port admits its peers
+    # and labelled clients only; nothing may connect to the ingest.
+    assert set(policies) == {"position-pipeline-worker", "position-pipeline-sink", "position-pipeline-ingest"}
+    assert worker["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert rule["ports"] == [{"port": "web", "protocol": "TCP"}]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "position-pipeline",
+                                            "app.kubernetes.io/component": "worker"}}} in rule["from"]
+    assert all(peer.get("podSelector", peer.get("namespaceSelector"))["matchLabels"] for peer in rule["from"])
+    assert policies["position-pipeline-ingest"]["spec"]["ingress"] == []
+    sink_ports = _one(rendered, "Deployment", "sink")["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": 6068, "protocol": "TCP"} in sink_ports
 
 
 # --------------------------------------------------------------------------- sink, ingest, topics

@@ -434,3 +434,64 @@ def test_ingest_without_a_signal_feed_refuses_to_play_the_demo_against_the_produ
 
     with pytest.raises(IngestError, match="production"):
         asyncio.run(run_ingest(settings, asyncio.Event()))
+
+
+@pytest.mark.parametrize("url", ["https://fapi.binance.com:443", "HTTPS://FAPI.BINANCE.COM/", "https://fapi.binance.com",
+                                 "https://fapi1.binance.com/", " https://fapi.binance.com.:443 "])
+def test_ingest_without_a_signal_feed_refuses_the_production_exchange_however_its_url_is_spelt(url):
+    from streams.ingest.feed import run_ingest
+
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BINANCE_FUTURES_URL": url,
+                                  "BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
+
+    with pytest.raises(IngestError, match="production"):
+        asyncio.run(run_ingest(settings, asyncio.Event()))
+
+
+@pytest.mark.parametrize(("url", "production"), [
+    (None, True), ("https://fapi.binance.com:443/", True), ("https://dapi.binance.com", True),
+    ("http://127.0.0.1:6070", False), ("https://testnet.binancefuture.com", False),
+    ("https://binance.com.evil.example", False), ("http://emulator:6070", False),
+])
+def test_is_production_url_compares_parsed_hosts(url, production):
+    from streams.exchange.ccxt_client import is_production_url
+
+    assert is_production_url(url) is production
+
+
+async def test_a_feed_that_turns_out_to_be_the_demo_is_refused_when_trading_for_real():
+    # Arrange: the demo feed named by URL only (as compose does), and a production exchange
+    from streams.ingest.demo_feed import DemoFeed
+    from streams.ingest.exceptions import DemoFeedOnProduction
+
+    demo = DemoFeed("127.0.0.1", 0, interval_s=0, run_id="guard")
+    url = await demo.start()
+    publisher = RecordingPublisher()
+    client = SignalFeedClient(url, publisher, StubSymbols({"APTUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"}),
+                              backoff=Backoff(0.001, 0.002), refuse_demo_feed=True)
+    try:
+        # Act / Assert: refused at the handshake, before any frame is read
+        with pytest.raises(DemoFeedOnProduction, match="demo feed"):
+            await asyncio.wait_for(client.run(), 10)
+    finally:
+        await demo.stop()
+    assert publisher.records == []
+
+
+async def test_the_demo_feed_is_read_normally_on_a_paper_exchange():
+    # Arrange: the same feed, trading on an emulator
+    from streams.ingest.demo_feed import DemoFeed
+
+    demo = DemoFeed("127.0.0.1", 0, interval_s=0, run_id="paper")
+    url = await demo.start()
+    publisher = RecordingPublisher()
+    client = SignalFeedClient(url, publisher, StubSymbols({"APTUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"}),
+                              backoff=Backoff(0.001, 0.002), refuse_demo_feed=False)
+    runner = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.stats.wait_for(lambda s: s.published >= 7), 10)
+    finally:
+        client.stop()
+        await asyncio.wait_for(runner, 10)
+        await demo.stop()
+    assert len(publisher.inputs()) >= 7

@@ -63,3 +63,35 @@ def test_settings_with_a_bad_value_raise_an_error_naming_the_variable(variable, 
     # Act / Assert
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_repr_and_the_banner_mask_every_credential():
+    # Arrange
+    from streams.supervise import banner
+
+    settings = Settings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": "k:1",
+        "DATABASE_URL": "postgresql://bob:hunter2@db:5432/positions?sslpassword=sslsecret&application_name=x",
+        "SIGNALS_WS_URL": "wss://feeduser:feedpw@signals.example/feed?token=feedtoken",
+        "BINANCE_FUTURES_URL": "https://fapi.binance.com",
+        "BINANCE_API_KEY": "binancekey123", "BINANCE_API_SECRET": "binancesecret456", "WEB_AUTH_TOKEN": "webtoken789",
+    })
+
+    # Act
+    shown = [repr(settings), str(settings), banner(settings)]
+
+    # Assert: no secret anywhere; what is not secret stays readable
+    for text in shown:
+        for secret in ("hunter2", "sslsecret", "feedpw", "feedtoken", "binancekey123", "binancesecret456",
+                       "webtoken789"):
+            assert secret not in text, (secret, text)
+    assert "postgresql://bob:***@db:5432/positions?sslpassword=***&application_name=x" in shown[2]
+    assert "binance_api_key='***'" in shown[0] and "web_auth_token='***'" in shown[0]
+
+
+def test_masked_url_keeps_urls_without_credentials_as_they_are():
+    from streams.settings import masked_url
+
+    assert masked_url("postgresql://postgres@127.0.0.1:5432/positions") == "postgresql://postgres@127.0.0.1:5432/positions"
+    assert masked_url("ws://127.0.0.1:6071") == "ws://127.0.0.1:6071"
+    assert masked_url(None) is None

@@ -3,7 +3,7 @@
 Two servers on 127.0.0.1, each a "worker" owning half of four partitions, prove the
 routing rules without Kafka: a key asked of the wrong worker is answered by its owner,
 ``/positions/`` is complete from either and never counts a standby copy, an absent owner
-gives 503 (never a false 404), and the token travels with forwarded requests.
+gives 503 (never a false 404), and forwarded requests are signed (the token never leaves).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from streams import serde
 from streams.domain import KeyState
 from streams.settings import Settings
 from streams.web import server as web_server
+from streams.web.auth import PEER_SIGNATURE_HEADER, peer_signature_headers
 from streams.web.routing import ROUTED_HEADER, partition_for_key
 from streams.web.server import PositionsWebServer
 from tests.unit.domain_builders import feed_active, feed_closed, feed_pending_entry
@@ -214,24 +216,56 @@ async def test_not_ready_worker_says_503_on_ready_and_table_routes_but_is_health
     assert part[1]["partitions"] == []  # claims nothing: the fan-out retries or says 503
 
 
-async def test_token_is_required_everywhere_and_travels_with_forwarded_requests(http):
+async def test_token_guards_every_position_view_but_probes_stay_open_and_peers_get_signatures(http):
     # Arrange
     running = await make_cluster(token="t0ken")
     auth = {"Authorization": "Bearer t0ken"}
     try:
         # Act
         refused = [await fetch(http, f"{running.url('a')}{path}")
-                   for path in ("/", "/positions/", f"/positions/{KEYS[0]}/", "/metrics", "/health", "/ready")]
+                   for path in ("/", "/positions/", f"/positions/{KEYS[0]}/", "/metrics", "/_node/positions/")]
+        probes = [await fetch(http, f"{running.url('a')}{path}") for path in ("/health", "/ready")]
         forwarded = await fetch(http, f"{running.url('a')}/positions/{KEYS[2]}/", headers=auth)
         listing = await fetch(http, f"{running.url('b')}/positions/", headers=auth)
+        peer_headers = running.a._peer_headers(URL(running.url("b")).with_path("/_node/positions/"))
+    finally:
+        await running.a.stop()
+        await running.b.stop()
+
+    # Assert: positions need the token; probes answer without; peers never see the token
+    assert {status for status, _, _ in refused} == {401}
+    assert [status for status, _, _ in probes] == [200, 200]
+    assert forwarded[0] == 200 and forwarded[2]["X-Positions-Served-By"] == running.url("b")
+    assert listing[0] == 200 and len(listing[1]) == 3
+    assert "Authorization" not in peer_headers and "t0ken" not in str(peer_headers)
+    assert PEER_SIGNATURE_HEADER in peer_headers
+
+
+async def test_a_peer_signature_opens_only_the_request_it_signs_on_the_worker_it_names_while_fresh(http):
+    # Arrange
+    running = await make_cluster(token="t0ken")
+    b_host = f"127.0.0.1:{running.ports[1]}"
+    path = "/_node/positions/"
+    now = time.time()
+    try:
+        # Act
+        good = await fetch(http, f"{running.url('b')}{path}",
+                           headers=peer_signature_headers("t0ken", "GET", b_host, path, now))
+        for_another_path = await fetch(http, f"{running.url('b')}/positions/",
+                                       headers=peer_signature_headers("t0ken", "GET", b_host, path, now))
+        for_another_worker = await fetch(http, f"{running.url('a')}{path}",
+                                         headers=peer_signature_headers("t0ken", "GET", b_host, path, now))
+        stale = await fetch(http, f"{running.url('b')}{path}",
+                            headers=peer_signature_headers("t0ken", "GET", b_host, path, now - 120))
+        wrong_key = await fetch(http, f"{running.url('b')}{path}",
+                                headers=peer_signature_headers("guess", "GET", b_host, path, now))
     finally:
         await running.a.stop()
         await running.b.stop()
 
     # Assert
-    assert {status for status, _, _ in refused} == {401}
-    assert forwarded[0] == 200 and forwarded[2]["X-Positions-Served-By"] == running.url("b")
-    assert listing[0] == 200 and len(listing[1]) == 3
+    assert good[0] == 200
+    assert [for_another_path[0], for_another_worker[0], stale[0], wrong_key[0]] == [401, 401, 401, 401]
 
 
 async def test_metrics_report_this_workers_positions_by_status(cluster, http):
@@ -245,14 +279,18 @@ async def test_metrics_report_this_workers_positions_by_status(cluster, http):
     assert 'pipeline_positions{status="closing"} 0.0' in text
 
 
-async def test_unknown_paths_and_writes_are_refused(cluster, http):
+async def test_unknown_paths_and_every_write_method_are_refused(cluster, http):
     # Act
     table = await fetch(http, f"{cluster.url('a')}/table/key_to_state/")
-    async with http.put(f"{cluster.url('a')}/positions/{KEYS[0]}/", data=b"{}") as put:
-        put_status = put.status
+    refused = {}
+    for path in ("/", "/positions/", f"/positions/{KEYS[0]}/", "/_node/positions/", "/metrics", "/health", "/ready"):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            async with http.request(method, f"{cluster.url('a')}{path}", data=b"{}") as answer:
+                refused[(method, path)] = answer.status
 
-    # Assert
-    assert table[0] == 404 and put_status == 405
+    # Assert: the web server is read-only
+    assert table[0] == 404
+    assert set(refused.values()) == {405}, refused
 
 
 async def test_ready_names_the_partitions_and_whether_the_worker_leads_the_group(cluster, http):
