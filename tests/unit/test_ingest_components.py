@@ -495,3 +495,39 @@ async def test_the_demo_feed_is_read_normally_on_a_paper_exchange():
         await asyncio.wait_for(runner, 10)
         await demo.stop()
     assert len(publisher.inputs()) >= 7
+
+
+async def test_a_frame_over_the_size_limit_drops_the_connection_and_the_next_valid_frame_after_reconnecting_goes_on():
+    # Arrange: a feed that sends a frame over the client's limit first, then (on the next
+    # connection) a valid signal
+    from websockets.asyncio.server import serve
+
+    connections = []
+
+    async def feed(connection) -> None:
+        connections.append(connection)
+        if len(connections) == 1:
+            await connection.send("[" + " " * 4096 + "]")
+        else:
+            await connection.send(json.dumps(open_signal("after-the-big-one")))
+        await connection.wait_closed()
+
+    server = await serve(feed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publisher = RecordingPublisher()
+    client = SignalFeedClient(f"ws://127.0.0.1:{port}", publisher, StubSymbols({"APTUSDT"}),
+                              backoff=Backoff(0.001, 0.002), max_frame_bytes=1024)
+    runner = asyncio.create_task(client.run())
+    try:
+        # Act
+        await asyncio.wait_for(client.stats.wait_for(lambda s: s.published >= 1), 10)
+    finally:
+        client.stop()
+        await asyncio.wait_for(runner, 10)
+        server.close()
+        await server.wait_closed()
+
+    # Assert: the oversized frame was never read into memory as a signal; the connection
+    # was dropped (1009) and the valid signal of the next one published
+    assert [event.event_id for _key, event in publisher.inputs()] == ["signal:after-the-big-one"]
+    assert client.stats.connections == 2
