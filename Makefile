@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv lock stack stack-stop stack-status pipeline run diff browser test test-unit bench clean
+.PHONY: help venv lock stack stack-stop stack-status pipeline run diff browser test test-unit chaos bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -65,6 +65,9 @@ browser: ## Debian's headless Chromium for the page's screenshot test (never a d
 
 test: $(STAMP) browser ## run every test against the real broker and database (starts the local stack when needed)
 	$(PY) -m pytest
+
+chaos: $(STAMP) ## the full fault suite (1,000 signals, 100 symbols, kills, broker restart, database outage, exchange faults); make test runs it reduced
+	CHAOS_SIZE=full $(PY) -m pytest -q -s tests/integration/test_chaos.py
 
 test-unit: $(STAMP) ## only the tests that need no service
 	$(PY) -m pytest -m 'not integration'
