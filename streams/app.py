@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from streams.domain import (
     Decision,
     DomainError,
     InputEvent,
+    KeyState,
     Policy,
     Status,
     decide,
@@ -46,6 +47,10 @@ from streams.web.routing import partition_for_key
 logger = logging.getLogger(__name__)
 
 SEND_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: A partition's inputs are applied in runs of at most this many; a run waits at most
+#: BATCH_WAIT_S for more inputs to arrive (the bound on the latency batching adds).
+BATCH_MAX_INPUTS = 500
+BATCH_WAIT_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ class ConsumedRecord:
 
 Headers = list[tuple[str, bytes]]
 Send = Callable[[str, bytes, bytes, Headers], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record the agent sends for an input: its topic, key, value and input headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
 
 #: Kafka headers on every output of an input: which input it was decided for, so a decision
 #: diff (``streams diff``) can put each recorded command beside the input that produced it.
@@ -107,37 +122,67 @@ class InputProcessor:
         self._policy = self.policy or self.settings.policy()
 
     async def apply(self, record: ConsumedRecord) -> Decision | None:
-        """Applies ``record``; returns the decision, or None when it went to the dead letters."""
+        """Applies one record; returns the decision, or None when it went to the dead letters."""
+        return (await self.apply_batch([record]))[0]
+
+    async def apply_batch(self, records: Sequence[ConsumedRecord]) -> list[Decision | None]:
+        """Applies a run of records in order; one decision (or None: a dead letter) per record.
+
+        Each record is decided against the state the records before it produced (an
+        in-memory overlay of the table), then every output of the run is sent and awaited
+        together, and only then are the states stored. The crash rule is the one of a single
+        input: no state is stored, and (the caller acks after this returns) no offset is
+        committed, before Kafka has acknowledged the outputs that state implies. A crash in
+        between replays the run: the same decisions, the same client order ids.
+        """
+        overlay: dict[bytes, KeyState | None] = {}
+        to_store: dict[bytes, KeyState] = {}
+        outputs: list[Output] = []
+        decisions: list[Decision | None] = []
+        for record in records:
+            decision = self._decide(record, overlay, to_store, outputs)
+            decisions.append(decision)
+        await self._send_durably(outputs)
+        for key, state in to_store.items():
+            self.store(key, serde.key_state_to_record(state))
+        self.applied_inputs += sum(1 for decision in decisions if decision is not None)
+        return decisions
+
+    def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None], to_store: dict[bytes, KeyState],
+                outputs: list[Output]) -> Decision | None:
+        headers = input_headers(record.partition, record.offset)
         try:
             key, event = self._decode(record)
-            stored = self.load(record.key)
-            state = serde.key_state_from_record(stored) if stored is not None else None
+            if record.key in overlay:
+                state = overlay[record.key]
+            else:
+                stored = self.load(record.key)
+                state = serde.key_state_from_record(stored) if stored is not None else None
             decision = decide(state, AppliedInput(record.offset, event), self._policy)
             metrics.observe_input(event)
             metrics.observe_decision(decision)
+            encoded = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
+            position = decision.state.position
+            if decision.position_changed and position is not None:
+                encoded.append((self.topics.updates, serde.encode_position_update(key, record.offset, position)))
+            if decision.audit is not None:
+                encoded.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
         except (codec.DecodeError, DomainError, InvalidInputRecord) as error:
-            await self._dead_letter(record, error)
+            outputs.append(self._dead_letter(record, error, headers))
             return None
         except Exception as error:  # noqa: BLE001 - a bug must not make Faust skip the input silently
             logger.error("input %s[%d]@%d could not be applied:\n%s", record.topic, record.partition,
                          record.offset, traceback.format_exc())
-            await self._dead_letter(record, error)
+            outputs.append(self._dead_letter(record, error, headers))
             return None
-
-        outputs = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
-        position = decision.state.position
-        if decision.position_changed and position is not None:
-            outputs.append((self.topics.updates, serde.encode_position_update(key, record.offset, position)))
-        if decision.audit is not None:
-            outputs.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
-        await self._send_durably(record.key, outputs, input_headers(record.partition, record.offset))
+        outputs.extend(Output(topic, record.key, value, headers) for topic, value in encoded)
         redelivered = state is not None and record.offset <= state.last_offset
         if decision.state is not state or redelivered:
             # A redelivered input changes nothing, but its state is written again: a kill
             # between the local store write and the changelog flush left the changelog (and
             # so the standbys and the next owner) without it; rewriting converges them.
-            self.store(record.key, serde.key_state_to_record(decision.state))
-        self.applied_inputs += 1
+            overlay[record.key] = decision.state
+            to_store[record.key] = decision.state
         return decision
 
     def _decode(self, record: ConsumedRecord) -> tuple[str, InputEvent]:
@@ -154,23 +199,47 @@ class InputProcessor:
             raise InvalidInputRecord(f"record key {key!r} differs from the input's own key {event.key!r}")
         return key, event
 
-    async def _send_durably(self, key: bytes, outputs: list[tuple[str, bytes]], headers: Headers) -> None:
-        """Sends every output and waits for Kafka's acknowledgement, retrying until it comes."""
+    async def _send_durably(self, outputs: list[Output]) -> None:
+        """Sends every output and waits for Kafka's acknowledgements, retrying until all came.
+
+        Only what Kafka did not acknowledge is sent again: an output acknowledged in an
+        attempt that failed for another one is never repeated, so a partial failure puts no
+        second PlaceEntry on position-commands. (An output Kafka wrote but whose
+        acknowledgement was lost can still appear twice; the executor looks an order up by
+        its client id before placing it, so that changes nothing at the exchange.)
+        """
+        unacknowledged = list(range(len(outputs)))
         attempt = 0
-        while True:
-            try:
-                pending = [await self.send(topic, key, value, headers) for topic, value in outputs]
-                await asyncio.gather(*pending)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+        while unacknowledged:
+            failed: list[int] = []
+            errors: list[BaseException] = []
+            handed: list[tuple[int, Any]] = []
+            for index in unacknowledged:
+                output = outputs[index]
+                try:
+                    handed.append((index, await self.send(output.topic, output.key, output.value, output.headers)))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
+                    failed.append(index)
+                    errors.append(error)
+            for index, acknowledgement in handed:
+                try:
+                    await acknowledgement
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+                    failed.append(index)
+                    errors.append(error)
+            unacknowledged = sorted(failed)
+            if unacknowledged:
                 delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
-                logger.warning("sending %d outputs failed (%s); retrying in %.1fs", len(outputs), error, delay)
+                logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
+                               len(unacknowledged), len(outputs), errors[0], delay)
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    async def _dead_letter(self, record: ConsumedRecord, error: BaseException) -> None:
+    def _dead_letter(self, record: ConsumedRecord, error: BaseException, headers: Headers) -> Output:
         letter = serde.DeadLetter(
             source_topic=record.topic,
             source_partition=record.partition,
@@ -183,10 +252,9 @@ class InputProcessor:
         )
         logger.warning("dead letter from %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                        letter.error_type, letter.reason)
-        await self._send_durably(record.key or b"", [(self.topics.dead_letters, serde.encode_dead_letter(letter))],
-                                 input_headers(record.partition, record.offset))
         self.dead_letters += 1
         metrics.observe_dead_letter("agent", letter.error_type)
+        return Output(self.topics.dead_letters, record.key or b"", serde.encode_dead_letter(letter), headers)
 
 
 class InvalidInputRecord(ValueError):
@@ -350,17 +418,22 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     processor = InputProcessor(settings=settings, topics=names, send=send, load=key_to_state.get, store=store)
 
-    # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets
-    # (faust-streaming #606).
-    @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
+    # One actor per partition (isolated_partitions): each partition's inputs in offset order,
+    # the partitions side by side. concurrency=1: more reorders a key's events, forbids table
+    # writes and can lose offsets (faust-streaming #606).
+    @app.agent(inputs_topic, name="apply_inputs", concurrency=1, isolated_partitions=True)
     async def apply_inputs(stream: faust.StreamT) -> None:
-        """Applies every input of the partition, in offset order, to its key's state."""
-        async for event in stream.events():
-            message = event.message
-            await processor.apply(ConsumedRecord(
-                topic=message.topic, partition=message.partition, offset=message.offset,
-                key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
-            ))
+        """Applies the partition's inputs in offset order, a run at a time (see ``InputProcessor.apply_batch``)."""
+        # take_events acks a run only after this loop's body returns: offsets are committed
+        # after the run's outputs are acknowledged and its states stored.
+        async for events in stream.take_events(BATCH_MAX_INPUTS, within=BATCH_WAIT_S):
+            # The table's store and changelog write to the partition of the "current event";
+            # take_events fills its buffer in another task, so name it here (one partition per actor).
+            stream._set_current_event(events[-1])
+            await processor.apply_batch([ConsumedRecord(
+                topic=event.message.topic, partition=event.message.partition, offset=event.message.offset,
+                key=event.message.key, value=event.message.value, timestamp_ms=int(event.message.timestamp * 1000),
+            ) for event in events])
 
     edge = None
     if settings.exchange_edge_enabled:
