@@ -261,24 +261,39 @@ class InvalidInputRecord(ValueError):
     """A record on ``position-inputs`` that is not an input at all (no key, wrong key, no value)."""
 
 
-def due_deadlines(states: list[dict], now_ms: int) -> list[InputEvent]:
-    """Deadline inputs for every in-flight position whose deadline has passed."""
-    events = []
-    for record in states:
+class DeadlineIndex:
+    """The in-flight deadlines of this worker's keys, kept beside the table as states are stored.
+
+    The timer asks it every ``PIPELINE_DEADLINE_SCAN_INTERVAL_S`` instead of decoding the
+    whole table (100,000 keys would cost seconds per scan). It is rebuilt from the table
+    once whenever the worker's partitions change, since another worker wrote them meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[int, str, Status]] = {}  # key -> (deadline_at, position id, status)
+        self.partitions: frozenset[int] | None = None
+
+    def note(self, record: dict) -> None:
+        """Takes a stored ``KeyState`` record: its deadline if it has one in flight, else none."""
         position = record.get("position")
-        if not position or position.get("deadline_at") is None:
-            continue
-        status = Status(position["status"])
-        if not status.is_in_flight or position["deadline_at"] > now_ms:
-            continue
-        deadline = Deadline(position_id=position["id"], status=status, due_at=position["deadline_at"], ts=now_ms)
-        events.append(InputEvent(
-            event_id=f"deadline:{position['id']}:{status.value}:{position['deadline_at']}",
-            key=record["key"],
-            ts=now_ms,
-            payload=deadline,
-        ))
-    return events
+        key = record["key"]
+        if position and position.get("deadline_at") is not None and Status(position["status"]).is_in_flight:
+            self._due[key] = (position["deadline_at"], position["id"], Status(position["status"]))
+        else:
+            self._due.pop(key, None)
+
+    def rebuild(self, records: list[dict], partitions: frozenset[int]) -> None:
+        """Starts over from ``records`` (the table of ``partitions``)."""
+        self._due.clear()
+        for record in records:
+            self.note(record)
+        self.partitions = partitions
+
+    def due(self, now_ms: int) -> list[InputEvent]:
+        """A deadline input for every position whose deadline has passed."""
+        return [InputEvent(event_id=f"deadline:{position_id}:{status.value}:{deadline_at}", key=key, ts=now_ms,
+                           payload=Deadline(position_id=position_id, status=status, due_at=deadline_at, ts=now_ms))
+                for key, (deadline_at, position_id, status) in self._due.items() if deadline_at <= now_ms]
 
 
 def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, edge: Any, inputs_topic: Any,
@@ -413,8 +428,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
     async def send(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
         return await output_topics[topic].send(key=key, value=value, headers=headers)
 
+    deadlines = DeadlineIndex()
+
     def store(key: bytes, value: dict) -> None:
         key_to_state[key] = value  # a new value every time: in-place mutation writes no changelog
+        deadlines.note(value)
 
     processor = InputProcessor(settings=settings, topics=names, send=send, load=key_to_state.get, store=store)
 
@@ -454,12 +472,16 @@ def build_pipeline(settings: Settings) -> Pipeline:
     async def emit_due_deadlines() -> None:
         """Publishes a deadline input for every in-flight position of this worker's partitions past its deadline."""
         now_ms = int(time.time() * 1000)  # the clock lives here, at the edge, never in decide()
-        # Standby copies are another worker's to time out (a memory store iterates them too).
         owned = active_partitions(app, key_to_state.changelog_topic.get_topic_name())
-        states = [record for key, record in list(key_to_state.items())
-                  if partition_for_key(key, settings.topic_partitions) in owned]
-        for event in due_deadlines(states, now_ms):
-            await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
+        if owned != deadlines.partitions:
+            if app.rebalancing or not app.tables.recovery.completed.is_set():
+                return  # the table of the new assignment is not there yet
+            # Standby copies are another worker's to time out (a memory store iterates them too).
+            deadlines.rebuild([record for key, record in list(key_to_state.items())
+                               if partition_for_key(key, settings.topic_partitions) in owned], owned)
+        for event in deadlines.due(now_ms):
+            if partition_for_key(event.key.encode(), settings.topic_partitions) in owned:
+                await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
 
     _add_replay_command(app, settings)
     _add_diff_command(app, settings)
@@ -539,5 +561,5 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
             raise SystemExit(1)
 
 
-__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline", "due_deadlines",
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "DeadlineIndex", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline",
            "input_headers", "input_of"]

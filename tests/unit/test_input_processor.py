@@ -97,3 +97,30 @@ async def test_an_input_that_changes_nothing_and_is_not_redelivered_writes_no_st
     # Assert: refused and audited; stored once, because the decision moved the key's last offset.
     assert decision is not None and decision.audit is not None and decision.commands == ()
     assert [serde.key_state_from_record(value).last_offset for _, value in harness.stores] == [6]
+
+
+def test_the_deadline_index_follows_stored_states_and_names_only_passed_deadlines():
+    # Arrange: one position in flight (deadline 1000), one active (none), one whose flight ended.
+    from streams.app import DeadlineIndex
+    from streams.domain import Deadline, Status
+
+    def record(key: str, status: str, deadline_at: int | None) -> dict:
+        return {"key": key, "position": {"id": f"{key}/1", "status": status, "deadline_at": deadline_at}}
+
+    index = DeadlineIndex()
+    index.rebuild([record("A@binance", "entry_placed", 1000), record("B@binance", "active", None),
+                   record("C@binance", "pending_sl", 5000)], frozenset({0}))
+
+    # Act
+    before = index.due(999)
+    at = index.due(1000)
+    index.note(record("A@binance", "active", None))  # the entry was answered and stored
+    after_answer = index.due(10_000)
+
+    # Assert
+    assert before == []
+    (event,) = at
+    assert event.key == "A@binance" and event.event_id == "deadline:A@binance/1:entry_placed:1000"
+    assert event.payload == Deadline(position_id="A@binance/1", status=Status.ENTRY_PLACED, due_at=1000, ts=1000)
+    assert [e.key for e in after_answer] == ["C@binance"]
+    assert index.partitions == frozenset({0})
