@@ -51,6 +51,8 @@ SEND_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 #: BATCH_WAIT_S for more inputs to arrive (the bound on the latency batching adds).
 BATCH_MAX_INPUTS = 500
 BATCH_WAIT_S = 0.005
+#: Decoded states an actor keeps between runs (cleared, not evicted one by one, past this).
+KNOWN_STATES_PER_PARTITION = 20_000
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,8 @@ class InputProcessor:
         """Applies one record; returns the decision, or None when it went to the dead letters."""
         return (await self.apply_batch([record]))[0]
 
-    async def apply_batch(self, records: Sequence[ConsumedRecord]) -> list[Decision | None]:
+    async def apply_batch(self, records: Sequence[ConsumedRecord],
+                          known: dict[bytes, KeyState | None] | None = None) -> list[Decision | None]:
         """Applies a run of records in order; one decision (or None: a dead letter) per record.
 
         Each record is decided against the state the records before it produced (an
@@ -134,8 +137,12 @@ class InputProcessor:
         input: no state is stored, and (the caller acks after this returns) no offset is
         committed, before Kafka has acknowledged the outputs that state implies. A crash in
         between replays the run: the same decisions, the same client order ids.
+
+        ``known`` (optional) are decoded states the caller keeps from run to run, the one
+        writer of those keys: a key found there is not read back from the table and decoded
+        again. They become the run's overlay; the caller drops them if this raises.
         """
-        overlay: dict[bytes, KeyState | None] = {}
+        overlay: dict[bytes, KeyState | None] = {} if known is None else known
         to_store: dict[bytes, KeyState] = {}
         outputs: list[Output] = []
         decisions: list[Decision | None] = []
@@ -426,7 +433,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
     ))
 
     async def send(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
-        return await output_topics[topic].send(key=key, value=value, headers=headers)
+        # Straight to the app's producer (same connection, acks and idempotence): Faust's
+        # Topic.send wraps each record in futures and callbacks that halve the agent's rate.
+        # The key's partition is the Java client's murmur2 of the raw bytes, as for the inputs.
+        return await app.producer.send(topic, key, value, None, None, headers)
 
     deadlines = DeadlineIndex()
 
@@ -444,14 +454,24 @@ def build_pipeline(settings: Settings) -> Pipeline:
         """Applies the partition's inputs in offset order, a run at a time (see ``InputProcessor.apply_batch``)."""
         # take_events acks a run only after this loop's body returns: offsets are committed
         # after the run's outputs are acknowledged and its states stored.
+        # This actor is the only writer of its partition's keys while it lives (a rebalance
+        # starts a new actor): the states it decided stay decoded here, bounded.
+        known: dict[bytes, KeyState | None] = {}
         async for events in stream.take_events(BATCH_MAX_INPUTS, within=BATCH_WAIT_S):
             # The table's store and changelog write to the partition of the "current event";
             # take_events fills its buffer in another task, so name it here (one partition per actor).
             stream._set_current_event(events[-1])
-            await processor.apply_batch([ConsumedRecord(
-                topic=event.message.topic, partition=event.message.partition, offset=event.message.offset,
-                key=event.message.key, value=event.message.value, timestamp_ms=int(event.message.timestamp * 1000),
-            ) for event in events])
+            if len(known) > KNOWN_STATES_PER_PARTITION:
+                known.clear()
+            try:
+                await processor.apply_batch([ConsumedRecord(
+                    topic=event.message.topic, partition=event.message.partition, offset=event.message.offset,
+                    key=event.message.key, value=event.message.value,
+                    timestamp_ms=int(event.message.timestamp * 1000),
+                ) for event in events], known)
+            except BaseException:
+                known.clear()  # states decided but maybe not stored: read the table again
+                raise
 
     edge = None
     if settings.exchange_edge_enabled:
