@@ -51,7 +51,7 @@ from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 
 POLICY = Policy(default_stop_loss_pct=Decimal("2"), entry_timeout_ms=30_000, stop_loss_timeout_ms=30_000,
-                close_timeout_ms=30_000, max_remembered_signal_ids=64)
+                close_timeout_ms=30_000, signal_id_retention_ms=7 * 24 * 3600 * 1000)
 PARTITIONS = 3
 
 
