@@ -102,7 +102,10 @@ Control API (JSON, under ``/_emulator/``, never logged, never rate limited or fa
                                     ``reject`` whose default is the two order-placement
                                     endpoints), and per kind:
     - ``http_error``: answer HTTP ``status`` (default 503) without processing; with
-      ``code``/``msg`` the body is Binance's JSON, else the plain reason phrase.
+      ``code``/``msg`` the body is Binance's JSON, else the plain reason phrase. With
+      ``after_processing: true`` the request is carried out first (an order is created) and
+      the error is the answer (Binance: for a 5xx "the execution status is UNKNOWN and could
+      have been a success").
     - ``rate_limit``: HTTP ``status`` 429 (default) or 418 with -1003 and
       ``Retry-After: retry_after_s`` (default 1).
     - ``hang``: never answer; after ``seconds`` (default 300) drop the connection.
@@ -1100,6 +1103,7 @@ class FaultRule:
     retry_after_s: float = 1.0
     quantity: Decimal | None = None
     remainder: str = PARTIAL_REMAINDER_EXPIRES
+    after_processing: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         """True when the rule applies to this request."""
@@ -1119,7 +1123,7 @@ class FaultRule:
                 "status": self.status, "code": self.code, "msg": self.msg, "seconds": self.seconds,
                 "retry_after_s": self.retry_after_s,
                 "quantity": str(self.quantity) if self.quantity is not None else None,
-                "remainder": self.remainder}
+                "remainder": self.remainder, "after_processing": self.after_processing}
 
 
 @dataclass(frozen=True)
@@ -1392,7 +1396,8 @@ class BinanceUsdmEmulator:
     def add_fault(self, kind: str, *, count: int | None = 1, method: str | None = None, path: str | None = None,
                   status: int | None = None, code: int | None = None, msg: str | None = None,
                   seconds: float | None = None, retry_after_s: float | None = None,
-                  quantity: Decimal | str | None = None, remainder: str | None = None) -> dict[str, Any]:
+                  quantity: Decimal | str | None = None, remainder: str | None = None,
+                  after_processing: bool = False) -> dict[str, Any]:
         """Adds a fault rule (see the module docstring); returns it with its id."""
         if kind == "partial_fill":
             if quantity is None or Decimal(str(quantity)) <= 0:
@@ -1416,7 +1421,8 @@ class BinanceUsdmEmulator:
             seconds=_bounded_seconds(seconds, "seconds", 300.0 if kind == "hang" else 0.0),
             retry_after_s=_bounded_seconds(retry_after_s, "retry_after_s", 1.0),
             quantity=Decimal(str(quantity)) if quantity is not None else None,
-            remainder=remainder or PARTIAL_REMAINDER_EXPIRES)
+            remainder=remainder or PARTIAL_REMAINDER_EXPIRES,
+            after_processing=bool(after_processing))
         self.faults.append(rule)
         return rule.as_dict()
 
@@ -1538,7 +1544,7 @@ class BinanceUsdmEmulator:
     async def _ctl_add_fault(self, request: web.Request) -> web.Response:
         def action(body: dict[str, Any]) -> dict[str, Any]:
             allowed = {"kind", "count", "method", "path", "status", "code", "msg", "seconds", "retry_after_s",
-                       "quantity", "remainder"}
+                       "quantity", "remainder", "after_processing"}
             unknown = set(body) - allowed
             if unknown:
                 raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
@@ -1729,6 +1735,8 @@ class BinanceUsdmEmulator:
             headers = self._rate_headers(now, route.places_order)
             if fault is not None and fault.kind == "accept_then_timeout":
                 raise _Drop(fault.seconds or 0.0)
+            if fault is not None and fault.kind == "http_error":  # after_processing: the work is done
+                return self._http_error(fault, entry)
             if fault is not None and fault.kind == "hold_answer":
                 # Binance: a timeout or 503 "means the API successfully sent the message but
                 # not get a response within the timeout period ... the execution status is
@@ -1749,14 +1757,8 @@ class BinanceUsdmEmulator:
 
     async def _early_fault(self, fault: FaultRule, entry: dict[str, Any]) -> web.StreamResponse | None:
         """Answers the faults that act before authentication; None for the others."""
-        if fault.kind == "http_error":
-            status = fault.status or 503
-            entry["status"], entry["code"] = status, fault.code
-            if fault.code is not None:
-                error = BinanceError(fault.code, fault.msg, http_status=status)
-                return _json_response(error.body(), status=status)
-            # A gateway in front of Binance answers 5xx with plain text, not Binance's JSON.
-            return web.Response(text=fault.msg or _reason(status), status=status)
+        if fault.kind == "http_error" and not fault.after_processing:
+            return self._http_error(fault, entry)
         if fault.kind == "rate_limit":
             status = fault.status or 429
             entry["status"], entry["code"] = status, -1003
@@ -1770,6 +1772,16 @@ class BinanceUsdmEmulator:
         if fault.kind == "hang":
             raise _Drop(fault.seconds if fault.seconds is not None else 300.0)
         return None
+
+    @staticmethod
+    def _http_error(fault: FaultRule, entry: dict[str, Any]) -> web.Response:
+        status = fault.status or 503
+        entry["status"], entry["code"] = status, fault.code
+        if fault.code is not None:
+            error = BinanceError(fault.code, fault.msg, http_status=status)
+            return _json_response(error.body(), status=status)
+        # A gateway in front of Binance answers 5xx with plain text, not Binance's JSON.
+        return web.Response(text=fault.msg or _reason(status), status=status)
 
     async def _drop(self, request: web.Request, entry: dict[str, Any], delay_s: float) -> web.StreamResponse:
         """Closes the connection without an answer after ``delay_s`` (or at reset/stop)."""

@@ -125,18 +125,42 @@ class InputProcessor:
         return key, event
 
     async def _send_durably(self, key: bytes, outputs: list[tuple[str, bytes]]) -> None:
-        """Sends every output and waits for Kafka's acknowledgement, retrying until it comes."""
+        """Sends every output and waits for Kafka's acknowledgement, retrying until it comes.
+
+        Only what Kafka did not acknowledge is sent again: an output acknowledged in an
+        attempt that failed for another one is never repeated, so a partial failure puts no
+        second PlaceEntry on position-commands. (An output Kafka wrote but whose
+        acknowledgement was lost can still appear twice; the executor looks an order up by
+        its client id before placing it, so that changes nothing at the exchange.)
+        """
+        unacknowledged = list(range(len(outputs)))
         attempt = 0
-        while True:
-            try:
-                pending = [await self.send(topic, key, value) for topic, value in outputs]
-                await asyncio.gather(*pending)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+        while unacknowledged:
+            failed: list[int] = []
+            errors: list[BaseException] = []
+            handed: list[tuple[int, Any]] = []
+            for index in unacknowledged:
+                topic, value = outputs[index]
+                try:
+                    handed.append((index, await self.send(topic, key, value)))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
+                    failed.append(index)
+                    errors.append(error)
+            for index, acknowledgement in handed:
+                try:
+                    await acknowledgement
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+                    failed.append(index)
+                    errors.append(error)
+            unacknowledged = sorted(failed)
+            if unacknowledged:
                 delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
-                logger.warning("sending %d outputs failed (%s); retrying in %.1fs", len(outputs), error, delay)
+                logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
+                               len(unacknowledged), len(outputs), errors[0], delay)
                 attempt += 1
                 await asyncio.sleep(delay)
 
@@ -205,11 +229,26 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
                 metrics.observe_dead_letter("executor", type(error).__name__)
                 continue
             await edge.ready.wait()  # extra services start after the agents
+            # Carried out once even when delivered twice: the executor looks the order up by
+            # its client id, and the attempt ledger tells it whether an earlier send may land.
             report = await edge.executor.execute(command)
             if report.payload.error_code is not None:
                 metrics.observe_exchange_error(report.payload.error_code)
-            future = await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report))
-            await future  # acknowledged before this command's offset can be committed
+            # Acknowledged before this command's offset can be committed; retried, never raised
+            # (an agent that raises makes Faust skip the event silently).
+            attempt = 0
+            while True:
+                try:
+                    await (await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report)))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never drop the report
+                    delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
+                    logger.warning("report for %s not acknowledged (%s); retrying in %.1fs",
+                                   command.command_id, error, delay)
+                    attempt += 1
+                    await asyncio.sleep(delay)
 
     @app.timer(interval=settings.sync_interval_s, on_leader=True)
     async def poll_exchange_positions() -> None:

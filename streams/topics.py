@@ -1,7 +1,8 @@
 """Names and creation of the pipeline's topics.
 
-Every topic is keyed by the raw UTF-8 bytes of ``SYMBOL@exchange`` and has the same
-partition count as ``position-inputs``: the table's changelog and every topic an agent
+Every topic but the order-attempt ledger is keyed by the raw UTF-8 bytes of
+``SYMBOL@exchange`` (the ledger by the client order id) and has the same partition count as
+``position-inputs``: the table's changelog and every topic an agent
 reads beside it must be co-partitioned, or a key's state and its events end up on
 different workers. Keys are placed by the murmur2 partitioner of the Java client (aiokafka
 and Faust use the same), so a producer outside this project lands a key on the same
@@ -22,6 +23,9 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+ORDER_ATTEMPTS_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
 class TopologyError(RuntimeError):
     """A topic exists with a partition count other than the pipeline's."""
 
@@ -34,6 +38,8 @@ class TopicNames:
     commands: str
     updates: str
     dead_letters: str
+    # The executors' durable record of every order attempt (streams/exchange/attempts.py).
+    order_attempts: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> "TopicNames":
@@ -42,10 +48,16 @@ class TopicNames:
             commands=f"{prefix}position-commands",
             updates=f"{prefix}position-updates",
             dead_letters=f"{prefix}position-dead-letters",
+            order_attempts=f"{prefix}position-order-attempts",
         )
 
     def all(self) -> tuple[str, ...]:
-        return (self.inputs, self.commands, self.updates, self.dead_letters)
+        return (self.inputs, self.commands, self.updates, self.dead_letters, self.order_attempts)
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic settings beyond the broker's defaults, applied when a topic is created."""
+        # The ledger must outlive any command that can still be redelivered; set, not inherited.
+        return {self.order_attempts: {"retention.ms": str(ORDER_ATTEMPTS_RETENTION_MS)}}
 
 
 async def _describe_when_ready(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> list:
@@ -67,10 +79,12 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
         existing = set(await admin.list_topics())
         missing = [name for name in names.all() if name not in existing]
         if missing:
+            configs = names.configs()
             try:
                 await admin.create_topics([
                     NewTopic(name, num_partitions=settings.topic_partitions,
-                             replication_factor=settings.topic_replication_factor)
+                             replication_factor=settings.topic_replication_factor,
+                             topic_configs=configs.get(name, {}))
                     for name in missing
                 ])
             except TopicAlreadyExistsError:

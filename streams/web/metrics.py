@@ -18,7 +18,9 @@ Where to call them:
 - ``observe_exchange_error(code)``: the executor, for an error answer of the exchange;
 - ``set_sink_lag(records)``: the PostgreSQL sink;
 - ``refresh_position_gauge(positions)``: the web server, before each scrape (from the local
-  table, so each worker reports the positions of the partitions it owns).
+  table, so each worker reports the positions of the partitions it owns);
+- ``observe_edge_failure(component, stage)``: a background part of the exchange edge that
+  failed and will retry (the poller, the order-attempt ledger).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from streams.domain import (
 __all__ = [
     "DEAD_LETTERS",
     "DECISIONS",
+    "EDGE_FAILURES",
     "EXCHANGE_ERRORS",
     "INPUTS",
     "POSITIONS",
@@ -50,6 +53,7 @@ __all__ = [
     "REFUSAL_CATEGORIES",
     "SINK_LAG",
     "observe_dead_letter",
+    "observe_edge_failure",
     "observe_decision",
     "observe_exchange_error",
     "observe_input",
@@ -95,6 +99,15 @@ EXCHANGE_ERRORS = Counter(
     "Error answers of the exchange, by the exchange's error code ('none' without one).",
     ["code"],
 )
+
+EDGE_FAILURES = Counter(
+    "pipeline_edge_failures",
+    "Failures of a background part of the exchange edge that is retried with backoff, by component "
+    "(poller, order_ledger) and stage (follow_tracked_keys, fetch_positions, publish, follow).",
+    ["component", "stage"],
+)
+_EDGE_COMPONENTS = frozenset({"poller", "order_ledger"})
+_EDGE_STAGES = frozenset({"follow_tracked_keys", "fetch_positions", "publish", "follow", "poll"})
 
 #: The label values ``pipeline_refusals`` may carry. A refusal nobody mapped is ``other``.
 REFUSAL_CATEGORIES = (
@@ -212,6 +225,12 @@ def observe_exchange_error(code: int | str | None) -> None:
     """Counts one error answer of the exchange by its code (Binance's ``-2019``...; None: ``none``)."""
     label = "none" if code is None else str(code)[:16]
     EXCHANGE_ERRORS.labels(code=_exchange_codes(label)).inc()
+
+
+def observe_edge_failure(component: str, stage: str) -> None:
+    """Counts one failure of a background part of the exchange edge (it retries with backoff)."""
+    EDGE_FAILURES.labels(component=component if component in _EDGE_COMPONENTS else "other",
+                         stage=stage if stage in _EDGE_STAGES else "other").inc()
 
 
 def set_sink_lag(records: int) -> None:
