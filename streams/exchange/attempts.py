@@ -113,9 +113,10 @@ class AttemptLedger(Protocol):
         ...
 
     def withdraw(self, record: LedgerRecord) -> None:
-        """This process's own send record whose request was never sent (or provably refused).
+        """This process's own send record whose request cannot execute (any more).
 
-        Other processes cannot know it and wait its window out; this one need not.
+        Never sent, refused, or answered: only this process knows, so only it skips waiting
+        for that record's recvWindow; every other process waits it out.
         """
         ...
 

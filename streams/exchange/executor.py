@@ -232,6 +232,7 @@ class OrderExecutor:
                 failures += 1
                 continue
             except OrderRejected:
+                self._ledger.withdraw(claim.record)  # answered: it cannot land later
                 await self._fence(command)
                 raise
             except TransientExchangeError as error:
@@ -243,6 +244,7 @@ class OrderExecutor:
                                type(command).__name__, command.client_order_id, failures, error, delay)
                 await self._sleep(delay)
                 continue
+            self._ledger.withdraw(claim.record)  # answered: it cannot land later
             return await self._answered(command, state)
         raise PlacementUnresolved(f"{command.client_order_id}: no answer after {failures} rounds; "
                                   "the state machine's deadline will query it")
