@@ -90,7 +90,10 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create: fine
             logger.info("created topics %s with %d partitions", missing, settings.topic_partitions)
-        for description in await _describe_when_ready(admin, list(names.all())):
+        order = {name: index for index, name in enumerate(names.all())}
+        descriptions = await _describe_when_ready(admin, list(names.all()))
+        # The brokers answer in any order; name the first topic of the pipeline's own order.
+        for description in sorted(descriptions, key=lambda d: order.get(d["topic"], len(order))):
             count = len(description["partitions"])
             if count != settings.topic_partitions:
                 raise TopologyError(
