@@ -1685,6 +1685,10 @@ class BinanceUsdmEmulator:
         expected = hmac.new(self._api_secret, (query + body).encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature.lower()):
             raise BinanceError(-1022)
+        # Binance USD-M "Timing security": "if (timestamp < (serverTime + 1000) && (serverTime -
+        # timestamp) <= recvWindow) { // process request } else { // reject request }". Checked
+        # when the request is processed, after any configured latency: a request held in front
+        # of the exchange past its recvWindow is refused (-1021) and never carried out.
         now = self.server_time_ms()
         if timestamp > now + MAX_AHEAD_MS or now - timestamp > recv_window:
             raise BinanceError(-1021)
