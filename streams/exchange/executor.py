@@ -189,8 +189,8 @@ class OrderExecutor:
     async def _place(self, command: Command, gateway: ExchangeGateway, conditional: bool,
                      send: Callable[[int], Awaitable[OrderState]]) -> OrderState:
         """Steps 1-5 of the module's protocol, round after round; see the module docstring."""
-        failures = rate_limit_waits = 0
-        while failures < self._retry.attempts:
+        failures = rate_limit_waits = waits = 0
+        while failures < self._retry.attempts and waits <= self._retry.attempts:
             claim = await self._ledger.claim(command.client_order_id, command.position_id, AttemptKind.SEND,
                                              self._clock_ms())
             try:
@@ -207,6 +207,7 @@ class OrderExecutor:
                 landing = claim.sends_still_landing(self._clock_ms(), self._timing.settle_ms)
                 if landing:
                     self._ledger.withdraw(claim.record)
+                    waits += 1  # bounded: other executors sending again and again end it as unknown
                     await self._wait_out(command, landing)
                     continue
                 if self._clock_ms() - claim.record.at_ms > self._timing.max_claim_age_ms:
@@ -246,8 +247,8 @@ class OrderExecutor:
                 continue
             self._ledger.withdraw(claim.record)  # answered: it cannot land later
             return await self._answered(command, state)
-        raise PlacementUnresolved(f"{command.client_order_id}: no answer after {failures} rounds; "
-                                  "the state machine's deadline will query it")
+        raise PlacementUnresolved(f"{command.client_order_id}: no answer after {failures} failed rounds and "
+                                  f"{waits} waits for earlier attempts; the state machine's deadline will query it")
 
     async def _query(self, command: Command, gateway: ExchangeGateway, conditional: bool) -> OrderState:
         """Fence the id, wait out any placement still landing, then look: found, or not_found for good."""

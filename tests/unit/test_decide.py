@@ -20,7 +20,6 @@ from streams.domain import (
     InputKind,
     InvalidValueError,
     KeyMismatchError,
-    KeyState,
     OrderRole,
     PlaceEntry,
     PlaceStopLoss,
