@@ -1,7 +1,7 @@
 """A realistic input stream for benchmarks: whole position lives over many keys.
 
 Per key and cycle: an open signal, the entry fill, the stop-loss acknowledgement, a few
-exchange snapshots, a close signal, the close fill and a flat snapshot, which is what the
+exchange snapshots, a close signal, the stop's cancel, the close fill and a flat snapshot, which is what the
 agent sees in production, answered the way the exchange edge answers.
 """
 
@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from streams.domain import (
     AppliedInput,
+    CancelOrder,
     Command,
     ExchangeSnapshot,
     ExecutionReport,
@@ -29,7 +30,7 @@ from streams.domain import (
 )
 
 POLICY = Policy(default_stop_loss_pct=Decimal("2"), entry_timeout_ms=30_000, stop_loss_timeout_ms=30_000,
-                close_timeout_ms=30_000, max_remembered_signal_ids=256)
+                close_timeout_ms=30_000, signal_id_retention_ms=7 * 24 * 3600 * 1000)
 
 
 def _signal(key: str, symbol: str, signal_id: str, action: SignalAction, ts: int) -> InputEvent:
@@ -100,7 +101,13 @@ def lifecycle_inputs(keys: int, cycles: int, start_ts: int = 1_761_173_440_000) 
             ts += 1
             event = _signal(key, symbol, f"{symbol}-{cycle}-close", SignalAction.CLOSE, ts)
             lives.append(event)
-            close = next(c for c in step(event) if isinstance(c, ClosePosition))
+            closing = step(event)
+            cancel = next(c for c in closing if isinstance(c, CancelOrder))
+            close = next(c for c in closing if isinstance(c, ClosePosition))
+            ts += 1
+            event = _answer(cancel, ReportOutcome.CANCELED, ts)  # the stop goes first, as commanded
+            lives.append(event)
+            step(event)
             ts += 1
             event = _answer(close, ReportOutcome.FILLED, ts)
             lives.append(event)

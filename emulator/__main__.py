@@ -16,6 +16,8 @@ import signal
 import sys
 
 from emulator.binance_usdm import (
+    CLIENT_ID_RULES,
+    CLIENT_ID_UNIQUE_AMONG_OPEN,
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
     BinanceUsdmEmulator,
@@ -34,6 +36,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-secret", default=DEFAULT_API_SECRET, help="HMAC secret the emulator accepts")
     parser.add_argument("--no-rate-limits", action="store_true",
                         help="publish Binance's limits but do not enforce them")
+    parser.add_argument("--client-id-rule", choices=CLIENT_ID_RULES, default=CLIENT_ID_UNIQUE_AMONG_OPEN,
+                        help="open_orders (default, Binance's documented rule: an id is accepted again once "
+                             "its order is filled, canceled or expired) or forever (stricter than Binance)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser.parse_args(argv)
 
@@ -41,7 +46,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace) -> None:
     emulator = BinanceUsdmEmulator(
         args.host, args.port, symbols=default_symbols(args.bench_symbols), api_key=args.api_key,
-        api_secret=args.api_secret, rate_limits=RateLimitConfig(enforce=not args.no_rate_limits))
+        api_secret=args.api_secret, rate_limits=RateLimitConfig(enforce=not args.no_rate_limits),
+        client_id_rule=args.client_id_rule)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -40,9 +40,14 @@ other way): it places a market order (``clientOrderId`` = the stop's ``clientAlg
 unless a regular order has that id, ``origType`` STOP_MARKET) that fills at the new mark price, and the algo order becomes
 ``FINISHED`` with ``actualOrderId``/``actualPrice``. A reduce-only stop that finds nothing
 to reduce when it triggers becomes ``EXPIRED``. Reduce-only orders never open or increase
-a position (-2022) and are cut to the position's size. Client ids are unique forever
-(regular and algo ids are separate namespaces): a second use is -4116. Money is
-``Decimal`` inside and strings on the wire, formatted to the symbol's tick and step.
+a position (-2022) and are cut to the position's size. Client ids follow Binance's
+documented rule, "a unique id among open orders": a second use while the first order is
+open (a regular order NEW or PARTIALLY_FILLED, an algo order NEW) is -4116, and once that
+order is filled, canceled or expired the id is accepted again and names a second order
+(a query by client id answers the latest). ``client_id_rule="forever"`` (``--client-id-rule
+forever``) makes an id unique for good, stricter than Binance. Regular and algo ids are
+separate namespaces. Money is ``Decimal`` inside and strings on the wire, formatted to the
+symbol's tick and step.
 
 Authentication, as Binance does it: ``X-MBX-APIKEY`` header (missing: -2014, unknown:
 -2015); HMAC-SHA256 hex of the query string concatenated with the body, minus the
@@ -97,12 +102,21 @@ Control API (JSON, under ``/_emulator/``, never logged, never rate limited or fa
                                     ``reject`` whose default is the two order-placement
                                     endpoints), and per kind:
     - ``http_error``: answer HTTP ``status`` (default 503) without processing; with
-      ``code``/``msg`` the body is Binance's JSON, else the plain reason phrase.
+      ``code``/``msg`` the body is Binance's JSON, else the plain reason phrase. With
+      ``after_processing: true`` the request is carried out first (an order is created) and
+      the error is the answer (Binance: for a 5xx "the execution status is UNKNOWN and could
+      have been a success").
     - ``rate_limit``: HTTP ``status`` 429 (default) or 418 with -1003 and
       ``Retry-After: retry_after_s`` (default 1).
     - ``hang``: never answer; after ``seconds`` (default 300) drop the connection.
     - ``accept_then_timeout``: process the request for real (the order is created), then
-      after ``seconds`` (default 0) drop the connection instead of answering.
+      after ``seconds`` (default 0) drop the connection instead of answering (a lost answer).
+    - ``hold_answer``: process the request for real, then hold the answer ``seconds``
+      (default 0) before sending it (a client that gives up first, or dies, never sees it).
+    - ``partial_fill``: the next MARKET order on ``/fapi/v1/order`` fills only ``quantity``;
+      ``remainder`` ``expire`` (default: the order ends EXPIRED with that executedQty, as a
+      MARKET order short of liquidity does) or ``rest`` (PARTIALLY_FILLED, open; the rest
+      fills at the next mark price change).
     - ``reject``: after authentication, answer Binance error ``code`` (e.g. -2019) with
       ``msg`` (default: Binance's text for known codes) and HTTP ``status`` (default 400),
       without processing.
@@ -152,6 +166,9 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 __all__ = [
+    "CLIENT_ID_RULES",
+    "CLIENT_ID_UNIQUE_AMONG_OPEN",
+    "CLIENT_ID_UNIQUE_FOREVER",
     "BinanceError",
     "BinanceUsdmEmulator",
     "CONTROL_PREFIX",
@@ -180,6 +197,21 @@ MAX_OPEN_ALGO_ORDERS = 10  # MAX_NUM_ALGO_ORDERS filter, per symbol
 MAX_FAULT_SECONDS = 3600.0  # bound of every configured wait (hang, drop delay, latency)
 REQUEST_LOG_SIZE = 100_000
 DEFAULT_LEVERAGE = 20
+
+# Client order ids. Binance USD-M documents `newClientOrderId` (POST /fapi/v1/order) and
+# `clientAlgoId` (POST /fapi/v1/algoOrder) as "A unique id among open orders. Automatically
+# generated if not sent.": once the order holding an id is filled, canceled or expired, the
+# same id is accepted again. That is the default here; "forever" (an id is never accepted
+# twice) is stricter than Binance and exists only to compare against.
+CLIENT_ID_UNIQUE_AMONG_OPEN = "open_orders"
+CLIENT_ID_UNIQUE_FOREVER = "forever"
+CLIENT_ID_RULES = (CLIENT_ID_UNIQUE_AMONG_OPEN, CLIENT_ID_UNIQUE_FOREVER)
+OPEN_ORDER_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED"})
+OPEN_ALGO_STATUSES = frozenset({"NEW"})
+# What a `partial_fill` fault does with the part of a market order it leaves unfilled.
+PARTIAL_REMAINDER_EXPIRES = "expire"  # EXPIRED at once, executedQty > 0
+PARTIAL_REMAINDER_RESTS = "rest"  # PARTIALLY_FILLED; the rest fills at the next mark price change
+PARTIAL_REMAINDERS = (PARTIAL_REMAINDER_EXPIRES, PARTIAL_REMAINDER_RESTS)
 
 # Binance's texts for the codes the emulator answers; a `reject` fault without `msg` uses them.
 ERROR_MESSAGES: dict[int, str] = {
@@ -432,6 +464,14 @@ class Order:
     source: str = "api"
 
 
+@dataclass(frozen=True)
+class PartialFill:
+    """How much of a market order fills at once, and what becomes of the rest."""
+
+    quantity: Decimal
+    remainder: str = PARTIAL_REMAINDER_EXPIRES
+
+
 @dataclass
 class AlgoOrder:
     """A conditional order held by the algo service until its trigger price is crossed."""
@@ -495,15 +535,23 @@ class ExchangeBook:
     in epoch milliseconds.
     """
 
-    def __init__(self, symbols: Iterable[SymbolSpec], clock: Callable[[], int]) -> None:
+    def __init__(self, symbols: Iterable[SymbolSpec], clock: Callable[[], int],
+                 client_id_rule: str = CLIENT_ID_UNIQUE_AMONG_OPEN) -> None:
+        if client_id_rule not in CLIENT_ID_RULES:
+            raise ValueError(f"client_id_rule must be one of {', '.join(CLIENT_ID_RULES)}, got {client_id_rule!r}")
         self.specs: dict[str, SymbolSpec] = {spec.symbol: spec for spec in symbols}
         self._clock = clock
+        self.client_id_rule = client_id_rule
         self.marks: dict[str, Decimal] = {}
         self.positions: dict[str, Position] = {}
-        self.orders: dict[str, Order] = {}  # by client order id, in arrival order
+        # Every order ever accepted, in arrival order. Under Binance's documented rule one
+        # client id may name several orders (one open at a time), so ids index lists.
+        self.orders: list[Order] = []
         self.orders_by_id: dict[int, Order] = {}
-        self.algos: dict[str, AlgoOrder] = {}  # by client algo id, in arrival order
+        self.orders_by_client_id: dict[str, list[Order]] = {}
+        self.algos: list[AlgoOrder] = []
         self.algos_by_id: dict[int, AlgoOrder] = {}
+        self.algos_by_client_id: dict[str, list[AlgoOrder]] = {}
         self._ids = itertools.count(4_000_000_001)
         self._algo_ids = itertools.count(1_000_001)
         self._generated_ids = itertools.count(1)
@@ -515,8 +563,10 @@ class ExchangeBook:
         self.positions.clear()
         self.orders.clear()
         self.orders_by_id.clear()
+        self.orders_by_client_id.clear()
         self.algos.clear()
         self.algos_by_id.clear()
+        self.algos_by_client_id.clear()
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -578,8 +628,18 @@ class ExchangeBook:
 
     # -- regular orders ---------------------------------------------------------------
 
-    def place_order(self, params: dict[str, str]) -> Order:
-        """POST /fapi/v1/order: a MARKET order, filled at once at the mark price."""
+    def _check_client_id_free(self, held_by: list | None, open_statuses: frozenset[str]) -> None:
+        """-4116 when the id is taken under the book's client-id rule (see CLIENT_ID_RULES)."""
+        if not held_by:
+            return
+        if self.client_id_rule == CLIENT_ID_UNIQUE_FOREVER or any(o.status in open_statuses for o in held_by):
+            raise BinanceError(-4116)
+
+    def place_order(self, params: dict[str, str], partial: PartialFill | None = None) -> Order:
+        """POST /fapi/v1/order: a MARKET order, filled at once at the mark price.
+
+        ``partial`` (a fault) fills only part of it; the rest expires at once or rests.
+        """
         spec = self.spec(params.get("symbol"))
         side = self._side(params)
         order_type = _param(params, "type")
@@ -592,8 +652,7 @@ class ExchangeBook:
         self._check_quantity(spec, quantity, spec.market_max_qty)
         reduce_only = _bool_param(params, "reduceOnly")
         client_id = _client_id_param(params, "newClientOrderId") or self._new_client_id()
-        if client_id in self.orders:
-            raise BinanceError(-4116)
+        self._check_client_id_free(self.orders_by_client_id.get(client_id), OPEN_ORDER_STATUSES)
         mark = self.marks[spec.symbol]
         if reduce_only:
             if self._reducible(spec.symbol, side) == 0:
@@ -605,24 +664,37 @@ class ExchangeBook:
                       type=order_type, orig_type=order_type, quantity=quantity, reduce_only=reduce_only,
                       time_ms=now, update_time_ms=now)
         self._register(order)
-        self._fill(order, mark)
+        if partial is None:
+            self._fill(order, mark, order.quantity)
+            return order
+        self._fill(order, mark, min(partial.quantity, order.quantity))
+        if order.status == "PARTIALLY_FILLED" and partial.remainder == PARTIAL_REMAINDER_EXPIRES:
+            # Binance's order status EXPIRED: "The order was canceled according to the order
+            # type's rules (e.g. LIMIT FOK orders with no fill, LIMIT IOC or MARKET orders that
+            # partially fill) or by the exchange": a MARKET order can end EXPIRED with
+            # executedQty > 0, and the position holds what was executed.
+            order.status = "EXPIRED"
         return order
 
     def _register(self, order: Order) -> None:
-        self.orders[order.client_order_id] = order
+        self.orders.append(order)
         self.orders_by_id[order.order_id] = order
+        self.orders_by_client_id.setdefault(order.client_order_id, []).append(order)
 
-    def _fill(self, order: Order, price: Decimal) -> None:
-        """Fills ``order`` at ``price`` (a reduce-only order only up to the position's size)."""
-        quantity = order.quantity
+    def _fill(self, order: Order, price: Decimal, quantity: Decimal) -> None:
+        """Fills ``quantity`` more of ``order`` at ``price`` (reduce-only: at most the position's size)."""
         if order.reduce_only:
             quantity = min(quantity, self._reducible(order.symbol, order.side))
+        quantity = min(quantity, order.quantity - order.executed_qty)
         signed = quantity if order.side == "BUY" else -quantity
         self._apply_trade(order.symbol, signed, price)
-        order.executed_qty = quantity
-        order.avg_price = price
-        order.cum_quote = quantity * price
-        order.status = "FILLED"
+        order.executed_qty += quantity
+        order.cum_quote += quantity * price
+        if order.executed_qty:
+            order.avg_price = order.cum_quote / order.executed_qty
+        # A reduce-only order cut to the position's size is complete: nothing is left to reduce.
+        complete = order.executed_qty == order.quantity or order.reduce_only
+        order.status = "FILLED" if complete else "PARTIALLY_FILLED"
         order.update_time_ms = self._clock()
 
     def _apply_trade(self, symbol: str, signed_qty: Decimal, price: Decimal) -> None:
@@ -651,7 +723,11 @@ class ExchangeBook:
                 raise BinanceError(-1100, "Illegal characters found in parameter 'orderId'; "
                                           "legal range is '^[0-9]{1,20}$'.") from None
         elif params.get("origClientOrderId"):
-            order = self.orders.get(params["origClientOrderId"])
+            # An id may name several orders (an earlier one filled, canceled or expired): the
+            # latest is answered. Binance does not document which; the latest is the one an
+            # id can still act on.
+            held_by = self.orders_by_client_id.get(params["origClientOrderId"])
+            order = held_by[-1] if held_by else None
         else:
             raise BinanceError(-1102, "Param 'origClientOrderId' or 'orderId' must be sent, "
                                       "but both were empty/null!")
@@ -667,7 +743,7 @@ class ExchangeBook:
             if error.code == -2013:
                 raise BinanceError(-2011) from None
             raise
-        if order.status not in ("NEW", "PARTIALLY_FILLED"):
+        if order.status not in OPEN_ORDER_STATUSES:
             raise BinanceError(-2011)
         order.status = "CANCELED"
         order.update_time_ms = self._clock()
@@ -677,8 +753,8 @@ class ExchangeBook:
         """Resting regular orders (a MARKET order never rests, so normally none)."""
         if symbol is not None:
             self.spec(symbol)
-        return [o for o in self.orders.values()
-                if o.status in ("NEW", "PARTIALLY_FILLED") and (symbol is None or o.symbol == symbol)]
+        return [o for o in self.orders
+                if o.status in OPEN_ORDER_STATUSES and (symbol is None or o.symbol == symbol)]
 
     # -- algo (conditional) orders ----------------------------------------------------
 
@@ -713,9 +789,9 @@ class ExchangeBook:
         self._check_price(spec, trigger)
         working_type = params.get("workingType", "CONTRACT_PRICE")
         client_id = _client_id_param(params, "clientAlgoId") or self._new_client_id()
-        if client_id in self.algos:
-            raise BinanceError(-4116)
-        if sum(1 for a in self.algos.values() if a.symbol == spec.symbol and a.status == "NEW") \
+        # An algo order is open while it waits for its trigger (NEW).
+        self._check_client_id_free(self.algos_by_client_id.get(client_id), OPEN_ALGO_STATUSES)
+        if sum(1 for a in self.algos if a.symbol == spec.symbol and a.status in OPEN_ALGO_STATUSES) \
                 >= MAX_OPEN_ALGO_ORDERS:
             raise BinanceError(-4045)
         mark = self.marks[spec.symbol]
@@ -730,8 +806,9 @@ class ExchangeBook:
                          order_type=order_type, quantity=quantity, trigger_price=trigger, reduce_only=reduce_only,
                          close_position=close_position, working_type=working_type,
                          time_in_force=params.get("timeInForce", "GTC"), create_time_ms=now, update_time_ms=now)
-        self.algos[client_id] = algo
+        self.algos.append(algo)
         self.algos_by_id[algo.algo_id] = algo
+        self.algos_by_client_id.setdefault(client_id, []).append(algo)
         return algo
 
     def find_algo(self, params: dict[str, str]) -> AlgoOrder:
@@ -744,7 +821,8 @@ class ExchangeBook:
                 raise BinanceError(-1100, "Illegal characters found in parameter 'algoId'; "
                                           "legal range is '^[0-9]{1,20}$'.") from None
         elif params.get("clientAlgoId"):
-            algo = self.algos.get(params["clientAlgoId"])
+            held_by = self.algos_by_client_id.get(params["clientAlgoId"])
+            algo = held_by[-1] if held_by else None  # the latest, as for regular orders
         else:
             raise BinanceError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
         if algo is None or (params.get("symbol") and params["symbol"] != algo.symbol):
@@ -759,7 +837,7 @@ class ExchangeBook:
             if error.code == -2013:
                 raise BinanceError(-2011) from None
             raise
-        if algo.status != "NEW":
+        if algo.status not in OPEN_ALGO_STATUSES:
             raise BinanceError(-2011)
         algo.status = "CANCELED"
         algo.update_time_ms = self._clock()
@@ -769,7 +847,7 @@ class ExchangeBook:
         """Algo orders still waiting for their trigger."""
         if symbol is not None:
             self.spec(symbol)
-        return [a for a in self.algos.values() if a.status == "NEW" and (symbol is None or a.symbol == symbol)]
+        return [a for a in self.algos if a.status in OPEN_ALGO_STATUSES and (symbol is None or a.symbol == symbol)]
 
     # -- mark price and positions by hand ---------------------------------------------
 
@@ -780,6 +858,8 @@ class ExchangeBook:
             raise ValueError(f"mark price of {symbol} must be a positive multiple of the tick size "
                              f"{spec.price(spec.tick_size)}, got {price}")
         self.marks[symbol] = price
+        for order in self.open_orders(symbol):
+            self._fill(order, price, order.quantity)  # a partly filled market order fills the rest
         triggered = []
         for algo in self.open_algos(symbol):
             if self._crossed(algo.side, algo.order_type, algo.trigger_price, price):
@@ -798,13 +878,14 @@ class ExchangeBook:
         quantity = reducible if algo.close_position else algo.quantity
         # The placed order carries the stop's id, unless a regular order holds that id already
         # (separate namespaces): never shadow an existing order.
-        client_id = algo.client_algo_id if algo.client_algo_id not in self.orders else self._new_client_id()
+        taken = algo.client_algo_id in self.orders_by_client_id
+        client_id = self._new_client_id() if taken else algo.client_algo_id
         order = Order(order_id=next(self._ids), client_order_id=client_id, symbol=algo.symbol,
                       side=algo.side, type="MARKET", orig_type=algo.order_type, quantity=quantity,
                       reduce_only=algo.reduce_only or algo.close_position, time_ms=now,
                       stop_price=algo.trigger_price, update_time_ms=now, source="trigger")
         self._register(order)
-        self._fill(order, price)
+        self._fill(order, price, order.quantity)
         algo.status = "FINISHED"
         algo.actual_order_id = order.order_id
         algo.actual_price = price
@@ -1001,8 +1082,9 @@ def _control_position(position: Position, spec: SymbolSpec) -> dict:
 # Faults, latency, rate limits
 # --------------------------------------------------------------------------------------
 
-FAULT_KINDS = ("http_error", "rate_limit", "hang", "accept_then_timeout", "reject")
+FAULT_KINDS = ("http_error", "rate_limit", "hang", "accept_then_timeout", "hold_answer", "reject", "partial_fill")
 ORDER_PLACEMENT = (("POST", "/fapi/v1/order"), ("POST", "/fapi/v1/algoOrder"))
+MARKET_ORDER_PLACEMENT = (("POST", "/fapi/v1/order"),)
 
 
 @dataclass
@@ -1019,11 +1101,16 @@ class FaultRule:
     msg: str | None = None
     seconds: float | None = None
     retry_after_s: float = 1.0
+    quantity: Decimal | None = None
+    remainder: str = PARTIAL_REMAINDER_EXPIRES
+    after_processing: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         """True when the rule applies to this request."""
         if self.method is not None and self.method != method:
             return False
+        if self.kind == "partial_fill":  # only a market order can fill in part
+            return (method, path) in MARKET_ORDER_PLACEMENT
         if self.path is not None:
             return self.path == path
         if self.kind == "reject":
@@ -1034,7 +1121,9 @@ class FaultRule:
         """The rule as the control API shows it."""
         return {"id": self.id, "kind": self.kind, "count": self.remaining, "method": self.method, "path": self.path,
                 "status": self.status, "code": self.code, "msg": self.msg, "seconds": self.seconds,
-                "retry_after_s": self.retry_after_s}
+                "retry_after_s": self.retry_after_s,
+                "quantity": str(self.quantity) if self.quantity is not None else None,
+                "remainder": self.remainder, "after_processing": self.after_processing}
 
 
 @dataclass(frozen=True)
@@ -1166,13 +1255,15 @@ class BinanceUsdmEmulator:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, symbols: Iterable[SymbolSpec] | None = None,
                  api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET,
-                 rate_limits: RateLimitConfig | None = None) -> None:
+                 rate_limits: RateLimitConfig | None = None,
+                 client_id_rule: str = CLIENT_ID_UNIQUE_AMONG_OPEN) -> None:
         self.host = host
         self.port = port
         self._api_key = api_key
         self._api_secret = api_secret.encode()
         self._default_limits = rate_limits or RateLimitConfig()
-        self.book = ExchangeBook(symbols if symbols is not None else default_symbols(), self.server_time_ms)
+        self.book = ExchangeBook(symbols if symbols is not None else default_symbols(), self.server_time_ms,
+                                 client_id_rule)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._fault_ids = itertools.count(1)
@@ -1286,8 +1377,8 @@ class BinanceUsdmEmulator:
     def orders(self, symbol: str | None = None, kind: str | None = None,
                client_order_id: str | None = None) -> list[dict[str, Any]]:
         """Every order the exchange accepted (regular and algo), oldest first."""
-        rows = [_control_order(o, self.book.specs[o.symbol]) for o in self.book.orders.values()]
-        rows += [_control_algo(a, self.book.specs[a.symbol]) for a in self.book.algos.values()]
+        rows = [_control_order(o, self.book.specs[o.symbol]) for o in self.book.orders]
+        rows += [_control_algo(a, self.book.specs[a.symbol]) for a in self.book.algos]
         rows.sort(key=lambda row: (row["time_ms"], row["kind"] == "algo"))
         return [row for row in rows
                 if (symbol is None or row["symbol"] == symbol) and (kind is None or row["kind"] == kind)
@@ -1304,8 +1395,15 @@ class BinanceUsdmEmulator:
 
     def add_fault(self, kind: str, *, count: int | None = 1, method: str | None = None, path: str | None = None,
                   status: int | None = None, code: int | None = None, msg: str | None = None,
-                  seconds: float | None = None, retry_after_s: float | None = None) -> dict[str, Any]:
+                  seconds: float | None = None, retry_after_s: float | None = None,
+                  quantity: Decimal | str | None = None, remainder: str | None = None,
+                  after_processing: bool = False) -> dict[str, Any]:
         """Adds a fault rule (see the module docstring); returns it with its id."""
+        if kind == "partial_fill":
+            if quantity is None or Decimal(str(quantity)) <= 0:
+                raise ValueError("a partial_fill fault needs the quantity that fills, > 0")
+            if remainder not in (None, *PARTIAL_REMAINDERS):
+                raise ValueError(f"remainder must be one of {', '.join(PARTIAL_REMAINDERS)}, got {remainder!r}")
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
         if count is not None and (not isinstance(count, int) or count < 1):
@@ -1321,7 +1419,10 @@ class BinanceUsdmEmulator:
             path=path, status=int(status) if status is not None else None,
             code=int(code) if code is not None else None, msg=msg,
             seconds=_bounded_seconds(seconds, "seconds", 300.0 if kind == "hang" else 0.0),
-            retry_after_s=_bounded_seconds(retry_after_s, "retry_after_s", 1.0))
+            retry_after_s=_bounded_seconds(retry_after_s, "retry_after_s", 1.0),
+            quantity=Decimal(str(quantity)) if quantity is not None else None,
+            remainder=remainder or PARTIAL_REMAINDER_EXPIRES,
+            after_processing=bool(after_processing))
         self.faults.append(rule)
         return rule.as_dict()
 
@@ -1442,7 +1543,8 @@ class BinanceUsdmEmulator:
 
     async def _ctl_add_fault(self, request: web.Request) -> web.Response:
         def action(body: dict[str, Any]) -> dict[str, Any]:
-            allowed = {"kind", "count", "method", "path", "status", "code", "msg", "seconds", "retry_after_s"}
+            allowed = {"kind", "count", "method", "path", "status", "code", "msg", "seconds", "retry_after_s",
+                       "quantity", "remainder", "after_processing"}
             unknown = set(body) - allowed
             if unknown:
                 raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
@@ -1583,6 +1685,10 @@ class BinanceUsdmEmulator:
         expected = hmac.new(self._api_secret, (query + body).encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature.lower()):
             raise BinanceError(-1022)
+        # Binance USD-M "Timing security": "if (timestamp < (serverTime + 1000) && (serverTime -
+        # timestamp) <= recvWindow) { // process request } else { // reject request }". Checked
+        # when the request is processed, after any configured latency: a request held in front
+        # of the exchange past its recvWindow is refused (-1021) and never carried out.
         now = self.server_time_ms()
         if timestamp > now + MAX_AHEAD_MS or now - timestamp > recv_window:
             raise BinanceError(-1021)
@@ -1626,10 +1732,20 @@ class BinanceUsdmEmulator:
                 self._charge_order(now)
             if fault is not None and fault.kind == "reject":
                 raise BinanceError(fault.code or -1000, fault.msg, http_status=fault.status)
-            body = getattr(self, route.handler)(params)
+            if fault is not None and fault.kind == "partial_fill":
+                body = self._ep_new_order(params, PartialFill(fault.quantity or Decimal(0), fault.remainder))
+            else:
+                body = getattr(self, route.handler)(params)
             headers = self._rate_headers(now, route.places_order)
             if fault is not None and fault.kind == "accept_then_timeout":
                 raise _Drop(fault.seconds or 0.0)
+            if fault is not None and fault.kind == "http_error":  # after_processing: the work is done
+                return self._http_error(fault, entry)
+            if fault is not None and fault.kind == "hold_answer":
+                # Binance: a timeout or 503 "means the API successfully sent the message but
+                # not get a response within the timeout period ... the execution status is
+                # UNKNOWN and could have been a success". The order exists; its answer is late.
+                await self._wait(fault.seconds or 0.0)
             entry["status"] = 200
             return _json_response(body, headers=headers)
         except BinanceError as error:
@@ -1645,14 +1761,8 @@ class BinanceUsdmEmulator:
 
     async def _early_fault(self, fault: FaultRule, entry: dict[str, Any]) -> web.StreamResponse | None:
         """Answers the faults that act before authentication; None for the others."""
-        if fault.kind == "http_error":
-            status = fault.status or 503
-            entry["status"], entry["code"] = status, fault.code
-            if fault.code is not None:
-                error = BinanceError(fault.code, fault.msg, http_status=status)
-                return _json_response(error.body(), status=status)
-            # A gateway in front of Binance answers 5xx with plain text, not Binance's JSON.
-            return web.Response(text=fault.msg or _reason(status), status=status)
+        if fault.kind == "http_error" and not fault.after_processing:
+            return self._http_error(fault, entry)
         if fault.kind == "rate_limit":
             status = fault.status or 429
             entry["status"], entry["code"] = status, -1003
@@ -1666,6 +1776,16 @@ class BinanceUsdmEmulator:
         if fault.kind == "hang":
             raise _Drop(fault.seconds if fault.seconds is not None else 300.0)
         return None
+
+    @staticmethod
+    def _http_error(fault: FaultRule, entry: dict[str, Any]) -> web.Response:
+        status = fault.status or 503
+        entry["status"], entry["code"] = status, fault.code
+        if fault.code is not None:
+            error = BinanceError(fault.code, fault.msg, http_status=status)
+            return _json_response(error.body(), status=status)
+        # A gateway in front of Binance answers 5xx with plain text, not Binance's JSON.
+        return web.Response(text=fault.msg or _reason(status), status=status)
 
     async def _drop(self, request: web.Request, entry: dict[str, Any], delay_s: float) -> web.StreamResponse:
         """Closes the connection without an answer after ``delay_s`` (or at reset/stop)."""
@@ -1739,8 +1859,8 @@ class BinanceUsdmEmulator:
         symbols = [self.book.spec(params["symbol"]).symbol] if params.get("symbol") else list(self.book.specs)
         return [render_position_v2(self.book.position(s), self.book.specs[s], self.book.marks[s]) for s in symbols]
 
-    def _ep_new_order(self, params: dict[str, str]) -> dict:
-        order = self.book.place_order(params)
+    def _ep_new_order(self, params: dict[str, str], partial: PartialFill | None = None) -> dict:
+        order = self.book.place_order(params, partial)
         logger.info("order %s: %s %s %s %s filled at %s", order.client_order_id, order.side, order.type,
                     order.executed_qty, order.symbol, order.avg_price)
         ack_only = params.get("newOrderRespType", "ACK") != "RESULT"

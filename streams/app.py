@@ -326,11 +326,26 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
                 metrics.observe_dead_letter("executor", type(error).__name__)
                 continue
             await edge.ready.wait()  # extra services start after the agents
+            # Carried out once even when delivered twice: the executor looks the order up by
+            # its client id, and the attempt ledger tells it whether an earlier send may land.
             report = await edge.executor.execute(command)
             if report.payload.error_code is not None:
                 metrics.observe_exchange_error(report.payload.error_code)
-            future = await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report))
-            await future  # acknowledged before this command's offset can be committed
+            # Acknowledged before this command's offset can be committed; retried, never raised
+            # (an agent that raises makes Faust skip the event silently).
+            attempt = 0
+            while True:
+                try:
+                    await (await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report)))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never drop the report
+                    delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
+                    logger.warning("report for %s not acknowledged (%s); retrying in %.1fs",
+                                   command.command_id, error, delay)
+                    attempt += 1
+                    await asyncio.sleep(delay)
 
     @app.timer(interval=settings.sync_interval_s, on_leader=True)
     async def poll_exchange_positions() -> None:

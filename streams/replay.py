@@ -126,7 +126,6 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
     if not force:
         await _refuse_if_workers_run(settings)
     summary = ReplaySummary()
-    policy = settings.policy()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
                                 enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",

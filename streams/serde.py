@@ -28,6 +28,7 @@ from streams.domain import (
     InputEvent,
     KeyState,
     Position,
+    SeenSignal,
 )
 from streams.domain import commands as domain_commands
 from streams.domain import model as domain_model
@@ -213,8 +214,19 @@ def key_state_to_record(state: KeyState) -> dict[str, Any]:
 
 
 def key_state_from_record(record: dict[str, Any]) -> KeyState:
-    """The table value back as a ``KeyState``."""
-    return from_record(KeyState, record)
+    """The table value back as a ``KeyState``.
+
+    A state written before ``seen_signals`` existed carries its signal ids in the retired
+    ``recent_signal_ids`` without a first-seen time: they are taken as first seen at the
+    state's newest known time, so an upgrade never forgets an id early.
+    """
+    state = from_record(KeyState, {**record, "seen_signals": record.get("seen_signals") or []})
+    legacy = [signal_id for signal_id in record.get("recent_signal_ids") or () if not state.has_seen_signal(signal_id)]
+    if not legacy:
+        return state
+    newest = max(state.last_exchange_ts, state.position.updated_at if state.position is not None else 0)
+    migrated = tuple(SeenSignal(signal_id=signal_id, first_seen_at=newest) for signal_id in legacy)
+    return dataclasses.replace(state, seen_signals=(*migrated, *state.seen_signals))
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from streams.domain import Policy
+from streams.domain import SIGNAL_ID_RETENTION_MIN_MS, Policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_STACK_ENV_FILE = REPO_ROOT / ".stack" / "env"
@@ -124,7 +124,16 @@ class Settings:
     stop_loss_timeout_s: float = 30.0
     close_timeout_s: float = 30.0
     deadline_scan_interval_s: float = 1.0
-    max_remembered_signal_ids: int = 256
+    # How long a signal id is remembered after its first delivery (the contract: >= 7 days).
+    signal_id_retention_s: float = SIGNAL_ID_RETENTION_MIN_MS / 1000
+    # Binance refuses a signed request whose timestamp is more than recvWindow old (-1021).
+    # Every request carries this recvWindow; an order attempt stamped T can therefore no
+    # longer execute once recvWindow + the clock margin has passed since T, and only then
+    # may the executor place an order a lookup did not find (streams/exchange/executor.py).
+    # The margin covers Binance accepting timestamps up to 1 s ahead of its clock, clock
+    # skew between executor hosts and the time a request spends inside the exchange.
+    exchange_recv_window_ms: int = 5000
+    exchange_clock_margin_ms: int = 3000
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     # retention.ms of position-inputs when the pipeline creates it: -1 keeps every input, so
@@ -190,6 +199,10 @@ class Settings:
             stop_loss_timeout_s=_number(env, "PIPELINE_STOP_LOSS_TIMEOUT_S", "30", float),
             close_timeout_s=_number(env, "PIPELINE_CLOSE_TIMEOUT_S", "30", float),
             deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
+            signal_id_retention_s=_number(env, "PIPELINE_SIGNAL_ID_RETENTION_S",
+                                          str(SIGNAL_ID_RETENTION_MIN_MS // 1000), float),
+            exchange_recv_window_ms=_number(env, "PIPELINE_EXCHANGE_RECV_WINDOW_MS", "5000", int),
+            exchange_clock_margin_ms=_number(env, "PIPELINE_EXCHANGE_CLOCK_MARGIN_MS", "3000", int),
             commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
             session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "10", float),
             inputs_retention_ms=_number(env, "PIPELINE_INPUTS_RETENTION_MS", "-1", int),
@@ -243,6 +256,15 @@ class Settings:
             raise SettingsError(f"DEMO_FEED_PORT must be a port (0 = any free one), got {self.demo_feed_port}")
         if self.demo_feed_interval_s < 0:
             raise SettingsError(f"DEMO_FEED_INTERVAL_S must be >= 0, got {self.demo_feed_interval_s}")
+        if self.signal_id_retention_s * 1000 < SIGNAL_ID_RETENTION_MIN_MS:
+            raise SettingsError("PIPELINE_SIGNAL_ID_RETENTION_S must be at least 7 days (604800): a repeated "
+                                f"signal id has no effect for 7 days, got {self.signal_id_retention_s}")
+        # Binance: "recvWindow must be less than 60000" (-1131 above it).
+        if not 1 <= self.exchange_recv_window_ms <= 60000:
+            raise SettingsError(f"PIPELINE_EXCHANGE_RECV_WINDOW_MS must be in 1..60000, got {self.exchange_recv_window_ms}")
+        if self.exchange_clock_margin_ms < 1000:
+            raise SettingsError("PIPELINE_EXCHANGE_CLOCK_MARGIN_MS must be >= 1000 (Binance accepts timestamps "
+                                f"up to 1 s ahead of its clock), got {self.exchange_clock_margin_ms}")
         if self.ingest_max_backoff_s < 0.5:
             raise SettingsError(f"PIPELINE_INGEST_MAX_BACKOFF_S must be >= 0.5, got {self.ingest_max_backoff_s}")
 
@@ -258,5 +280,5 @@ class Settings:
             entry_timeout_ms=int(self.entry_timeout_s * 1000),
             stop_loss_timeout_ms=int(self.stop_loss_timeout_s * 1000),
             close_timeout_ms=int(self.close_timeout_s * 1000),
-            max_remembered_signal_ids=self.max_remembered_signal_ids,
+            signal_id_retention_ms=int(self.signal_id_retention_s * 1000),
         )

@@ -1,7 +1,8 @@
 """Names and creation of the pipeline's topics.
 
-Every topic is keyed by the raw UTF-8 bytes of ``SYMBOL@exchange`` and has the same
-partition count as ``position-inputs``: the table's changelog and every topic an agent
+Every topic but the order-attempt ledger is keyed by the raw UTF-8 bytes of
+``SYMBOL@exchange`` (the ledger by the client order id) and has the same partition count as
+``position-inputs``: the table's changelog and every topic an agent
 reads beside it must be co-partitioned, or a key's state and its events end up on
 different workers. Keys are placed by the murmur2 partitioner of the Java client (aiokafka
 and Faust use the same), so a producer outside this project lands a key on the same
@@ -23,6 +24,9 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+ORDER_ATTEMPTS_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
 class TopologyError(RuntimeError):
     """A topic exists with a partition count other than the pipeline's."""
 
@@ -35,6 +39,8 @@ class TopicNames:
     commands: str
     updates: str
     dead_letters: str
+    # The executors' durable record of every order attempt (streams/exchange/attempts.py).
+    order_attempts: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> "TopicNames":
@@ -43,10 +49,21 @@ class TopicNames:
             commands=f"{prefix}position-commands",
             updates=f"{prefix}position-updates",
             dead_letters=f"{prefix}position-dead-letters",
+            order_attempts=f"{prefix}position-order-attempts",
         )
 
     def all(self) -> tuple[str, ...]:
-        return (self.inputs, self.commands, self.updates, self.dead_letters)
+        return (self.inputs, self.commands, self.updates, self.dead_letters, self.order_attempts)
+
+    def configs(self, inputs_retention_ms: int = -1) -> dict[str, dict[str, str]]:
+        """Topic settings beyond the broker's defaults, applied when a topic is created."""
+        return {
+            # The inputs log is the source of truth: the broker's default retention (7 days)
+            # would make a replay from its start forget every position opened before that.
+            self.inputs: {"retention.ms": str(inputs_retention_ms)},
+            # The ledger must outlive any command that can still be redelivered; set, not inherited.
+            self.order_attempts: {"retention.ms": str(ORDER_ATTEMPTS_RETENTION_MS)},
+        }
 
 
 async def _describe_when_ready(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15.0) -> list:
@@ -68,11 +85,12 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
         existing = set(await admin.list_topics())
         missing = [name for name in names.all() if name not in existing]
         if missing:
+            configs = names.configs(settings.inputs_retention_ms)
             try:
                 await admin.create_topics([
                     NewTopic(name, num_partitions=settings.topic_partitions,
                              replication_factor=settings.topic_replication_factor,
-                             topic_configs=_topic_configs(settings, names, name))
+                             topic_configs=configs.get(name, {}))
                     for name in missing
                 ])
             except TopicAlreadyExistsError:
@@ -83,7 +101,10 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
             logger.warning("topic %r keeps inputs for %d ms only: a replay from its start will not see older "
                            "positions (PIPELINE_INPUTS_RETENTION_MS is %d; -1 keeps every input)",
                            names.inputs, retention, settings.inputs_retention_ms)
-        for description in await _describe_when_ready(admin, list(names.all())):
+        order = {name: index for index, name in enumerate(names.all())}
+        descriptions = await _describe_when_ready(admin, list(names.all()))
+        # The brokers answer in any order; name the first topic of the pipeline's own order.
+        for description in sorted(descriptions, key=lambda d: order.get(d["topic"], len(order))):
             count = len(description["partitions"])
             if count != settings.topic_partitions:
                 raise TopologyError(
@@ -120,12 +141,6 @@ async def ensure_table_changelog(settings: Settings) -> str:
     finally:
         await admin.close()
     return topic
-
-
-def _topic_configs(settings: Settings, names: TopicNames, name: str) -> dict[str, str]:
-    # The inputs log is the source of truth: the broker's default retention (7 days) would
-    # make a replay from its start forget every position opened before that.
-    return {"retention.ms": str(settings.inputs_retention_ms)} if name == names.inputs else {}
 
 
 async def _retention_ms(admin: AIOKafkaAdminClient, topic: str) -> int | None:

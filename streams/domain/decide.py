@@ -40,6 +40,7 @@ from streams.domain.ids import (
     key_of_position_id,
     position_id,
     report_key,
+    role_of_client_order_id,
 )
 from streams.domain.model import (
     AppliedInput,
@@ -57,13 +58,17 @@ from streams.domain.model import (
     Position,
     PositionSource,
     ReportOutcome,
+    SeenSignal,
     Side,
     Signal,
     SignalAction,
     Status,
 )
 from streams.domain.transitions import (
+    CANCEL_CONFIRMED_BY,
     ENTRY_STATUSES,
+    HELD_WHILE_ORDERS_TO_CANCEL,
+    RELEASED_ONCE_CANCELS_CONFIRMED,
     NoOp,
     Trigger,
     next_step,
@@ -78,6 +83,9 @@ _ARITHMETIC = Context(prec=28, rounding=ROUND_HALF_EVEN)
 _HUNDRED = Decimal(100)
 _P = TypeVar("_P", Signal, ExchangeSnapshot, ExecutionReport, Deadline)
 _UNFILLED_CLOSE_OUTCOMES = (ReportOutcome.REJECTED, ReportOutcome.CANCELED, ReportOutcome.NOT_FOUND)
+# Answers after which an order can no longer rest at the exchange.
+_FINAL_OUTCOMES = (ReportOutcome.FILLED, ReportOutcome.CANCELED, ReportOutcome.NOT_FOUND, ReportOutcome.REJECTED)
+_STOP_STATUSES = (Status.PENDING_SL, Status.ACTIVE)
 
 
 def decide(state: KeyState | None, applied: AppliedInput, policy: Policy) -> Decision:
@@ -202,17 +210,16 @@ def _input_kind(payload: InputPayload) -> InputKind:
 def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     """Assemble the new KeyState and the audit record: the only place a KeyState is built."""
     state = step.state
-    signal_ids = state.recent_signal_ids
+    seen_signals = state.seen_signals
     if verdict.remember_signal_id is not None:
-        limit = step.policy.max_remembered_signal_ids
-        signal_ids = (*signal_ids, verdict.remember_signal_id)[-limit:]
+        seen_signals = _remember_signal(step, verdict.remember_signal_id)
     exchange_ts = state.last_exchange_ts
     if verdict.exchange_ts is not None:
         exchange_ts = max(exchange_ts, verdict.exchange_ts)
     new_state = KeyState(
         key=state.key,
         last_offset=step.offset,
-        recent_signal_ids=signal_ids,
+        seen_signals=seen_signals,
         position=verdict.position,
         last_exchange_ts=exchange_ts,
     )
@@ -230,6 +237,18 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     return Decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
     )
+
+
+def _remember_signal(step: _Step, signal_id: str) -> tuple[SeenSignal, ...]:
+    """The key's signal memory with `signal_id` added and ids past the retention dropped.
+
+    Bounded by time, never by count: an id is kept at least `signal_id_retention_ms` after
+    its first delivery, however many signals come in between. Only a signal's own time
+    prunes, so another host's clock (a snapshot, a report) can never shorten the window.
+    """
+    horizon = step.now - step.policy.signal_id_retention_ms
+    kept = tuple(seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon)
+    return (*kept, SeenSignal(signal_id=signal_id, first_seen_at=step.now))
 
 
 def _audited_position_id(
@@ -260,7 +279,7 @@ def _judge(step: _Step) -> _Verdict:
 
 
 def _judge_signal(step: _Step, signal: Signal) -> _Verdict:
-    if signal.signal_id in step.state.recent_signal_ids:
+    if step.state.has_seen_signal(signal.signal_id):
         return _unchanged(step, AuditDecision.DUPLICATE, f"signal {signal.signal_id} already seen")
     trigger = Trigger.OPEN if signal.action is SignalAction.OPEN else Trigger.CLOSE
     return replace(_through_table(step, trigger), remember_signal_id=signal.signal_id)
@@ -282,6 +301,8 @@ def _judge_snapshot(step: _Step, snapshot: ExchangeSnapshot) -> _Verdict:
 
 def _snapshot_trigger(position: Position | None, snapshot: ExchangeSnapshot) -> Trigger:
     if not snapshot.is_flat:
+        if position is not None and position.status in _STOP_STATUSES and not _stop_covers(position, snapshot):
+            return Trigger.SNAPSHOT_UNCOVERED
         return Trigger.SNAPSHOT_POSITION
     deadline_at = position.deadline_at if position is not None else None
     if deadline_at is not None and snapshot.fetched_at < deadline_at:
@@ -311,7 +332,13 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
         )
         return replace(verdict, exchange_ts=report.ts)
     order = position.order_for(report.role)
-    if order is None or order.client_order_id != report.client_order_id:
+    is_current = order is not None and order.client_order_id == report.client_order_id
+    # The current stop keeps the table's meaning (its fill closes the position); any other
+    # order to cancel (a replaced stop, an entry seen resting) is bookkeeping only.
+    current_stop = is_current and report.role is OrderRole.STOP_LOSS
+    if not current_stop and _to_cancel(position, report.client_order_id) is not None:
+        return replace(_judge_order_to_cancel(step, position, report, seen), exchange_ts=report.ts)
+    if not is_current:
         awaited = order.client_order_id if order is not None else "none"
         verdict = _unchanged(
             step,
@@ -320,8 +347,50 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
             f"but position {position.id} awaits {awaited}",
         )
         return replace(verdict, exchange_ts=report.ts)
-    verdict = _through_table(step, report_trigger(report.role, report.outcome), seen_report=seen)
+    verdict = _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen)
     return replace(verdict, exchange_ts=report.ts)
+
+
+def _effective_outcome(report: ExecutionReport) -> ReportOutcome:
+    """A canceled (or expired) order that executed a quantity above zero is a (partial) fill.
+
+    Binance ends a MARKET order EXPIRED when it fills only in part; what it executed is held.
+    """
+    if report.outcome is ReportOutcome.CANCELED and (report.filled_quantity or 0) > 0:
+        return ReportOutcome.FILLED
+    return report.outcome
+
+
+def _to_cancel(position: Position, client_order_id: str) -> OrderRef | None:
+    return next((o for o in position.orders_to_cancel if o.client_order_id == client_order_id), None)
+
+
+def _judge_order_to_cancel(step: _Step, position: Position, report: ExecutionReport, seen: str) -> _Verdict:
+    """A report about an order that must not stay open: remove it once the exchange proves it gone.
+
+    Outside the status table: it is bookkeeping of one order, and the only status it can
+    change is the one held for it (`HELD_WHILE_ORDERS_TO_CANCEL`).
+    """
+    if report.outcome not in CANCEL_CONFIRMED_BY:
+        return _unchanged(
+            step,
+            AuditDecision.IGNORED,
+            f"{report.role} order {report.client_order_id} of position {position.id} is still to cancel "
+            f"({report.outcome}{_error_suffix(report)}); the deadline cancels it again",
+        )
+    remaining = tuple(o for o in position.orders_to_cancel if o.client_order_id != report.client_order_id)
+    effect = _Effect(
+        position=replace(position, orders_to_cancel=remaining),
+        commands=(),
+        notes=(f"{report.role} order {report.client_order_id} confirmed gone ({report.outcome})",),
+    )
+    after = _stamp(step, position, _held_or_released(effect), seen)
+    return _Verdict(
+        decision=AuditDecision.APPLIED,
+        reason="; ".join((f"{position.status} -> {after.status} on order_to_cancel_{report.outcome}",
+                          *effect.notes)),
+        position=after,
+    )
 
 
 def _judge_deadline(step: _Step, deadline: Deadline) -> _Verdict:
@@ -367,15 +436,40 @@ def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = N
         effect = _EFFECTS_ON_POSITION[trigger](step, position, target)
     if isinstance(effect, _Refusal):
         return _unchanged(step, effect.decision, effect.reason)
+    effect = _held_or_released(effect)
     after = _stamp(step, position, effect, seen_report)
     changed = after != position
-    transition = f"{from_status or 'free'} -> {target} on {trigger}"
+    transition = f"{from_status or 'free'} -> {after.status} on {trigger}"
     return _Verdict(
         decision=AuditDecision.APPLIED if changed or effect.commands else AuditDecision.IGNORED,
         reason="; ".join((transition, *effect.notes)),
         position=after,
         commands=effect.commands,
     )
+
+
+def _held_or_released(effect: _Effect) -> _Effect:
+    """Hold `active`/`closed` while an order awaits its cancel; release once none does.
+
+    The mappings are data (`transitions.HELD_WHILE_ORDERS_TO_CANCEL`,
+    `RELEASED_ONCE_CANCELS_CONFIRMED`); a release also needs its fact: the current stop
+    accepted (to become active), the exchange flat (to become closed).
+    """
+    position = effect.position
+    if position.orders_to_cancel:
+        held = HELD_WHILE_ORDERS_TO_CANCEL.get(position.status)
+        if held is None:
+            return effect
+        names = ", ".join(o.client_order_id for o in position.orders_to_cancel)
+        return _Effect(replace(position, status=held), effect.commands,
+                       (*effect.notes, f"held {held} (not {position.status}) until {names} is confirmed canceled"))
+    released = RELEASED_ONCE_CANCELS_CONFIRMED.get(position.status)
+    ready = (released is Status.ACTIVE and _current_stop_accepted(position)) or (
+        released is Status.CLOSED and position.closed_at_exchange)
+    if released is None or not ready:
+        return effect
+    return _Effect(replace(position, status=released), effect.commands,
+                   (*effect.notes, f"every order to cancel is confirmed gone: {released}"))
 
 
 def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: str | None) -> Position:
@@ -408,8 +502,9 @@ def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: s
 # --- command builders ----------------------------------------------------------------------
 
 
-def _new_order(position_id: str, role: OrderRole, attempt: int) -> OrderRef:
-    return OrderRef(client_order_id=client_order_id(position_id, role, attempt), attempt=attempt)
+def _new_order(position_id: str, role: OrderRole, attempt: int, side: Side, quantity: Decimal) -> OrderRef:
+    return OrderRef(client_order_id=client_order_id(position_id, role, attempt), attempt=attempt, side=side,
+                    quantity=quantity)
 
 
 def _order_fields(step: _Step, position: Position, kind: str, order: OrderRef, *,
@@ -425,23 +520,38 @@ def _order_fields(step: _Step, position: Position, kind: str, order: OrderRef, *
     }
 
 
+def _ordered(order: OrderRef) -> tuple[Side, Decimal]:
+    # Every order decide builds records its side and quantity (None only in old states).
+    if order.side is None or order.quantity is None:
+        raise TransitionTableError(f"order {order.client_order_id} was built without side or quantity")
+    return order.side, order.quantity
+
+
 def _place_entry(step: _Step, position: Position, order: OrderRef) -> PlaceEntry:
-    return PlaceEntry(**_order_fields(step, position, PlaceEntry.kind, order),
-                      side=position.side, quantity=position.quantity)
+    side, quantity = _ordered(order)
+    return PlaceEntry(**_order_fields(step, position, PlaceEntry.kind, order), side=side, quantity=quantity)
 
 
 def _place_stop_loss(step: _Step, position: Position, order: OrderRef, price: Decimal) -> PlaceStopLoss:
+    side, quantity = _ordered(order)
     return PlaceStopLoss(**_order_fields(step, position, PlaceStopLoss.kind, order),
-                         side=position.side.opposite(), quantity=position.quantity, stop_price=price)
+                         side=side, quantity=quantity, stop_price=price)
 
 
 def _close_position(step: _Step, position: Position, order: OrderRef) -> ClosePosition:
-    return ClosePosition(**_order_fields(step, position, ClosePosition.kind, order),
-                         side=position.side.opposite(), quantity=position.quantity)
+    side, quantity = _ordered(order)
+    return ClosePosition(**_order_fields(step, position, ClosePosition.kind, order), side=side, quantity=quantity)
 
 
-def _cancel_order(step: _Step, position: Position, order: OrderRef, role: OrderRole) -> CancelOrder:
-    return CancelOrder(**_order_fields(step, position, CancelOrder.kind, order), role=role)
+def _cancel_order(step: _Step, position: Position, order: OrderRef) -> CancelOrder:
+    # Cancels repeat on deadlines until confirmed; the offset keeps their ids apart.
+    return CancelOrder(**_order_fields(step, position, CancelOrder.kind, order, query_offset=step.offset),
+                       role=role_of_client_order_id(order.client_order_id))
+
+
+def _cancels(step: _Step, position: Position) -> tuple[Command, ...]:
+    """A cancel for every order of the position that must not stay open."""
+    return tuple(_cancel_order(step, position, order) for order in position.orders_to_cancel)
 
 
 def _query_order(step: _Step, position: Position, order: OrderRef, role: OrderRole) -> QueryOrder:
@@ -461,7 +571,7 @@ def _protect(
             AuditDecision.IGNORED,
             f"no entry price known for position {position.id}; cannot place a stop-loss yet",
         )
-    order = _new_order(position.id, OrderRole.STOP_LOSS, attempt)
+    order = _new_order(position.id, OrderRole.STOP_LOSS, attempt, position.side.opposite(), position.quantity)
     price = stop_loss_price(position.side, position.entry_price, position.stop_loss_pct)
     protected = replace(position, status=target, stop_order=order)
     return _Effect(
@@ -471,21 +581,61 @@ def _protect(
     )
 
 
-def _start_closing(
-    step: _Step, position: Position, target: Status, *, cancel_stop: bool, notes: tuple[str, ...]
-) -> _Effect:
-    """Move to `target` (closing) with the next close attempt, canceling the stop if asked."""
+def _start_closing(step: _Step, position: Position, target: Status, *, notes: tuple[str, ...],
+                   gone: str | None = None) -> _Effect:
+    """Move to `target` (closing) with the next close attempt; every order that may rest is canceled.
+
+    `gone` names an order the input being decided just proved gone (no cancel for it).
+    """
     attempt = position.close_order.attempt + 1 if position.close_order is not None else 1
-    order = _new_order(position.id, OrderRole.CLOSE, attempt)
-    closing = replace(position, status=target, close_order=order)
-    commands: tuple[Command, ...] = ()
-    if cancel_stop and position.stop_order is not None:
-        commands = (_cancel_order(step, closing, position.stop_order, OrderRole.STOP_LOSS),)
+    order = _new_order(position.id, OrderRole.CLOSE, attempt, position.side.opposite(), position.quantity)
+    closing = replace(_retire_resting_orders(position, except_id=gone), status=target, close_order=order)
     return _Effect(
         position=closing,
-        commands=(*commands, _close_position(step, closing, order)),
+        commands=(*_cancels(step, closing), _close_position(step, closing, order)),
         notes=(*notes, f"close attempt {attempt} of {closing.quantity}"),
     )
+
+
+def _may_rest(position: Position, order: OrderRef) -> bool:
+    """False once an answer proved the order filled, canceled, refused or never there."""
+    return not any(report_key(order.client_order_id, outcome) in position.seen_reports for outcome in _FINAL_OUTCOMES)
+
+
+def _current_stop_accepted(position: Position) -> bool:
+    stop = position.stop_order
+    return stop is not None and report_key(stop.client_order_id, ReportOutcome.ACCEPTED) in position.seen_reports
+
+
+def _retire_resting_orders(position: Position, *, except_id: str | None = None) -> Position:
+    """The position with its orders that may still rest (its stop, an entry seen resting) to cancel.
+
+    `except_id` names an order just proved gone (a stop that filled).
+    """
+    candidates = [position.stop_order]
+    entry = position.entry_order
+    if entry is not None and report_key(entry.client_order_id, ReportOutcome.ACCEPTED) in position.seen_reports:
+        candidates.append(entry)  # a market entry seen resting (partly filled) may still fill
+    to_cancel = [o for o in position.orders_to_cancel if o.client_order_id != except_id]
+    for order in candidates:
+        if (order is not None and order.client_order_id != except_id and _may_rest(position, order)
+                and _to_cancel(position, order.client_order_id) is None):
+            to_cancel.append(order)
+    return replace(position, orders_to_cancel=tuple(to_cancel))
+
+
+def _stop_covers(position: Position, snapshot: ExchangeSnapshot) -> bool:
+    """True when the current stop is on the side opposite the exchange's and at least its size.
+
+    A reduce-only stop larger than the position is cut to it by the exchange, so only an
+    undersized or wrong-side stop needs replacing.
+    """
+    stop = position.stop_order
+    if stop is None or snapshot.side is None:
+        return True
+    side = stop.side if stop.side is not None else position.side.opposite()
+    quantity = stop.quantity if stop.quantity is not None else position.quantity
+    return side is snapshot.side.opposite() and quantity >= snapshot.quantity
 
 
 def _moved(position: Position, target: Status, note: str) -> _Effect:
@@ -554,7 +704,7 @@ def _open_position(step: _Step, target: Status) -> _Effect | _Refusal:
 def _open_with(step: _Step, signal: Signal, side: Side, quantity: Decimal, target: Status) -> _Effect:
     new_id = position_id(step.key, step.offset)
     pct = signal.stop_loss_pct
-    entry = _new_order(new_id, OrderRole.ENTRY, 1)
+    entry = _new_order(new_id, OrderRole.ENTRY, 1, side, quantity)
     opened = Position(
         id=new_id,
         symbol=signal.symbol,
@@ -632,7 +782,7 @@ def _close_signal(step: _Step, position: Position, target: Status) -> _Effect | 
             commands=(),
             notes=("close requested; the position closes as soon as its entry fill is known",),
         )
-    return _start_closing(step, position, target, cancel_stop=True, notes=("close signal",))
+    return _start_closing(step, position, target, notes=("close signal",))
 
 
 def _exchange_shows_position(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
@@ -648,7 +798,7 @@ def _exchange_shows_position(step: _Step, position: Position, target: Status) ->
         notes = ("the exchange confirms the entry", *differences)
         if target is Status.CLOSING:
             notes = (*notes, "close was requested")
-            return _start_closing(step, synced, target, cancel_stop=False, notes=notes)
+            return _start_closing(step, synced, target, notes=notes)
         return _protect(step, synced, target, attempt=1, notes=notes)
     return _Effect(
         position=replace(synced, status=target),
@@ -657,43 +807,72 @@ def _exchange_shows_position(step: _Step, position: Position, target: Status) ->
     )
 
 
-def _exchange_is_flat(step: _Step, position: Position, target: Status) -> _Effect:
+def _exchange_outgrows_stop(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
+    """The exchange holds more than the stop covers, or the other side: place a stop that covers it.
+
+    The old stop is canceled only once the new one is accepted, so an undersized or
+    wrong-side stop is never replaced by nothing; until then the two rest side by side.
+    """
     snapshot = _payload_as(step, ExchangeSnapshot)
-    if target is Status.ROLLED_BACK:
-        return _moved(
-            position,
-            target,
-            f"exchange flat at {snapshot.fetched_at}, "
-            f"at or past the entry deadline {position.deadline_at}",
-        )
+    old = position.stop_order
+    to_cancel = position.orders_to_cancel
+    if old is not None and _may_rest(position, old) and _to_cancel(position, old.client_order_id) is None:
+        to_cancel = (*to_cancel, old)
+    synced = replace(
+        position,
+        side=snapshot.side if snapshot.side is not None else position.side,
+        quantity=snapshot.quantity,
+        entry_price=snapshot.entry_price if snapshot.entry_price is not None else position.entry_price,
+        orders_to_cancel=to_cancel,
+    )
+    attempt = old.attempt + 1 if old is not None else 1
+    covered = f"{old.side} {old.quantity}" if old is not None else "nothing"
+    notes = (*_exchange_differences(position, snapshot),
+             f"stop-loss {old.client_order_id if old else 'none'} covers {covered}: replacing it")
+    return _protect(step, synced, target, attempt=attempt, notes=notes)
+
+
+def _exchange_is_flat(step: _Step, position: Position, target: Status) -> _Effect:
     if position.status is Status.CLOSING:
-        return _moved(position, target, "exchange is flat: the close went through")
-    commands: tuple[Command, ...] = ()
-    if position.stop_order is not None:
-        # The stop may still rest at the exchange; a stop for a closed position must not.
-        commands = (_cancel_order(step, position, position.stop_order, OrderRole.STOP_LOSS),)
+        return _Effect(position=replace(position, status=target, closed_at_exchange=True), commands=(),
+                       notes=("exchange is flat: the close went through",))
+    # Its stop may still rest at the exchange; a stop of a closed position must not.
+    ended = replace(_retire_resting_orders(position), status=target, closed_at_exchange=True)
     return _Effect(
-        position=replace(position, status=target),
-        commands=commands,
+        position=ended,
+        commands=_cancels(step, ended),
         notes=("exchange is flat: the stop was hit or the position was closed outside",),
     )
 
 
 def _deadline_passed(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
     deadline = _payload_as(step, Deadline)
+    passed = f"deadline {deadline.due_at} passed"
+    if _waits_only_for_cancels(position):
+        names = ", ".join(o.client_order_id for o in position.orders_to_cancel)
+        return _Effect(position=replace(position, status=target), commands=_cancels(step, position),
+                       notes=(f"{passed}; canceling again {names}",))
     if position.status is Status.CLOSING and _last_close_failed(position):
-        return _start_closing(
-            step, position, target, cancel_stop=False, notes=(f"deadline {deadline.due_at} passed",)
-        )
+        return _start_closing(step, position, target, notes=(passed,))
     role = _role_in_flight(position.status)
     order = position.order_for(role)
     if order is None:
         return _Refusal(AuditDecision.IGNORED, f"position {position.id} has no {role} order to query")
+    cancels = _cancels(step, position) if position.status is Status.CLOSING else ()
     return _Effect(
         position=replace(position, status=target),
-        commands=(_query_order(step, position, order, role),),
-        notes=(f"deadline {deadline.due_at} passed; querying {role} order {order.client_order_id}",),
+        commands=(*cancels, _query_order(step, position, order, role)),
+        notes=(f"{passed}; querying {role} order {order.client_order_id}",),
     )
+
+
+def _waits_only_for_cancels(position: Position) -> bool:
+    """Held for its orders to cancel: the stop is accepted, or the exchange no longer holds it."""
+    if not position.orders_to_cancel:
+        return False
+    if position.status is Status.PENDING_SL:
+        return _current_stop_accepted(position)
+    return position.status is Status.CLOSING and position.closed_at_exchange
 
 
 def _role_in_flight(status: Status) -> OrderRole:
@@ -734,7 +913,8 @@ def _entry_filled(step: _Step, position: Position, target: Status) -> _Effect | 
     )
     if target is Status.CLOSING:
         notes = (*notes, "close was requested")
-        return _start_closing(step, filled, target, cancel_stop=False, notes=notes)
+        gone = position.entry_order.client_order_id if position.entry_order is not None else None
+        return _start_closing(step, filled, target, notes=notes, gone=gone)
     return _protect(step, filled, target, attempt=1, notes=notes)
 
 
@@ -748,22 +928,33 @@ def _stop_accepted(step: _Step, position: Position, target: Status) -> _Effect:
     price = report.stop_price
     if price is None and position.entry_price is not None:
         price = stop_loss_price(position.side, position.entry_price, position.stop_loss_pct)
-    return _Effect(
-        position=replace(position, status=target, stop_loss_price=price),
-        commands=(),
-        notes=(f"stop-loss resting at {price}",),
-    )
+    protected = replace(position, status=target, stop_loss_price=price)
+    notes: tuple[str, ...] = (f"stop-loss resting at {price}",)
+    if protected.orders_to_cancel:  # replaced stops go only now that the new one rests
+        notes = (*notes, "canceling " + ", ".join(o.client_order_id for o in protected.orders_to_cancel))
+    return _Effect(position=protected, commands=_cancels(step, protected), notes=notes)
 
 
 def _stop_filled(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
-    return _moved(position, target, f"stop-loss filled at {report.average_price}")
+    ended = replace(_retire_resting_orders(position, except_id=report.client_order_id), status=target,
+                    closed_at_exchange=True)
+    # Closing: the others were canceled when it began (the deadline repeats them).
+    commands = _cancels(step, ended) if position.status is not Status.CLOSING else ()
+    return _Effect(position=ended, commands=commands, notes=(f"stop-loss filled at {report.average_price}",))
+
+
+def _stop_cancel_confirmed(step: _Step, position: Position, target: Status) -> _Effect:
+    report = _payload_as(step, ExecutionReport)
+    remaining = tuple(o for o in position.orders_to_cancel if o.client_order_id != report.client_order_id)
+    return _Effect(position=replace(position, status=target, orders_to_cancel=remaining), commands=(),
+                   notes=(f"stop-loss {report.client_order_id} confirmed gone ({report.outcome})",))
 
 
 def _stop_rejected(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
     note = f"stop-loss rejected{_error_suffix(report)}; closing the unprotected position"
-    return _start_closing(step, position, target, cancel_stop=False, notes=(note,))
+    return _start_closing(step, position, target, notes=(note,), gone=report.client_order_id)
 
 
 def _stop_missing(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
@@ -774,9 +965,17 @@ def _stop_missing(step: _Step, position: Position, target: Status) -> _Effect | 
     return _protect(step, position, target, attempt=attempt + 1, notes=(note,))
 
 
+def _stop_missing_or_canceled(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
+    """Closing: the stop's cancel is confirmed. Otherwise: the stop is gone, place it again."""
+    if position.status is Status.CLOSING:
+        return _stop_cancel_confirmed(step, position, target)
+    return _stop_missing(step, position, target)
+
+
 def _close_filled(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
-    return _moved(position, target, f"close filled at {report.average_price}")
+    return _Effect(position=replace(position, status=target, closed_at_exchange=True), commands=(),
+                   notes=(f"close filled at {report.average_price}",))
 
 
 def _close_unfilled(step: _Step, position: Position, target: Status) -> _Effect:
@@ -804,6 +1003,7 @@ _EFFECTS_ON_POSITION: Mapping[Trigger, _PositionEffect] = MappingProxyType(
     {
         Trigger.CLOSE: _close_signal,
         Trigger.SNAPSHOT_POSITION: _exchange_shows_position,
+        Trigger.SNAPSHOT_UNCOVERED: _exchange_outgrows_stop,
         Trigger.SNAPSHOT_FLAT: _exchange_is_flat,
         Trigger.SNAPSHOT_FLAT_EARLY: _exchange_is_flat,
         Trigger.DEADLINE: _deadline_passed,
@@ -815,8 +1015,8 @@ _EFFECTS_ON_POSITION: Mapping[Trigger, _PositionEffect] = MappingProxyType(
         Trigger.SL_ACCEPTED: _stop_accepted,
         Trigger.SL_FILLED: _stop_filled,
         Trigger.SL_REJECTED: _stop_rejected,
-        Trigger.SL_NOT_FOUND: _stop_missing,
-        Trigger.SL_CANCELED: _stop_missing,
+        Trigger.SL_NOT_FOUND: _stop_missing_or_canceled,
+        Trigger.SL_CANCELED: _stop_missing_or_canceled,
         Trigger.CLOSE_FILLED: _close_filled,
         Trigger.CLOSE_REJECTED: _close_unfilled,
         Trigger.CLOSE_CANCELED: _close_unfilled,

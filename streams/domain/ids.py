@@ -21,12 +21,14 @@ __all__ = [
     "key_of_position_id",
     "position_id",
     "report_key",
+    "role_of_client_order_id",
 ]
 
 # What Binance accepts as newClientOrderId.
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 _ROLE_LETTER = {OrderRole.ENTRY: "e", OrderRole.STOP_LOSS: "s", OrderRole.CLOSE: "c"}
+_ROLE_OF_LETTER = {letter: role for role, letter in _ROLE_LETTER.items()}
 _DIGEST_BYTES = 10  # 80 bits: exactly 16 base32 characters, so no padding to strip
 
 
@@ -70,12 +72,20 @@ def client_order_id(position_id: str, role: OrderRole, attempt: int) -> str:
     return identifier
 
 
+def role_of_client_order_id(client_order_id: str) -> OrderRole:
+    """The role a client order id of `client_order_id()` was made for (its third character)."""
+    role = _ROLE_OF_LETTER.get(client_order_id[2:3]) if client_order_id.startswith("pp") else None
+    if role is None:
+        raise InvalidValueError(f"{client_order_id!r} is not a client order id of this pipeline")
+    return role
+
+
 def command_id(position_id: str, kind: str, client_order_id: str, offset: int | None = None) -> str:
     """Deterministic id of a command: `{position_id}/{kind}/{client_order_id}`.
 
-    A query is repeated on every deadline for the same order, so a `query_order` passes the
-    offset of the input that asked for it and gets `.../{offset}` appended: each query has
-    its own id while a re-sent place command keeps its id.
+    A query or a cancel is repeated on every deadline for the same order, so each passes the
+    offset of the input that asked for it and gets `.../{offset}` appended: each has its own
+    id while a re-sent place command keeps its id.
     """
     base = f"{position_id}/{kind}/{client_order_id}"
     return base if offset is None else f"{base}/{offset}"

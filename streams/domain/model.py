@@ -29,6 +29,8 @@ __all__ = [
     "Position",
     "PositionSource",
     "ReportOutcome",
+    "SIGNAL_ID_RETENTION_MIN_MS",
+    "SeenSignal",
     "Side",
     "Signal",
     "SignalAction",
@@ -246,15 +248,23 @@ class AppliedInput:
             raise InvalidValueError(f"AppliedInput.offset must be >= 0, got {self.offset}")
 
 
+SIGNAL_ID_RETENTION_MIN_MS = 7 * 24 * 3600 * 1000
+"""The contract's floor: a repeated signal id has no effect for at least 7 days."""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Settings `decide` needs: the default stop distance, the deadlines and the dedup memory."""
+    """Settings `decide` needs: the default stop distance, the deadlines and the dedup memory.
+
+    `signal_id_retention_ms` is how long a signal id is remembered after its first
+    delivery, however many other signals arrive in between (bounded by time, not count).
+    """
 
     default_stop_loss_pct: Decimal
     entry_timeout_ms: int
     stop_loss_timeout_ms: int
     close_timeout_ms: int
-    max_remembered_signal_ids: int
+    signal_id_retention_ms: int = SIGNAL_ID_RETENTION_MIN_MS
 
     def __post_init__(self) -> None:
         require_finite_decimal(self, "default_stop_loss_pct", self.default_stop_loss_pct, optional=False)
@@ -265,10 +275,9 @@ class Policy:
         for name in ("entry_timeout_ms", "stop_loss_timeout_ms", "close_timeout_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidValueError(f"Policy.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_remembered_signal_ids < 1:
+        if self.signal_id_retention_ms < 1:
             raise InvalidValueError(
-                "Policy.max_remembered_signal_ids must be >= 1, "
-                f"got {self.max_remembered_signal_ids}"
+                f"Policy.signal_id_retention_ms must be >= 1, got {self.signal_id_retention_ms}"
             )
 
     def timeout_for(self, status: Status) -> int | None:
@@ -284,10 +293,19 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class OrderRef:
-    """The order currently commanded for one role of a position."""
+    """An order commanded for one role of a position, and what it asked for.
+
+    `side` and `quantity` are what the order was placed with (for a stop-loss: the side and
+    the quantity it covers); None in states recorded before they were kept.
+    """
 
     client_order_id: str
     attempt: int
+    side: Side | None = None
+    quantity: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        require_finite_decimal(self, "quantity", self.quantity, optional=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +316,10 @@ class Position:
     `version` is the offset of the input that last changed it (the sink's upsert guard);
     `seen_reports` holds `ids.report_key(client_order_id, outcome)` of every report that
     moved it, so a report delivered twice has no second effect.
+    `orders_to_cancel` are orders of the position that must not stay open (a replaced
+    stop-loss, the stop of a position that ends) until the exchange confirms them canceled,
+    triggered or gone; `closed_at_exchange` is set once the exchange no longer holds the
+    position (a close or the stop filled, a flat snapshot) while such a confirmation waits.
     """
 
     id: str
@@ -322,6 +344,8 @@ class Position:
     close_order: OrderRef | None
     seen_reports: tuple[str, ...]
     version: int
+    orders_to_cancel: tuple[OrderRef, ...] = ()
+    closed_at_exchange: bool = False
 
     def __post_init__(self) -> None:
         require_finite_decimal(self, "quantity", self.quantity, optional=False)
@@ -340,24 +364,37 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenSignal:
+    """A signal id a key has seen, and the input time of its first delivery."""
+
+    signal_id: str
+    first_seen_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class KeyState:
     """Everything the table holds for one key.
 
     The position is kept after it ends (closed / rolled_back) so that late or stale inputs
     can be recognised. `last_exchange_ts` is the newest exchange time seen (reports and
-    snapshots): a snapshot fetched at or before it is stale.
+    snapshots): a snapshot fetched at or before it is stale. `seen_signals` are the signal
+    ids seen within the policy's retention, oldest first.
     """
 
     key: str
     last_offset: int
-    recent_signal_ids: tuple[str, ...]
+    seen_signals: tuple[SeenSignal, ...]
     position: Position | None
     last_exchange_ts: int
 
     @classmethod
     def initial(cls, key: str) -> KeyState:
         """The state of a key no input has been applied to yet."""
-        return cls(key=key, last_offset=-1, recent_signal_ids=(), position=None, last_exchange_ts=0)
+        return cls(key=key, last_offset=-1, seen_signals=(), position=None, last_exchange_ts=0)
+
+    def has_seen_signal(self, signal_id: str) -> bool:
+        """True when `signal_id` was delivered to this key within the retention."""
+        return any(seen.signal_id == signal_id for seen in self.seen_signals)
 
     @property
     def live_position(self) -> Position | None:

@@ -10,6 +10,11 @@ Every pair of `FROM_STATUSES x Trigger` is in exactly one of two tables:
   a re-placed order or a moved deadline);
 - `NO_OPS` names it as an explicit refusal or no-op, with the audit decision and reason.
 `WHEN_CLOSE_REQUESTED` overrides a few rows of either while a close waits for the entry's fill.
+`HELD_WHILE_ORDERS_TO_CANCEL` and `RELEASED_ONCE_CANCELS_CONFIRMED` say which status a
+position holds instead of `active` or `closed` while one of its orders (a replaced stop, the
+stop of a position that ends) awaits the exchange's confirmation that it is gone, and which
+status it takes once the last is confirmed; `CANCEL_CONFIRMED_BY` names the answers that
+confirm it.
 `tests/unit/test_transitions.py` proves the tables total, disjoint and free of dead ends.
 """
 
@@ -24,13 +29,16 @@ from streams.domain.exceptions import TransitionTableError
 from streams.domain.model import AuditDecision, OrderRole, ReportOutcome, Status
 
 __all__ = [
+    "CANCEL_CONFIRMED_BY",
     "ENTRY_STATUSES",
     "FREE",
     "FROM_STATUSES",
+    "HELD_WHILE_ORDERS_TO_CANCEL",
     "IN_FLIGHT_STATUSES",
     "LIVE_STATUSES",
     "NO_OPS",
     "NoOp",
+    "RELEASED_ONCE_CANCELS_CONFIRMED",
     "REPORT_TRIGGERS",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
@@ -72,6 +80,8 @@ class Trigger(StrEnum):
     CLOSE_UNKNOWN = "close_unknown"
 
     SNAPSHOT_POSITION = "snapshot_position"
+    # The exchange holds more than the current stop-loss covers, or the other side.
+    SNAPSHOT_UNCOVERED = "snapshot_uncovered"
     # Flat, fetched at or after the position's deadline (or the position has none).
     SNAPSHOT_FLAT = "snapshot_flat"
     # Flat, fetched before the deadline of the position's current step.
@@ -143,10 +153,10 @@ TRANSITIONS: Mapping[tuple[Status | None, Trigger], Status] = MappingProxyType(
         (_EP, _T.ENTRY_REJECTED): _RB,
         (_PE, _T.ENTRY_CANCELED): _RB,  # ended without a fill, like a rejection
         (_EP, _T.ENTRY_CANCELED): _RB,
+        # not_found is the executor's verdict after a lookup no earlier attempt can outrun
+        # (its recvWindow has passed and the id is fenced): the entry never happened.
         (_PE, _T.ENTRY_NOT_FOUND): _RB,
         (_EP, _T.ENTRY_NOT_FOUND): _RB,
-        (_PE, _T.SNAPSHOT_FLAT): _RB,  # never seen on the exchange by its deadline
-        (_EP, _T.SNAPSHOT_FLAT): _RB,
         (_PE, _T.CLOSE): _PE,  # close_requested: closed as soon as the fill is known
         (_EP, _T.CLOSE): _EP,
         (_PE, _T.DEADLINE): _PE,  # QueryOrder(entry), deadline moved
@@ -160,11 +170,17 @@ TRANSITIONS: Mapping[tuple[Status | None, Trigger], Status] = MappingProxyType(
         (_SL, _T.SL_FILLED): _CLD,  # the stop closed the position
         (_ACT, _T.SL_FILLED): _CLD,
         (_CLG, _T.SL_FILLED): _CLD,
-        (_SL, _T.DEADLINE): _SL,  # QueryOrder(stop), deadline moved
+        (_CLG, _T.SL_CANCELED): _CLG,  # the stop's cancel confirmed; closed once the close is done
+        (_CLG, _T.SL_NOT_FOUND): _CLG,
+        (_SL, _T.DEADLINE): _SL,  # QueryOrder(stop), or CancelOrder of replaced stops; deadline moved
         # The exchange's view of an open position.
         (_SL, _T.SNAPSHOT_POSITION): _SL,  # side/quantity updated when they differ
         (_ACT, _T.SNAPSHOT_POSITION): _ACT,
         (_CLG, _T.SNAPSHOT_POSITION): _CLG,
+        # The stop no longer covers what the exchange holds: a new stop for the exchange's
+        # side and quantity (attempt + 1); the old one is canceled once the new one is accepted.
+        (_SL, _T.SNAPSHOT_UNCOVERED): _SL,
+        (_ACT, _T.SNAPSHOT_UNCOVERED): _SL,
         (_SL, _T.SNAPSHOT_FLAT): _CLD,  # stop hit or closed outside: CancelOrder(stop)
         (_SL, _T.SNAPSHOT_FLAT_EARLY): _CLD,
         (_ACT, _T.SNAPSHOT_FLAT): _CLD,
@@ -178,9 +194,36 @@ TRANSITIONS: Mapping[tuple[Status | None, Trigger], Status] = MappingProxyType(
         (_CLG, _T.CLOSE_REJECTED): _CLG,  # remembered; the deadline retries with attempt + 1
         (_CLG, _T.CLOSE_CANCELED): _CLG,
         (_CLG, _T.CLOSE_NOT_FOUND): _CLG,
-        (_CLG, _T.DEADLINE): _CLG,  # ClosePosition attempt + 1 after a failure, else QueryOrder
+        (_CLG, _T.DEADLINE): _CLG,  # ClosePosition attempt + 1 after a failure, else QueryOrder; cancels again
     }
 )
+
+HELD_WHILE_ORDERS_TO_CANCEL: Mapping[Status, Status] = MappingProxyType(
+    {
+        # Not `active` while a replaced stop may still rest beside the new one: the contract's
+        # `active` is "protected by its stop", and the cleanup needs a deadline.
+        _ACT: _SL,
+        # Not ended while one of its orders may still rest at the exchange.
+        _CLD: _CLG,
+    }
+)
+"""The status a position holds instead, while its `orders_to_cancel` is not empty."""
+
+RELEASED_ONCE_CANCELS_CONFIRMED: Mapping[Status, Status] = MappingProxyType(
+    {
+        _SL: _ACT,  # ... when its current stop-loss is accepted
+        _CLG: _CLD,  # ... when the exchange no longer holds the position (`closed_at_exchange`)
+    }
+)
+"""The status a held position takes once its last order to cancel is confirmed gone."""
+
+CANCEL_CONFIRMED_BY: frozenset[ReportOutcome] = frozenset(
+    {ReportOutcome.CANCELED, ReportOutcome.NOT_FOUND, ReportOutcome.FILLED}
+)
+"""Answers that prove an order to cancel is gone: canceled, never there, or triggered.
+
+A rejected or unknown cancel proves nothing: the deadline cancels again.
+"""
 
 @dataclass(frozen=True, slots=True)
 class NoOp:
@@ -223,6 +266,17 @@ NO_OPS: Mapping[tuple[Status | None, Trigger], NoOp] = MappingProxyType(
             _ENTRY, [_T.SNAPSHOT_FLAT_EARLY], _IGNORED,
             "exchange flat before the entry deadline; the order may still be on its way",
         ),
+        # Rollback only on evidence: a flat exchange does not tell what became of the entry
+        # order (its answer may be lost, an attempt may still arrive); the deadline asks.
+        **_rows(
+            _ENTRY, [_T.SNAPSHOT_FLAT], _IGNORED,
+            "exchange flat but the entry order has no answer yet; the deadline queries it",
+        ),
+        # Derived only while a stop-loss exists (pending_sl, active).
+        **_rows(
+            [FREE, *_ENTRY, _CLG], [_T.SNAPSHOT_UNCOVERED], _IGNORED,
+            "no stop-loss to compare the exchange's position with",
+        ),
         # Deadlines where nothing waits.
         **_rows([FREE, _ACT], [_T.DEADLINE], _IGNORED, "no deadline is pending"),
         # Reports that need no action.
@@ -251,10 +305,8 @@ NO_OPS: Mapping[tuple[Status | None, Trigger], NoOp] = MappingProxyType(
         ),
         **_rows(
             [_CLG],
-            _role_triggers(
-                OrderRole.STOP_LOSS, _O.ACCEPTED, _O.REJECTED, _O.CANCELED, _O.NOT_FOUND, _O.UNKNOWN
-            ),
-            _IGNORED, "position closing; the stop-loss needs no action",
+            _role_triggers(OrderRole.STOP_LOSS, _O.ACCEPTED, _O.REJECTED, _O.UNKNOWN),
+            _IGNORED, "position closing; its stop-loss is not confirmed canceled yet, the deadline cancels again",
         ),
         **_rows(
             [_SL, _ACT], _role_triggers(OrderRole.CLOSE), _IGNORED,

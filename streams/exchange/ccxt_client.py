@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 import ccxt.async_support as ccxt
 
-__all__ = ["PRODUCTION_URL", "create_binanceusdm", "exchange_error_code", "is_production_url"]
+__all__ = ["DEFAULT_RECV_WINDOW_MS", "PRODUCTION_URL", "create_binanceusdm", "exchange_error_code",
+           "is_production_url"]
 
 PRODUCTION_URL = "https://fapi.binance.com"
 #: Every host of this domain is Binance's production: real money.
@@ -116,14 +117,22 @@ class _RedactingLogger:
         self.log(logging.CRITICAL, msg, *args, **kwargs)
 
 
+DEFAULT_RECV_WINDOW_MS = 5000
+
+
 def create_binanceusdm(base_url: str | None, api_key: str, api_secret: str, *, enable_rate_limit: bool = False,
-                       timeout_ms: int = 10000) -> ccxt.binanceusdm:
+                       timeout_ms: int = 10000, recv_window_ms: int = DEFAULT_RECV_WINDOW_MS) -> ccxt.binanceusdm:
     """A ccxt Binance USD-M client on ``base_url`` (``None`` or production: Binance itself).
 
     ``enable_rate_limit`` turns on ccxt's own limiter (off by default: it is far slower than
     Binance's published limits; the pipeline limits requests itself). ``timeout_ms`` bounds
-    every request. The caller closes the client (``await client.close()``).
+    every request. ``recv_window_ms`` is sent as ``recvWindow`` with every signed request
+    (ccxt option ``recvWindow``), explicitly rather than left to Binance's default, because
+    the executor's placement protocol counts on it: a request stamped T is refused (-1021)
+    once T + recvWindow has passed. The caller closes the client (``await client.close()``).
     """
+    if not 1 <= recv_window_ms <= 60000:
+        raise ValueError(f"recv_window_ms must be in 1..60000 (Binance's limit), got {recv_window_ms}")
     if not is_production_url(base_url):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
@@ -147,6 +156,8 @@ def create_binanceusdm(base_url: str | None, api_key: str, api_secret: str, *, e
             "defaultSubType": "linear",
             # A clock sync would be one more request at load_markets; the host's clock is kept by NTP.
             "adjustForTimeDifference": False,
+            # Sent with every signed request; see recv_window_ms above.
+            "recvWindow": recv_window_ms,
         },
     })
     client.logger = _RedactingLogger(logging.getLogger("ccxt.base.exchange"), (api_key, api_secret))

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 DUPLICATE_CLIENT_ORDER_ID = -4116
 ORDER_DOES_NOT_EXIST = -2013
+# "Unknown order sent.": a cancel of an order that is not open (filled, canceled, never there).
+UNKNOWN_ORDER_SENT = -2011
+# "Timestamp for this request is outside of the recvWindow.": refused, never carried out.
+OUTSIDE_RECV_WINDOW = -1021
 _BINANCE_CODE = re.compile(r'"code"\s*:\s*(-?\d+)')
 _BINANCE_MESSAGE = re.compile(r'"msg"\s*:\s*"([^"]*)"')
 
@@ -53,7 +57,11 @@ class OrderRejected(ExchangeEdgeError):
 
 
 class DuplicateClientOrderId(ExchangeEdgeError):
-    """An order with this client id exists already: the earlier attempt reached the exchange."""
+    """An OPEN order holds this client id (Binance's ids are unique among open orders only)."""
+
+
+class RequestOutsideRecvWindow(ExchangeEdgeError):
+    """The exchange refused the request for its timestamp (-1021): it was not carried out."""
 
 
 class OrderMissing(ExchangeEdgeError):
@@ -104,10 +112,10 @@ class ExchangeGateway(Protocol):
     name: str
 
     async def place_market(self, symbol: str, side: Side, quantity: Decimal, client_order_id: str,
-                           reduce_only: bool) -> OrderState: ...
+                           reduce_only: bool, request_timestamp_ms: int) -> OrderState: ...
 
     async def place_stop_market(self, symbol: str, side: Side, quantity: Decimal, stop_price: Decimal,
-                                client_order_id: str) -> OrderState: ...
+                                client_order_id: str, request_timestamp_ms: int) -> OrderState: ...
 
     async def fetch_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState: ...
 
@@ -179,8 +187,10 @@ class CcxtGateway:
             message = f"{operation}: {_binance_message(error)}"
             if code == DUPLICATE_CLIENT_ORDER_ID:
                 raise DuplicateClientOrderId(self.name, message, code) from None
-            if code == ORDER_DOES_NOT_EXIST:
+            if code in (ORDER_DOES_NOT_EXIST, UNKNOWN_ORDER_SENT):  # ccxt maps both to OrderNotFound on production
                 raise OrderMissing(self.name, message, code) from None
+            if code == OUTSIDE_RECV_WINDOW:
+                raise RequestOutsideRecvWindow(self.name, message, code) from None
             raise OrderRejected(self.name, message, code) from None
         # `from None`: ccxt's own exception text includes the request URL, never the secret,
         # but its chained context can carry headers; keep only what was chosen above.
@@ -232,9 +242,15 @@ class CcxtGateway:
         )
 
     async def place_market(self, symbol: str, side: Side, quantity: Decimal, client_order_id: str,
-                           reduce_only: bool) -> OrderState:
+                           reduce_only: bool, request_timestamp_ms: int) -> OrderState:
+        """A market order stamped `request_timestamp_ms` (the signed request's `timestamp`).
+
+        The stamp is the one the executor recorded in the attempt ledger before sending: the
+        exchange refuses the request once recvWindow has passed since it, which is what lets
+        a later attempt know when this one can no longer execute.
+        """
         unified = await self.unified_symbol(symbol)
-        params = {"newClientOrderId": client_order_id}
+        params: dict[str, Any] = {"newClientOrderId": client_order_id, "timestamp": request_timestamp_ms}
         if reduce_only:
             params["reduceOnly"] = True
         order = await self._call(WEIGHT_ORDER, 1, f"market {side.value} {symbol}", lambda: self._client.create_order(
@@ -242,9 +258,11 @@ class CcxtGateway:
         return self._order_state(order, client_order_id)
 
     async def place_stop_market(self, symbol: str, side: Side, quantity: Decimal, stop_price: Decimal,
-                                client_order_id: str) -> OrderState:
+                                client_order_id: str, request_timestamp_ms: int) -> OrderState:
+        """A reduce-only STOP_MARKET (a conditional order) stamped `request_timestamp_ms`."""
         unified = await self.unified_symbol(symbol)
-        params = {"newClientOrderId": client_order_id, "stopPrice": str(stop_price), "reduceOnly": True}
+        params = {"newClientOrderId": client_order_id, "stopPrice": str(stop_price), "reduceOnly": True,
+                  "timestamp": request_timestamp_ms}
         order = await self._call(WEIGHT_ORDER, 1, f"stop-market {side.value} {symbol}",
                                  lambda: self._client.create_order(unified, "market", side.value.lower(),
                                                                    str(quantity), None, params))

@@ -20,7 +20,9 @@ Where to call them:
 - ``set_group_leader(is_leader)``: the web server, before each scrape;
 - ``set_sink_lag(records)``, ``observe_sink_refused_row()``: the PostgreSQL sink;
 - ``refresh_position_gauge(positions)``: the web server, before each scrape (from the local
-  table, so each worker reports the positions of the partitions it owns).
+  table, so each worker reports the positions of the partitions it owns);
+- ``observe_edge_failure(component, stage)``: a background part of the exchange edge that
+  failed and will retry (the poller, the order-attempt ledger).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from streams.domain import (
 __all__ = [
     "DEAD_LETTERS",
     "DECISIONS",
+    "EDGE_FAILURES",
     "EXCHANGE_ERRORS",
     "GROUP_LEADER",
     "INPUTS",
@@ -55,6 +58,7 @@ __all__ = [
     "SINK_LAG",
     "SINK_REFUSED_ROWS",
     "observe_dead_letter",
+    "observe_edge_failure",
     "observe_decision",
     "observe_exchange_error",
     "observe_input",
@@ -118,6 +122,15 @@ EXCHANGE_ERRORS = Counter(
     "Error answers of the exchange, by the exchange's error code ('none' without one).",
     ["code"],
 )
+
+EDGE_FAILURES = Counter(
+    "pipeline_edge_failures",
+    "Failures of a background part of the exchange edge that is retried with backoff, by component "
+    "(poller, order_ledger) and stage (follow_tracked_keys, fetch_positions, publish, follow).",
+    ["component", "stage"],
+)
+_EDGE_COMPONENTS = frozenset({"poller", "order_ledger"})
+_EDGE_STAGES = frozenset({"follow_tracked_keys", "fetch_positions", "publish", "follow", "poll"})
 
 #: The label values ``pipeline_refusals`` may carry. A refusal nobody mapped is ``other``.
 REFUSAL_CATEGORIES = (
@@ -250,6 +263,10 @@ def observe_sink_refused_row() -> None:
 def set_group_leader(is_leader: bool) -> None:
     """Sets whether this worker leads the group (the poller runs on the leader only)."""
     GROUP_LEADER.set(1 if is_leader else 0)
+def observe_edge_failure(component: str, stage: str) -> None:
+    """Counts one failure of a background part of the exchange edge (it retries with backoff)."""
+    EDGE_FAILURES.labels(component=component if component in _EDGE_COMPONENTS else "other",
+                         stage=stage if stage in _EDGE_STAGES else "other").inc()
 
 
 def set_sink_lag(records: int) -> None:

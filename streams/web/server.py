@@ -13,7 +13,7 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 | ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
 | ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
 | ``GET /health`` | 200 while the process serves |
-| ``GET /ready`` | 200 once the worker has its assignment and its table recovered, else 503; says if it leads the group |
+| ``GET /ready`` | 200 once the worker has its assignment and its table recovered, and no background part (poller, order ledger) is failing; else 503 with the reasons; says if it leads the group |
 | ``GET /_node/positions/`` | this worker's own part (the fan-out's building block) |
 
 **Where a key is answered.** The table is partitioned: a key's state lives only on the
@@ -59,7 +59,7 @@ from yarl import URL
 from streams import serde
 from streams.settings import Settings
 from streams.topics import TopicNames
-from streams.web import metrics
+from streams.web import health, metrics
 from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
 from streams.web.page import render_page
 from streams.web.render import position_to_json
@@ -315,10 +315,19 @@ class PositionsWebServer(Service):
         return _json({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        """200 once assigned and recovered, 503 (with the reason) before and during rebalances."""
+        """200 once assigned and recovered, 503 (with the reason) before and during rebalances.
+
+        Also 503 while a background part of the worker fails and retries (the exchange
+        poller, the order-attempt ledger: ``streams.web.health``), naming it in ``failing``:
+        such a failure must be seen, not leave the worker quietly doing nothing.
+        """
         ready, reason = self.readiness()
-        return _json({"ready": ready, "reason": reason, "partitions": sorted(self.owned_partitions()) if ready else [],
-                      "leader": ready and self.app.is_leader()},
+        leader = ready and self.app.is_leader()  # leadership follows the assignment, whatever else fails
+        failing = health.problems()
+        if ready and failing:
+            ready, reason = False, "; ".join(f"{name}: {why}" for name, why in sorted(failing.items()))
+        return _json({"ready": ready, "reason": reason, "failing": failing,
+                      "partitions": sorted(self.owned_partitions()) if ready else [], "leader": leader},
                      status=200 if ready else 503)
 
     async def node_positions(self, request: web.Request) -> web.Response:

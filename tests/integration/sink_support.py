@@ -31,6 +31,7 @@ from streams import serde
 from streams.domain import (
     AppliedInput,
     AuditRecord,
+    CancelOrder,
     Command,
     ExchangeSnapshot,
     ExecutionReport,
@@ -51,7 +52,7 @@ from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 
 POLICY = Policy(default_stop_loss_pct=Decimal("2"), entry_timeout_ms=30_000, stop_loss_timeout_ms=30_000,
-                close_timeout_ms=30_000, max_remembered_signal_ids=64)
+                close_timeout_ms=30_000, signal_id_retention_ms=7 * 24 * 3600 * 1000)
 PARTITIONS = 3
 
 
@@ -239,11 +240,19 @@ class UpdateStream:
         return next((c for c in commands if isinstance(c, PlaceEntry)), None)
 
     def close(self, symbol: str) -> ClosePosition | None:
+        """A close signal; the stop's cancel it commands is answered first (as it is executed)."""
         key, ts = f"{symbol}@binance", self.now()
         commands = self.apply(InputEvent(f"signal:{symbol}-close-{ts}", key, ts, Signal(
             signal_id=f"{symbol}-close-{ts}", action=SignalAction.CLOSE, symbol=symbol, exchange="binance",
             side=None, quantity=None, stop_loss_pct=None, ts=ts)))
+        self.confirm_cancels(commands)
         return next((c for c in commands if isinstance(c, ClosePosition)), None)
+
+    def confirm_cancels(self, commands: tuple[Command, ...]) -> None:
+        """The exchange confirms every CancelOrder among ``commands``."""
+        for command in commands:
+            if isinstance(command, CancelOrder):
+                self.answer(command, ReportOutcome.CANCELED)
 
     def answer(self, command: Command, outcome: ReportOutcome, *, quantity: str | None = None,
                price: str | None = "10.00", stop_price: str | None = None) -> tuple[Command, ...]:
@@ -284,14 +293,14 @@ class UpdateStream:
         elif variant == 1:  # entry rejected: rolled_back
             entry = self.open(symbol, quantity="5")
             self.answer(entry, ReportOutcome.REJECTED, price=None)
-        elif variant == 2:  # adopted from the exchange, then flat: closed
+        elif variant == 2:  # adopted from the exchange, then flat: closed once its stop is canceled
             stop = next(c for c in self.snapshot(symbol, "3.25", "101.5") if isinstance(c, PlaceStopLoss))
             self.answer(stop, ReportOutcome.ACCEPTED, stop_price="99.47")
-            self.snapshot(symbol, "0")
-        else:  # partial fill (the exchange wins), stop hit: closed
+            self.confirm_cancels(self.snapshot(symbol, "0"))
+        else:  # partial fill (the exchange wins), stop hit: closed once the stop is known gone
             self.open_to_active(symbol, quantity="61.8", filled="61.0")
             self.open(symbol)  # refused: already active
-            self.snapshot(symbol, "0")
+            self.confirm_cancels(self.snapshot(symbol, "0"))
 
     @classmethod
     def lives(cls, keys: int, cycles: int, *, end_active: bool = True, prefix: str = "SINK") -> "UpdateStream":

@@ -19,6 +19,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator, default_symbols
+from emulator.binance_usdm import CLIENT_ID_UNIQUE_FOREVER
 from streams.exchange.ccxt_client import PRODUCTION_URL, create_binanceusdm, exchange_error_code
 
 pytestmark = pytest.mark.integration
@@ -118,21 +119,60 @@ async def test_create_order_market_with_client_id_fills_at_mark_price(emulator, 
     assert request["params"]["newOrderRespType"] == "RESULT"
 
 
-async def test_create_order_duplicate_client_id_raises_error_with_code_4116(emulator, client):
-    # Arrange
+async def test_create_order_client_id_of_a_filled_order_is_accepted_again_as_binance_documents(emulator, client):
+    # Arrange: Binance: newClientOrderId is "a unique id among open orders"; a market order
+    # fills at once, so its id is free again.
     await _open_long_apt(client, "ppe1-dup")
 
     # Act
+    second = await _open_long_apt(client, "ppe1-dup")
+    fetched = await client.fetch_order(None, APT, {"clientOrderId": "ppe1-dup"})
+
+    # Assert: two orders, the position doubled; a lookup by id answers the latest.
+    orders = emulator.orders(client_order_id="ppe1-dup")
+    assert [o["status"] for o in orders] == ["FILLED", "FILLED"]
+    assert fetched["id"] == second["id"] == orders[1]["exchange_order_id"]
+    assert [p["quantity"] for p in emulator.positions()] == ["123.6"]
+    assert emulator.rejections() == []
+
+
+async def test_create_order_client_id_of_an_open_order_raises_error_with_code_4116(emulator, client):
+    # Arrange: a market order that fills in part and rests keeps its id taken.
+    emulator.add_fault("partial_fill", quantity="20", remainder="rest")
+    await _open_long_apt(client, "ppe1-open")
+
+    # Act
     with pytest.raises(ccxt.ExchangeError) as raised:
-        await _open_long_apt(client, "ppe1-dup")
+        await _open_long_apt(client, "ppe1-open")
 
     # Assert: off the production URL ccxt raises a plain ExchangeError; the code tells.
     assert exchange_error_code(raised.value) == -4116
-    assert len(emulator.orders(client_order_id="ppe1-dup")) == 1
-    assert [(r["client_order_id"], r["code"]) for r in emulator.rejections()] == [("ppe1-dup", -4116)]
+    assert [o["status"] for o in emulator.orders(client_order_id="ppe1-open")] == ["PARTIALLY_FILLED"]
+    assert [(r["client_order_id"], r["code"]) for r in emulator.rejections()] == [("ppe1-open", -4116)]
 
 
-async def test_create_order_duplicate_stop_client_algo_id_raises_error_with_code_4116(emulator, client):
+async def test_create_order_strict_client_id_rule_refuses_a_filled_orders_id_with_4116():
+    # Arrange: the option stricter than Binance, kept to compare against.
+    emulator = BinanceUsdmEmulator("127.0.0.1", 0, symbols=default_symbols(bench_count=0),
+                                   client_id_rule=CLIENT_ID_UNIQUE_FOREVER)
+    await emulator.start()
+    client = create_binanceusdm(emulator.base_url, DEFAULT_API_KEY, DEFAULT_API_SECRET, timeout_ms=3000)
+    try:
+        await _open_long_apt(client, "ppe1-strict")
+
+        # Act
+        with pytest.raises(ccxt.ExchangeError) as raised:
+            await _open_long_apt(client, "ppe1-strict")
+    finally:
+        await client.close()
+        await emulator.stop()
+
+    # Assert
+    assert exchange_error_code(raised.value) == -4116
+    assert len(emulator.orders(client_order_id="ppe1-strict")) == 1
+
+
+async def test_create_order_duplicate_stop_client_algo_id_while_open_raises_error_with_code_4116(emulator, client):
     # Arrange
     await _open_long_apt(client)
     await _place_apt_stop(client, "pps1-dup")
@@ -144,6 +184,61 @@ async def test_create_order_duplicate_stop_client_algo_id_raises_error_with_code
     # Assert
     assert exchange_error_code(raised.value) == -4116
     assert len(emulator.orders(kind="algo")) == 1
+
+
+async def test_create_order_stop_client_algo_id_of_a_canceled_stop_is_accepted_again(emulator, client):
+    # Arrange: clientAlgoId follows the same documented rule: unique among open orders.
+    await _open_long_apt(client)
+    await _place_apt_stop(client, "pps1-again")
+    await client.cancel_order(None, APT, {"clientOrderId": "pps1-again", "trigger": True})
+
+    # Act
+    await _place_apt_stop(client, "pps1-again")
+
+    # Assert
+    assert [o["status"] for o in emulator.orders(kind="algo", client_order_id="pps1-again")] == ["CANCELED", "NEW"]
+
+
+async def test_fault_partial_fill_expire_leaves_an_expired_order_with_executed_quantity(emulator, client):
+    # Arrange
+    emulator.add_fault("partial_fill", quantity="20")
+
+    # Act
+    order = await _open_long_apt(client, "ppe1-part")
+    fetched = await client.fetch_order(None, APT, {"clientOrderId": "ppe1-part"})
+
+    # Assert: EXPIRED with executedQty 20; the position holds what was executed.
+    assert (order["info"]["status"], order["info"]["executedQty"]) == ("EXPIRED", "20.0")
+    assert (fetched["status"], fetched["filled"]) == ("expired", 20.0)
+    assert [p["quantity"] for p in emulator.positions()] == ["20.0"]
+
+
+async def test_fault_partial_fill_rest_fills_the_remainder_at_the_next_mark_price(emulator, client):
+    # Arrange
+    emulator.add_fault("partial_fill", quantity="20", remainder="rest")
+    await _open_long_apt(client, "ppe1-rest")
+
+    # Act
+    emulator.set_mark_price("APTUSDT", "10.1000")
+    fetched = await client.fetch_order(None, APT, {"clientOrderId": "ppe1-rest"})
+
+    # Assert
+    assert (fetched["status"], fetched["filled"]) == ("closed", 61.8)
+    assert [p["quantity"] for p in emulator.positions()] == ["61.8"]
+
+
+async def test_fault_hold_answer_creates_the_order_then_answers_late(emulator, client):
+    # Arrange
+    emulator.add_fault("hold_answer", method="POST", path="/fapi/v1/order", seconds=1.0)
+    started = time.monotonic()
+
+    # Act
+    order = await _open_long_apt(client, "ppe1-held")
+
+    # Assert: the order existed during the wait; the answer came after it.
+    assert time.monotonic() - started >= 0.9
+    assert order["status"] == "closed"
+    assert [o["client_order_id"] for o in emulator.orders()] == ["ppe1-held"]
 
 
 async def test_fetch_order_by_client_id_returns_the_filled_market_order(emulator, client):
@@ -488,15 +583,26 @@ async def test_fault_accept_then_timeout_leaves_exactly_one_order_and_raises_net
     # Act
     with pytest.raises(ccxt.NetworkError):
         await _open_long_apt(client, "ppe1-lost")
-    with pytest.raises(ccxt.ExchangeError) as retried:
-        await _open_long_apt(client, "ppe1-lost")  # the executor's retry with the same id
     recovered = await client.fetch_order(None, APT, {"clientOrderId": "ppe1-lost"})
 
-    # Assert
-    assert exchange_error_code(retried.value) == -4116
+    # Assert: the order exists though its answer was lost; a lookup by id finds it.
     assert [(o["client_order_id"], o["status"]) for o in emulator.orders()] == [("ppe1-lost", "FILLED")]
     assert (recovered["status"], recovered["filled"]) == ("closed", 61.8)
     assert emulator.requests(path="/fapi/v1/order")[0]["dropped"] is True
+
+
+async def test_fault_accept_then_timeout_then_blind_resend_with_the_same_id_doubles_the_position(emulator, client):
+    # Arrange: why the executor never re-sends blindly: the documented rule accepts the id again.
+    emulator.add_fault("accept_then_timeout", method="POST", path="/fapi/v1/order")
+    with pytest.raises(ccxt.NetworkError):
+        await _open_long_apt(client, "ppe1-resent")
+
+    # Act
+    await _open_long_apt(client, "ppe1-resent")
+
+    # Assert
+    assert len(emulator.orders(client_order_id="ppe1-resent")) == 2
+    assert [p["quantity"] for p in emulator.positions()] == ["123.6"]
 
 
 async def test_fault_accept_then_timeout_delay_beyond_client_timeout_raises_request_timeout(emulator):

@@ -26,11 +26,13 @@ from streams.domain import (
     Side,
     Status,
 )
+from streams.exchange.attempts import KafkaAttemptLedger
 from streams.exchange.ccxt_client import create_binanceusdm
 from streams.exchange.edge import ExchangeEdge
 from streams.exchange.executor import OrderExecutor
 from streams.exchange.gateway import CcxtGateway
 from streams.settings import Settings
+from streams.topics import TopicNames, ensure_topics
 from tests.integration.pipeline_harness import (
     CommandsTap,
     InputSender,
@@ -61,6 +63,18 @@ class EdgeHarness:
     def snapshots(self) -> list[ExchangeSnapshot]:
         decoded = (serde.decode_input(record.value) for record in self.raw_inputs.records)
         return [event.payload for event in decoded if isinstance(event.payload, ExchangeSnapshot)]
+
+
+@pytest.fixture
+async def attempt_ledger(kafka_bootstrap, unique_suffix) -> AsyncIterator[KafkaAttemptLedger]:
+    """The executor's order-attempt ledger on a topic of its own on the real broker."""
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, database_url="postgresql://unused@127.0.0.1/x",
+                        topic_prefix=f"ledger-{unique_suffix}.", topic_partitions=3)
+    await ensure_topics(settings)
+    ledger = KafkaAttemptLedger(kafka_bootstrap, TopicNames.for_prefix(settings.topic_prefix).order_attempts)
+    await ledger.start()
+    yield ledger
+    await ledger.stop()
 
 
 @pytest.fixture
@@ -122,11 +136,14 @@ async def test_entry_accepted_but_response_lost_leaves_exactly_one_order_and_an_
 
     # Assert
     entries = edge.exchange.orders(symbol="APTUSDT", kind="regular")
-    assert len(entries) == 1, entries
-    placements = edge.exchange.requests(path="/fapi/v1/order")
-    assert sum(1 for r in placements if r["method"] == "POST") >= 2  # retried with the same id
+    assert len(entries) == 1, entries  # the documented rule would accept the id again: never re-sent
+    placements = [r for r in edge.exchange.requests(path="/fapi/v1/order") if r["method"] == "POST"]
+    assert len(placements) == 1
+    lookups = [r for r in edge.exchange.requests(path="/fapi/v1/order") if r["method"] == "GET"]
+    assert len(lookups) >= 2  # looked up before the send, and after the lost answer
     (entry_command,) = [c for c in edge.commands.commands(KEY) if isinstance(c, PlaceEntry)]
     assert entries[0]["client_order_id"] == entry_command.client_order_id
+    assert edge.updates.latest(KEY).quantity == Decimal("61.8")
 
 
 async def test_stop_loss_rejected_closes_the_position_at_once_and_keeps_it_tracked_until_flat(edge):
@@ -210,12 +227,12 @@ async def test_poller_position_opened_outside_is_adopted_once_and_protected(edge
     assert (stop["side"], stop["reduce_only"], Decimal(stop["stop_price"])) == ("BUY", True, Decimal("153.00"))
 
 
-async def test_executor_backs_off_on_429_and_then_places_the_order_once():
-    # Arrange: no Kafka here: the executor and the real ccxt client against the emulator.
+async def test_executor_backs_off_on_429_and_then_places_the_order_once(attempt_ledger):
+    # Arrange: the executor, its attempt ledger on the real broker, the real ccxt client, the emulator.
     exchange = BinanceUsdmEmulator()
     base_url = await exchange.start()
     gateway = CcxtGateway("binance", create_binanceusdm(base_url, DEFAULT_API_KEY, DEFAULT_API_SECRET))
-    executor = OrderExecutor({"binance": gateway}, clock_ms=lambda: int(time.time() * 1000))
+    executor = OrderExecutor({"binance": gateway}, clock_ms=lambda: int(time.time() * 1000), ledger=attempt_ledger)
     entry = PlaceEntry(command_id="c1", key=KEY, position_id=f"{KEY}/1", symbol="APTUSDT", exchange="binance",
                        client_order_id="ppe1-backoff", side=Side.BUY, quantity=Decimal("1"))
     try:
@@ -236,13 +253,14 @@ async def test_executor_backs_off_on_429_and_then_places_the_order_once():
     assert len(exchange.orders(kind="regular")) == 1
 
 
-async def test_executor_with_bad_credentials_reports_an_error_naming_the_exchange_not_the_secret(caplog):
+async def test_executor_with_bad_credentials_reports_an_error_naming_the_exchange_not_the_secret(
+        caplog, attempt_ledger):
     # Arrange
     exchange = BinanceUsdmEmulator()
     base_url = await exchange.start()
     wrong_secret = "wrong-secret-that-must-never-be-printed"
     gateway = CcxtGateway("binance", create_binanceusdm(base_url, DEFAULT_API_KEY, wrong_secret))
-    executor = OrderExecutor({"binance": gateway}, clock_ms=lambda: int(time.time() * 1000))
+    executor = OrderExecutor({"binance": gateway}, clock_ms=lambda: int(time.time() * 1000), ledger=attempt_ledger)
     entry = PlaceEntry(command_id="c1", key=KEY, position_id=f"{KEY}/1", symbol="APTUSDT", exchange="binance",
                        client_order_id="ppe1-badkey", side=Side.BUY, quantity=Decimal("1"))
     try:

@@ -5,6 +5,17 @@ Hypothesis drives random interleavings of signals (new and repeated), execution 
 stale), redelivered offsets, outside trades, triggered stops, clock jumps and deadlines, on
 two or three symbols. The test plays the agent (one `decide` per input, state carried per
 key) and the executor (runs the commands against the model exchange and reports back).
+
+The model exchange follows Binance's documented client-id rule: an id is unique among OPEN
+orders only, so a filled or canceled order's id is accepted again and names a second order.
+The model executor follows the placement protocol of `streams/exchange/executor.py`: it
+looks an order up by its client id before placing it, never sends while an earlier request
+for that id may still land (a request held in the network), and a query or cancel closes
+the id to any later placement (the fence). Actions add lost answers, held requests that land
+late or expire, commands delivered twice and positions changed by hand; the invariants
+check that the exchange never holds more orders for a position than the machine decided,
+that an active position's stop covers what the exchange holds, and that an ended position
+leaves no order open.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from streams.domain import (
     Policy,
     Position,
     QueryOrder,
+    SIGNAL_ID_RETENTION_MIN_MS,
     ReportOutcome,
     Side,
     Signal,
@@ -56,9 +68,9 @@ POLICY = Policy(
     entry_timeout_ms=10_000,
     stop_loss_timeout_ms=5_000,
     close_timeout_ms=8_000,
-    max_remembered_signal_ids=4,
+    signal_id_retention_ms=SIGNAL_ID_RETENTION_MIN_MS,
 )
-SETTLE_ROUNDS = 2  # a closing position needs two: the query, then the retry after not_found
+SETTLE_ROUNDS = 3  # a closing position needs two (the query, then the retry); a replaced stop one more
 MAX_DRAIN_STEPS = 500
 
 
@@ -77,11 +89,25 @@ class ExchangeOrder:
 
 
 class ModelExchange:
-    """Net positions per symbol at a fixed price, orders by client id."""
+    """Net positions per symbol at a fixed price; every order, several per client id once final."""
 
     def __init__(self) -> None:
         self.net: dict[str, Decimal] = {symbol: Decimal(0) for symbol in SYMBOLS}
-        self.orders: dict[str, ExchangeOrder] = {}
+        self.by_client_id: dict[str, list[ExchangeOrder]] = defaultdict(list)
+
+    @property
+    def orders(self) -> dict[str, ExchangeOrder]:
+        """The latest order of each client id (what a lookup by client id answers)."""
+        return {cid: placed[-1] for cid, placed in self.by_client_id.items() if placed}
+
+    def latest(self, client_order_id: str) -> ExchangeOrder | None:
+        placed = self.by_client_id.get(client_order_id)
+        return placed[-1] if placed else None
+
+    def accept(self, client_order_id: str, order: ExchangeOrder) -> ExchangeOrder:
+        """A new order under `client_order_id` (the caller checked that none with it is open)."""
+        self.by_client_id[client_order_id].append(order)
+        return order
 
     def side_of(self, symbol: str) -> Side | None:
         net = self.net[symbol]
@@ -178,24 +204,18 @@ def _report_of_order(command: Command, order: ExchangeOrder | None, ts: int) -> 
     return _report(command, ReportOutcome.CANCELED, ts, exchange_order_id=exchange_order_id)
 
 
-def execute(
+def place_at_exchange(
     exchange: ModelExchange, command: Command, ts: int, *, reject: bool, round_down: bool, rest: bool = False
 ) -> ExecutionReport:
-    """Run one command at the model exchange and return the executor's report.
+    """A placement request reaching the exchange, whoever sent it and whenever; its answer.
 
-    `reject` makes the exchange refuse a place command, `round_down` fills an entry at the
-    market's step size, `rest` leaves an entry accepted but not yet filled. A place command
-    whose client id exists is a retry: the executor reports the existing order.
+    `reject` makes the exchange refuse it, `round_down` fills an entry at the market's step
+    size, `rest` leaves an entry accepted but not yet filled. No lookup here: the exchange
+    applies its own rule only (an id is refused only while its order is open).
     """
-    existing = exchange.orders.get(command.client_order_id)
-    if isinstance(command, QueryOrder):
-        return _report_of_order(command, existing, ts)
-    if isinstance(command, CancelOrder):
-        if existing is not None and existing.status == "new":
-            existing.status = "canceled"
-        return _report_of_order(command, existing, ts)
-    if existing is not None:
-        return _report_of_order(command, existing, ts)
+    latest = exchange.latest(command.client_order_id)
+    if latest is not None and latest.status == "new":
+        return _report_of_order(command, latest, ts)  # -4116; the sender looks the order up
     if isinstance(command, PlaceEntry):
         if reject:
             return _report(command, ReportOutcome.REJECTED, ts, error_code=-2019, error_message="Margin is insufficient.")
@@ -215,6 +235,8 @@ def execute(
             )
         price = command.stop_price.quantize(Decimal("0.001"))
         order = ExchangeOrder(command.symbol, OrderRole.STOP_LOSS, command.side, command.quantity, price, "new")
+        order = exchange.accept(command.client_order_id, order)
+        return _report_of_order(command, order, ts)
     else:
         assert isinstance(command, ClosePosition)
         filled = exchange.reduce_only(command.symbol, command.side, command.quantity)
@@ -223,8 +245,57 @@ def execute(
                 command, ReportOutcome.REJECTED, ts, error_code=-2022, error_message="ReduceOnly Order is rejected."
             )
         order = ExchangeOrder(command.symbol, OrderRole.CLOSE, command.side, command.quantity, None, "filled", filled)
-    exchange.orders[command.client_order_id] = order
-    return _report_of_order(command, order, ts)
+    return _report_of_order(command, exchange.accept(command.client_order_id, order), ts)
+
+
+class ModelExecutor:
+    """The executor's placement protocol, over the model exchange.
+
+    A placement first looks its client id up and reports what it finds. It never sends
+    while an earlier request for the id may still land (`in_flight`: the real executor
+    waits out recvWindow + margin, or reports unknown), nor after the id was closed
+    (`fenced`) by a query, a cancel, or a definitive answer to an earlier placement (a
+    rejected stop sent again after the machine moved on would rest forever). A query or
+    cancel of an id with a request in flight answers unknown.
+    """
+
+    def __init__(self, exchange: ModelExchange) -> None:
+        self.exchange = exchange
+        self.in_flight: dict[str, Command] = {}  # requests sent whose fate the exchange has not decided
+        self.fenced: set[str] = set()
+
+    def execute(self, command: Command, ts: int, *, fate: str = "done", round_down: bool = False) -> ExecutionReport | None:
+        """Carry `command` out; None when its answer is lost (`held`: the request itself is late)."""
+        cid = command.client_order_id
+        if cid in self.in_flight:
+            return _report(command, ReportOutcome.UNKNOWN, ts)  # an earlier request may still land
+        existing = self.exchange.latest(cid)
+        if isinstance(command, QueryOrder | CancelOrder):
+            self.fenced.add(cid)
+            if isinstance(command, CancelOrder) and existing is not None and existing.status == "new":
+                existing.status = "canceled"
+            return _report_of_order(command, existing, ts)
+        if existing is not None:
+            return _report_of_order(command, existing, ts)  # looked up: already there, not placed again
+        if cid in self.fenced:
+            return _report(command, ReportOutcome.UNKNOWN, ts)  # closed by a query: never sent again
+        if fate == "held":
+            self.in_flight[cid] = command
+            return None
+        report = place_at_exchange(self.exchange, command, ts, reject=fate == "rejected", round_down=round_down,
+                                   rest=fate == "resting")
+        if fate == "answer lost":
+            return None
+        self.fenced.add(cid)  # answered: fenced before the report is published
+        return report
+
+    def land(self, cid: str, ts: int) -> None:
+        """A held request reaches the exchange within its recvWindow; its answer reaches nobody."""
+        place_at_exchange(self.exchange, self.in_flight.pop(cid), ts, reject=False, round_down=False)
+
+    def expire(self, cid: str) -> None:
+        """A held request arrives after its recvWindow: the exchange refuses it (-1021)."""
+        del self.in_flight[cid]
 
 
 # --- the state machine ----------------------------------------------------------------------
@@ -236,6 +307,11 @@ class PositionPipeline(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.exchange = ModelExchange()
+        self.executor = ModelExecutor(self.exchange)
+        self.executed: list[Command] = []  # every command the executor has taken, for redelivery
+        # Stops that triggered or were canceled with nobody asking: until a query answers for
+        # them the machine cannot know (docs/state-machine.md, known limits).
+        self.stops_gone_unseen: set[str] = set()
         self.now = START_TS
         self.states: dict[str, KeyState | None] = {key_for(symbol, EXCHANGE): None for symbol in SYMBOLS}
         self.next_offset: dict[str, int] = defaultdict(int)
@@ -308,7 +384,7 @@ class PositionPipeline(RuleBasedStateMachine):
             assert decision.commands == () and decision.state.position == position_before
         else:
             assert decision.audit.decision is not AuditDecision.DUPLICATE
-            self.remembered[key] = (self.remembered[key] + [signal.signal_id])[-POLICY.max_remembered_signal_ids :]
+            self.remembered[key] = self.remembered[key] + [signal.signal_id]
             self.signals[key].append(signal)
         return decision
 
@@ -340,31 +416,46 @@ class PositionPipeline(RuleBasedStateMachine):
     @precondition(lambda self: self.pending_commands)
     @rule(
         data=st.data(),
-        fate=st.sampled_from(("done", "done", "rejected", "resting", "lost")),
+        fate=st.sampled_from(("done", "done", "rejected", "resting", "dropped", "answer lost", "held")),
         round_down=st.booleans(),
         gave_up=st.integers(0, 4),
     )
     def executor_takes_a_command(
         self, data: st.DataObject, fate: str, round_down: bool, gave_up: int
     ) -> None:
-        """Run any pending command (so out of order), or lose it (the executor crashed)."""
+        """Run any pending command (so out of order); or drop it (the executor crashed before
+        acting); or lose its answer after the exchange carried it out; or hold the request in
+        the network, so it may land later or expire."""
         command = self.pending_commands.pop(data.draw(st.integers(0, len(self.pending_commands) - 1)))
-        if fate == "lost":
+        if fate == "dropped":
             return
-        report = execute(
-            self.exchange,
-            command,
-            self.tick(),
-            reject=fate == "rejected",
-            round_down=round_down,
-            rest=fate == "resting",
-        )
+        self.executed.append(command)
+        report = self.executor.execute(command, self.tick(), fate=fate, round_down=round_down)
+        if report is None:
+            return
         if gave_up == 0:  # the executor gave up after retries: nothing is known
             report = replace(
                 report, outcome=ReportOutcome.UNKNOWN, exchange_order_id=None, filled_quantity=None,
                 average_price=None, stop_price=None,
             )
         self.pending_reports.append(report)
+
+    @precondition(lambda self: self.executed)
+    @rule(data=st.data())
+    def a_command_is_delivered_twice(self, data: st.DataObject) -> None:
+        """A command reaches the executor again (a redelivery after a crash, a resend)."""
+        self.pending_commands.append(data.draw(st.sampled_from(self.executed)))
+
+    @precondition(lambda self: self.executor.in_flight)
+    @rule(data=st.data(), lands=st.booleans())
+    def a_held_request_reaches_the_exchange(self, data: st.DataObject, lands: bool) -> None:
+        """Within its recvWindow it is carried out (a filled id is accepted again: Binance's
+        rule), its answer reaching nobody; after it, the exchange refuses it."""
+        cid = data.draw(st.sampled_from(sorted(self.executor.in_flight)))
+        if lands:
+            self.executor.land(cid, self.tick())
+        else:
+            self.executor.expire(cid)
 
     @precondition(lambda self: self.pending_reports)
     @rule(data=st.data(), fate=st.sampled_from(("delivered", "delivered", "delivered twice", "dropped")))
@@ -387,13 +478,17 @@ class PositionPipeline(RuleBasedStateMachine):
     )
     def the_exchange_moves(self, symbol: str, event: str, side: Side, quantity: Decimal) -> None:
         """What happens at the exchange without a command: nobody reports it."""
+        if event in ("stops trigger", "stops canceled"):
+            self.stops_gone_unseen.update(
+                cid for cid, order in self.exchange.orders.items()
+                if order.symbol == symbol and order.role is OrderRole.STOP_LOSS and order.status == "new")
         if event == "stops trigger":
             self.exchange.trigger_stops(symbol)
         elif event == "stops canceled":
             self.exchange.cancel_stops(symbol)
         elif event in ("entries fill", "entries expire"):
             self.exchange.work_resting_entries(symbol, fill=event == "entries fill")
-        else:
+        else:  # the position changed by hand (grown, reduced, flipped or opened)
             self.exchange.trade(symbol, side, quantity)
 
     # -- snapshots --------------------------------------------------------------------------
@@ -405,11 +500,10 @@ class PositionPipeline(RuleBasedStateMachine):
         self.applied_snapshots[key].append(snapshot)
         live = decision.state.live_position
         if snapshot.is_flat:
-            # Flat: nothing stays tracked, unless an entry may still be on its way.
-            assert live is None or (
-                live.status in (Status.PENDING_ENTRY, Status.ENTRY_PLACED)
-                and live.deadline_at is not None
-                and snapshot.fetched_at < live.deadline_at
+            # Flat: nothing stays tracked, unless the entry's outcome is not known yet (rollback
+            # only on evidence) or an order of the ended position awaits its cancel.
+            assert live is None or live.status in (Status.PENDING_ENTRY, Status.ENTRY_PLACED) or (
+                live.status is Status.CLOSING and live.closed_at_exchange and live.orders_to_cancel
             ), f"flat exchange but {live}"
         else:
             # The exchange's position is tracked by exactly one live position, as it is there.
@@ -487,7 +581,8 @@ class PositionPipeline(RuleBasedStateMachine):
                 self.apply(key_of_position_id(report.position_id), report)
             elif self.pending_commands:
                 command = self.pending_commands.pop(0)
-                report = execute(self.exchange, command, self.tick(), reject=False, round_down=False)
+                report = self.executor.execute(command, self.tick())
+                assert report is not None
                 self.pending_reports.append(report)
             else:
                 return
@@ -495,7 +590,13 @@ class PositionPipeline(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        """Past every deadline, with a reliable executor and a snapshot per round, nothing is in flight."""
+        """Past every deadline, with a reliable executor and a snapshot per round, nothing is in flight.
+
+        Then the exchange holds what the machine tracks, every active position's stop covers
+        it, and no order is left open but the stop of a live position.
+        """
+        for cid in sorted(self.executor.in_flight):  # every held request lands at last
+            self.executor.land(cid, self.tick())
         for _ in range(SETTLE_ROUNDS):
             self.drain()
             for symbol in SYMBOLS:
@@ -516,6 +617,14 @@ class PositionPipeline(RuleBasedStateMachine):
             held = self.exchange.snapshot(symbol, self.now)
             tracked = (live.side, live.quantity) if live is not None else (None, Decimal(0))
             assert tracked == (held.side, held.quantity), f"{symbol}: exchange {held}, tracked {live}"
+            if live is not None and live.stop_order is not None and live.stop_order.client_order_id not in self.stops_gone_unseen:
+                stop = self.exchange.latest(live.stop_order.client_order_id)
+                assert live.status is Status.ACTIVE and stop is not None and stop.status == "new", (live, stop)
+                assert stop.side is held.side.opposite() and stop.quantity >= held.quantity, (held, stop)
+        live_stops = {p.stop_order.client_order_id for p in self.live_positions() if p.stop_order is not None}
+        for cid, order in self.exchange.orders.items():
+            if order.status == "new":
+                assert cid in live_stops, f"{cid} ({self.placed[cid].position_id}) left open: {order}"
 
     def teardown(self) -> None:
         self.settle()
@@ -529,6 +638,19 @@ class PositionPipeline(RuleBasedStateMachine):
             if position.status.is_live:
                 live_per_key[key_of_position_id(position.id)] += 1
         assert all(count <= 1 for count in live_per_key.values()), dict(live_per_key)
+
+    @invariant()
+    def orders_placed_for_a_position_never_exceed_the_orders_decided(self) -> None:
+        placed_per_position: dict[str, int] = defaultdict(int)
+        decided_per_position: dict[str, int] = defaultdict(int)
+        for cid, command in self.placed.items():
+            decided_per_position[command.position_id] += 1
+            orders = self.exchange.by_client_id.get(cid, [])
+            assert len(orders) <= 1, f"client id {cid} placed {len(orders)} times: {orders}"
+            placed_per_position[command.position_id] += len(orders)
+        assert set(self.exchange.by_client_id) <= set(self.placed), "an order nobody decided"
+        for position_id, placed in placed_per_position.items():
+            assert placed <= decided_per_position[position_id], position_id
 
     @invariant()
     def exactly_the_in_flight_statuses_have_a_deadline(self) -> None:

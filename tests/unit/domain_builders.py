@@ -22,6 +22,7 @@ from streams.domain import (
     OrderRole,
     Policy,
     Position,
+    SIGNAL_ID_RETENTION_MIN_MS,
     ReportOutcome,
     Side,
     Signal,
@@ -44,7 +45,7 @@ POLICY = Policy(
     entry_timeout_ms=10_000,
     stop_loss_timeout_ms=5_000,
     close_timeout_ms=8_000,
-    max_remembered_signal_ids=16,
+    signal_id_retention_ms=SIGNAL_ID_RETENTION_MIN_MS,
 )
 
 
@@ -272,6 +273,22 @@ def feed_closing() -> Feed:
 
 
 def feed_closed() -> Feed:
+    feed = feed_closing()
+    feed.report(OrderRole.STOP_LOSS, ReportOutcome.CANCELED)  # the stop goes first, as commanded
+    feed.report(OrderRole.CLOSE, ReportOutcome.FILLED, filled_quantity=QUANTITY, average_price=Decimal("11"))
+    return feed
+
+
+def feed_replacing_stop() -> Feed:
+    """pending_sl held: a stop for the grown position rests, the undersized one awaits its cancel."""
+    feed = feed_active()
+    feed.snapshot(quantity=QUANTITY * 2)
+    feed.report(OrderRole.STOP_LOSS, ReportOutcome.ACCEPTED)
+    return feed
+
+
+def feed_closed_awaiting_cancel() -> Feed:
+    """closing held: the close filled, the stop's cancel is not confirmed yet."""
     feed = feed_closing()
     feed.report(OrderRole.CLOSE, ReportOutcome.FILLED, filled_quantity=QUANTITY, average_price=Decimal("11"))
     return feed

@@ -39,11 +39,11 @@ from streams.codec import (
 )
 
 NS = "positionpipeline.v1"
-TOP_LEVEL = ("PositionInput", "PositionCommand", "PositionUpdate", "KeyState", "DeadLetter")
+TOP_LEVEL = ("PositionInput", "PositionCommand", "PositionUpdate", "KeyState", "DeadLetter", "OrderAttempt")
 
 # --------------------------------------------------------------------------- samples
 
-ORDER = {"client_order_id": "ppe1-abcdefghijklmnop", "attempt": 1}
+ORDER = {"client_order_id": "ppe1-abcdefghijklmnop", "attempt": 1, "side": "BUY", "quantity": "61.8"}
 SIGNAL = {
     "signal_id": "sig-0001", "action": "open", "symbol": "APTUSDT", "exchange": "binance",
     "side": "BUY", "quantity": "61.8", "stop_loss_pct": "2.5", "ts": 1761173440983,
@@ -79,8 +79,12 @@ POSITION = {
     "stop_loss_pct": "2.5", "stop_loss_price": "3.1747", "status": "active", "source": "signal",
     "signal_id": "sig-0001", "opened_at": 1761173440983, "closed_at": None,
     "updated_at": 1761173442000, "deadline_at": None, "close_requested": False,
-    "entry_order": ORDER, "stop_order": {"client_order_id": "pps1-qrstuvwxyz234567", "attempt": 2},
+    "entry_order": ORDER,
+    "stop_order": {"client_order_id": "pps1-qrstuvwxyz234567", "attempt": 2, "side": None, "quantity": None},
     "close_order": None, "seen_reports": ["ppe1-abcdefghijklmnop:filled"], "version": 1236,
+    "orders_to_cancel": [{"client_order_id": "pps1-zzzzzzzzzzzzzzzz", "attempt": 1, "side": "SELL",
+                          "quantity": "30.9"}],
+    "closed_at_exchange": False,
 }
 ADOPTED = {
     **POSITION, "id": "BTCUSDT@binance/7", "symbol": "BTCUSDT", "side": "SELL", "quantity": "0.001",
@@ -132,14 +136,29 @@ SAMPLES: list[tuple[str, dict, str | None]] = [
     (
         "KeyState",
         {
-            "key": "APTUSDT@binance", "last_offset": 1237, "recent_signal_ids": ["sig-0001", "sig-0002"],
+            "key": "APTUSDT@binance", "last_offset": 1237, "recent_signal_ids": [],
             "position": POSITION, "last_exchange_ts": 1761173442000,
+            "seen_signals": [{"signal_id": "sig-0001", "first_seen_at": 1761173440983},
+                             {"signal_id": "sig-0002", "first_seen_at": 1761173441983}],
         },
         None,
     ),
     (
         "KeyState",
-        {"key": "ETHUSDT@binance", "last_offset": 0, "recent_signal_ids": [], "position": None, "last_exchange_ts": 0},
+        {"key": "ETHUSDT@binance", "last_offset": 0, "recent_signal_ids": [], "position": None, "last_exchange_ts": 0,
+         "seen_signals": []},
+        None,
+    ),
+    (
+        "OrderAttempt",
+        {"client_order_id": "ppe1-abcdefghijklmnop", "position_id": "APTUSDT@binance/1234", "kind": "send",
+         "at": 1761173440990, "executor": "host/123/ab12"},
+        None,
+    ),
+    (
+        "OrderAttempt",
+        {"client_order_id": "ppe1-abcdefghijklmnop", "position_id": "APTUSDT@binance/1234", "kind": "fence",
+         "at": 1761173470990, "executor": "host/124/cd34"},
         None,
     ),
     (
@@ -243,7 +262,8 @@ COMMANDS = st.fixed_dictionaries({
         st.tuples(st.just("QueryOrder"), st.fixed_dictionaries({"client_order_id": TEXT, "role": ROLES})),
     ),
 })
-ORDER_REFS = st.fixed_dictionaries({"client_order_id": TEXT, "attempt": INTS})
+ORDER_REFS = st.fixed_dictionaries({"client_order_id": TEXT, "attempt": INTS, "side": _opt(SIDES),
+                                    "quantity": _opt(DECIMALS)})
 POSITIONS = st.fixed_dictionaries({
     "id": TEXT, "symbol": TEXT, "exchange": TEXT, "side": SIDES, "quantity": DECIMALS,
     "requested_quantity": _opt(DECIMALS), "entry_price": _opt(DECIMALS), "stop_loss_pct": DECIMALS,
@@ -252,6 +272,7 @@ POSITIONS = st.fixed_dictionaries({
     "deadline_at": _opt(LONGS), "close_requested": st.booleans(), "entry_order": _opt(ORDER_REFS),
     "stop_order": _opt(ORDER_REFS), "close_order": _opt(ORDER_REFS),
     "seen_reports": st.lists(TEXT, max_size=5), "version": LONGS,
+    "orders_to_cancel": st.lists(ORDER_REFS, max_size=3), "closed_at_exchange": st.booleans(),
 })
 AUDITS = st.fixed_dictionaries({
     "key": TEXT, "offset": LONGS, "event_id": TEXT, "position_id": _opt(TEXT), "input_kind": TEXT,
@@ -264,12 +285,18 @@ UPDATES = st.fixed_dictionaries({
 KEY_STATES = st.fixed_dictionaries({
     "key": TEXT, "last_offset": LONGS, "recent_signal_ids": st.lists(TEXT, max_size=8),
     "position": _opt(POSITIONS), "last_exchange_ts": LONGS,
+    "seen_signals": st.lists(st.fixed_dictionaries({"signal_id": TEXT, "first_seen_at": LONGS}), max_size=8),
 })
 DEAD_LETTERS = st.fixed_dictionaries({
     "source_topic": TEXT, "source_partition": INTS, "source_offset": LONGS, "key": _opt(st.binary(max_size=64)),
     "value": _opt(st.binary(max_size=256)), "error_type": TEXT, "reason": TEXT, "ts": LONGS,
 })
+ATTEMPTS = st.fixed_dictionaries({
+    "client_order_id": TEXT, "position_id": TEXT, "kind": st.sampled_from(["send", "fence"]), "at": LONGS,
+    "executor": TEXT,
+})
 STRATEGIES = {
+    "OrderAttempt": ATTEMPTS,
     "PositionInput": INPUTS,
     "PositionCommand": COMMANDS,
     "PositionUpdate": UPDATES,
@@ -376,7 +403,8 @@ def test_codec_decimal_string_keeps_exact_value_and_scale(text):
 
 
 def test_encode_tuple_arrays_decode_as_lists():
-    datum = {"key": "K@x", "last_offset": 1, "recent_signal_ids": ("a", "b"), "position": None, "last_exchange_ts": 0}
+    datum = {"key": "K@x", "last_offset": 1, "recent_signal_ids": ("a", "b"), "position": None, "last_exchange_ts": 0,
+             "seen_signals": ()}
     assert decode("KeyState", encode("KeyState", datum))["recent_signal_ids"] == ["a", "b"]
 
 
@@ -524,6 +552,31 @@ def test_decode_v0_writer_current_reader_fills_defaults(branch, old_payload, fil
     # The Apache package resolves the same bytes to the same values.
     old_writer = avro.schema.parse(json.dumps(dict(retired.schema)))
     assert _apache_read("PositionInput", data, writer=old_writer) == _untagged(decoded)
+
+
+V0_POSITION = {k: v for k, v in POSITION.items() if k not in ("orders_to_cancel", "closed_at_exchange")}
+V0_POSITION = {**V0_POSITION, "stop_order": {"client_order_id": "pps1-qrstuvwxyz234567", "attempt": 2},
+               "entry_order": {"client_order_id": "ppe1-abcdefghijklmnop", "attempt": 1}}
+
+
+def test_decode_v0_key_state_current_reader_keeps_the_old_signal_ids_and_fills_the_new_fields():
+    retired = _retired("KeyState")
+    old = {"key": "APTUSDT@binance", "last_offset": 1237, "recent_signal_ids": ["sig-0001", "sig-0002"],
+           "position": {**V0_POSITION, "entry_order": {"client_order_id": "ppe1-abcdefghijklmnop", "attempt": 1}},
+           "last_exchange_ts": 1761173442000}
+    data = default_registry().encode_with_writer(retired.fingerprint, old)
+    decoded = decode("KeyState", data)
+    assert decoded["recent_signal_ids"] == ["sig-0001", "sig-0002"] and decoded["seen_signals"] == []
+    assert decoded["position"]["orders_to_cancel"] == [] and decoded["position"]["closed_at_exchange"] is False
+    assert decoded["position"]["stop_order"] == {"client_order_id": "pps1-qrstuvwxyz234567", "attempt": 2,
+                                                 "side": None, "quantity": None}
+
+
+def test_decode_v0_position_update_current_reader_fills_the_new_fields():
+    retired = _retired("PositionUpdate")
+    old = {"key": "APTUSDT@binance", "offset": 1236, "payload": ("PositionState", V0_POSITION)}
+    decoded = decode("PositionUpdate", default_registry().encode_with_writer(retired.fingerprint, old))
+    assert decoded["payload"][1]["orders_to_cancel"] == [] and decoded["payload"][1]["closed_at_exchange"] is False
 
 
 def test_decode_v0_writer_has_no_deadline_branch():
@@ -704,7 +757,12 @@ def test_register_faust_codecs_called_twice_keeps_one_codec_per_name():
     assert all(first[name] is second[name] is faust_codecs.get_codec(name) for name in first)
 
 
-@pytest.mark.parametrize(("record_name", "datum", "branch"), SAMPLES, ids=SAMPLE_IDS)
+# The order-attempt ledger is read and written by the executors' own aiokafka clients, not by Faust.
+FAUST_SAMPLES = [(sample, sample_id) for sample, sample_id in zip(SAMPLES, SAMPLE_IDS) if sample[0] != "OrderAttempt"]
+
+
+@pytest.mark.parametrize(("record_name", "datum", "branch"), [s for s, _ in FAUST_SAMPLES],
+                         ids=[i for _, i in FAUST_SAMPLES])
 def test_faust_codecs_dumps_loads_round_trips(record_name, datum, branch):
     codec.register_faust_codecs()
     name = next(n for n, cls in codec.FAUST_CODECS.items() if cls.record_name == record_name)

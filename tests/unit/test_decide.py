@@ -20,7 +20,6 @@ from streams.domain import (
     InputKind,
     InvalidValueError,
     KeyMismatchError,
-    KeyState,
     OrderRole,
     PlaceEntry,
     PlaceStopLoss,
@@ -28,6 +27,7 @@ from streams.domain import (
     PositionSource,
     QueryOrder,
     ReportOutcome,
+    SeenSignal,
     Side,
     Signal,
     Status,
@@ -169,7 +169,11 @@ INPUTS: dict[str, Callable[[Feed], Decision]] = {
     "open": lambda feed: feed.open("sig-new-open"),
     "close": lambda feed: feed.close("sig-new-close"),
     **{f"report_{role}_{outcome}": _report_input(role, outcome) for role in OrderRole for outcome in ReportOutcome},
+    "report_entry_canceled_after_a_partial_fill": lambda feed: feed.report(
+        E, O.CANCELED, position_id=_ids(feed, E)[0], client_id=_ids(feed, E)[1], filled_quantity=Decimal("20"),
+        average_price=ENTRY_PRICE),
     "snapshot_position": lambda feed: feed.snapshot(),
+    "snapshot_grown": lambda feed: feed.snapshot(quantity=QUANTITY * 2),
     "snapshot_flat_before_deadline": lambda feed: feed.flat(),
     "snapshot_flat_at_deadline": _flat_late,
     "snapshot_stale": _stale_snapshot,
@@ -209,6 +213,11 @@ EXPECTED: dict[str, dict[str, Expect | None]] = {
         RB: DUPLICATE,
     },
     "report_entry_canceled": {**everywhere(IGNORED), **on(*ENTRY_COLUMNS, expect=becomes(Status.ROLLED_BACK))},
+    # Canceled or expired with an executed quantity above zero is a (partial) fill.
+    "report_entry_canceled_after_a_partial_fill": {
+        **everywhere(IGNORED),
+        **on(*ENTRY_COLUMNS, expect=becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 1))),
+    },
     "report_entry_not_found": {**everywhere(IGNORED), **on(*ENTRY_COLUMNS, expect=becomes(Status.ROLLED_BACK))},
     "report_entry_unknown": everywhere(IGNORED),
     # Stop-loss reports.
@@ -222,12 +231,19 @@ EXPECTED: dict[str, dict[str, Expect | None]] = {
     "report_stop_loss_canceled": {
         **everywhere(IGNORED),
         **on(PSL, ACT, expect=becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 2))),
+        CLG: becomes(Status.CLOSING),  # its cancel confirmed; closed once the close fills
+        CLD: DUPLICATE,  # the closed position's stop cancel was confirmed on the way
     },
-    "report_stop_loss_not_found": {**everywhere(IGNORED), PSL: becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 2))},
+    "report_stop_loss_not_found": {
+        **everywhere(IGNORED),
+        PSL: becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 2)),
+        CLG: becomes(Status.CLOSING),
+    },
     "report_stop_loss_unknown": everywhere(IGNORED),
     # Close reports.
     "report_close_accepted": everywhere(IGNORED),
-    "report_close_filled": {**everywhere(IGNORED), CLG: becomes(Status.CLOSED), CLD: DUPLICATE},
+    # closing: held until its stop's cancel is confirmed (the feed's cancel is unanswered).
+    "report_close_filled": {**everywhere(IGNORED), CLG: becomes(Status.CLOSING), CLD: DUPLICATE},
     "report_close_rejected": {**everywhere(IGNORED), CLG: becomes(Status.CLOSING)},
     "report_close_canceled": {**everywhere(IGNORED), CLG: becomes(Status.CLOSING)},
     "report_close_not_found": {**everywhere(IGNORED), CLG: becomes(Status.CLOSING)},
@@ -237,16 +253,23 @@ EXPECTED: dict[str, dict[str, Expect | None]] = {
         **on(FREE, *ENDED_COLUMNS, *ENTRY_COLUMNS, expect=becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 1))),
         **on(PSL, ACT, CLG, expect=IGNORED),
     },
+    # The exchange holds twice what the stop covers: a covering stop (attempt 2) first.
+    "snapshot_grown": {
+        **on(FREE, *ENDED_COLUMNS, *ENTRY_COLUMNS, expect=becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 1))),
+        **on(PSL, ACT, expect=becomes(Status.PENDING_SL, (PlaceStopLoss, SL, 2))),
+        CLG: becomes(Status.CLOSING),
+    },
+    # Ending with the stop's cancel unconfirmed: held closing, never closed with an order open.
     "snapshot_flat_before_deadline": {
         **on(FREE, *ENTRY_COLUMNS, *ENDED_COLUMNS, expect=IGNORED),
-        **on(PSL, ACT, expect=becomes(Status.CLOSED, (CancelOrder, SL, 1))),
-        CLG: becomes(Status.CLOSED),
+        **on(PSL, ACT, expect=becomes(Status.CLOSING, (CancelOrder, SL, 1))),
+        CLG: becomes(Status.CLOSING),
     },
+    # Rollback only on evidence: a flat exchange past the entry deadline proves nothing.
     "snapshot_flat_at_deadline": {
-        **on(FREE, *ENDED_COLUMNS, expect=IGNORED),
-        **on(*ENTRY_COLUMNS, expect=becomes(Status.ROLLED_BACK)),
-        **on(PSL, ACT, expect=becomes(Status.CLOSED, (CancelOrder, SL, 1))),
-        CLG: becomes(Status.CLOSED),
+        **on(FREE, *ENDED_COLUMNS, *ENTRY_COLUMNS, expect=IGNORED),
+        **on(PSL, ACT, expect=becomes(Status.CLOSING, (CancelOrder, SL, 1))),
+        CLG: becomes(Status.CLOSING),
     },
     "snapshot_stale": everywhere(IGNORED),
     # Deadlines.
@@ -255,7 +278,7 @@ EXPECTED: dict[str, dict[str, Expect | None]] = {
         PE: becomes(Status.PENDING_ENTRY, (QueryOrder, E, 1)),
         EP: becomes(Status.ENTRY_PLACED, (QueryOrder, E, 1)),
         PSL: becomes(Status.PENDING_SL, (QueryOrder, SL, 1)),
-        CLG: becomes(Status.CLOSING, (QueryOrder, C, 1)),
+        CLG: becomes(Status.CLOSING, (CancelOrder, SL, 1), (QueryOrder, C, 1)),
     },
     "deadline_not_due": everywhere(IGNORED),
     "deadline_stale": everywhere(IGNORED),
@@ -370,7 +393,7 @@ def test_decide_state_none_is_a_fresh_key():
     # Assert
     assert decision.state.key == KEY
     assert decision.state.last_offset == 0
-    assert decision.state.recent_signal_ids == ("sig-1",)
+    assert decision.state.seen_signals == (SeenSignal("sig-1", 1000),)
 
 
 @pytest.mark.parametrize(
@@ -427,17 +450,49 @@ def test_decide_duplicate_signal_id_has_no_effect():
     assert decision.commands == ()
 
 
-def test_decide_remembered_signal_ids_are_bounded_oldest_dropped():
-    # Arrange
-    feed = Feed(policy=dataclasses.replace(POLICY, max_remembered_signal_ids=3))
+def test_decide_repeated_signal_id_after_hundreds_of_other_signals_is_still_a_duplicate():
+    # Arrange: an open that rolled back (the key is free), then 300 other signals.
+    feed = feed_rolled_back()
+    for number in range(300):
+        feed.close(f"sig-between-{number}")
 
     # Act
-    for number in range(5):
-        feed.close(f"sig-{number}")
+    decision = feed.open("sig-open")
+
+    # Assert: no count bound: the 301st signal after it still knows the first.
+    assert decision.audit is not None and decision.audit.decision == AuditDecision.DUPLICATE
+    assert decision.commands == ()
+
+
+def test_decide_repeated_signal_id_is_a_duplicate_until_the_retention_has_passed():
+    # Arrange
+    feed = feed_rolled_back()
+    first_seen = feed.sent[0].event.ts
+    retention = POLICY.signal_id_retention_ms
+
+    # Act: another signal at the last instant of the window prunes nothing; the repeat
+    # right after is still a duplicate.
+    feed.send(lambda ts: close_signal("sig-late", ts), at=first_seen + retention)
+    at_the_edge = feed.open("sig-open")
 
     # Assert
-    assert feed.state is not None
-    assert feed.state.recent_signal_ids == ("sig-2", "sig-3", "sig-4")
+    assert at_the_edge.audit is not None and at_the_edge.audit.decision == AuditDecision.DUPLICATE
+    assert retention >= 7 * 24 * 3600 * 1000
+
+
+def test_decide_signal_ids_past_the_retention_are_dropped_by_the_next_signal():
+    # Arrange
+    feed = Feed()
+    feed.close("sig-old")
+    retention = POLICY.signal_id_retention_ms
+
+    # Act: a snapshot from a clock far ahead does not prune; the next signal does.
+    feed.snapshot(at=feed.now + 10 * retention)
+    assert feed.state is not None and feed.state.has_seen_signal("sig-old")
+    feed.close("sig-new")
+
+    # Assert
+    assert [seen.signal_id for seen in feed.state.seen_signals] == ["sig-new"]
 
 
 def test_decide_redelivered_offset_returns_state_unchanged_without_audit():
@@ -558,20 +613,24 @@ def test_decide_snapshot_during_entry_confirms_it_and_exchange_quantity_wins():
     assert isinstance(stop, PlaceStopLoss) and stop.quantity == Decimal("61.0")
 
 
-def test_decide_snapshot_side_differs_exchange_wins_and_reason_records_it():
+def test_decide_snapshot_side_differs_exchange_wins_and_a_stop_on_the_other_side_replaces_the_old():
     # Arrange
     feed = feed_active()
+    old_stop = feed.position.stop_order
 
     # Act
     decision = feed.snapshot(side=Side.SELL)
 
-    # Assert
-    assert decision.state.position is not None
-    assert decision.state.position.side == Side.SELL
+    # Assert: the wrong-side stop is replaced (attempt 2, BUY), canceled only once the new rests.
+    position = decision.state.position
+    assert position is not None and (position.side, position.status) == (Side.SELL, Status.PENDING_SL)
     assert decision.audit is not None
     assert decision.audit.decision == AuditDecision.APPLIED
     assert "exchange side SELL differs from BUY; exchange wins" in decision.audit.reason
-    assert decision.commands == ()
+    (stop,) = decision.commands
+    assert isinstance(stop, PlaceStopLoss) and (stop.side, stop.quantity) == (Side.BUY, QUANTITY)
+    assert stop.client_order_id == client_order_id(position.id, SL, 2)
+    assert position.orders_to_cancel == (old_stop,)
 
 
 def test_decide_entry_rejected_rolls_back_and_frees_the_key():
@@ -603,8 +662,8 @@ def test_decide_flat_snapshot_before_entry_deadline_is_ignored():
     assert decision.audit.reason == "exchange flat before the entry deadline; the order may still be on its way"
 
 
-def test_decide_flat_snapshot_past_entry_deadline_rolls_back():
-    # Arrange
+def test_decide_flat_snapshot_past_entry_deadline_rolls_nothing_back_without_evidence():
+    # Arrange: the entry's answer never came; the exchange shows nothing yet.
     feed = feed_pending_entry()
     deadline_at = feed.position.deadline_at
     assert deadline_at is not None
@@ -612,9 +671,50 @@ def test_decide_flat_snapshot_past_entry_deadline_rolls_back():
     # Act
     decision = feed.flat(at=deadline_at + 1)
 
+    # Assert: rollback only on evidence; the deadline queries the order.
+    assert decision.state.position == feed.decisions[-2].state.position
+    assert decision.audit is not None and decision.audit.decision == AuditDecision.IGNORED
+    assert decision.audit.reason == "exchange flat but the entry order has no answer yet; the deadline queries it"
+
+
+def test_decide_entry_query_not_found_is_the_evidence_that_rolls_back():
+    # Arrange
+    feed = feed_pending_entry()
+    feed.flat(at=feed.position.deadline_at)
+    (query,) = feed.deadline().commands
+    assert isinstance(query, QueryOrder) and query.role is E
+
+    # Act
+    decision = feed.report(E, O.NOT_FOUND)
+
     # Assert
-    assert decision.state.position is not None
-    assert decision.state.position.status == Status.ROLLED_BACK
+    assert decision.state.position is not None and decision.state.position.status == Status.ROLLED_BACK
+
+
+@pytest.mark.parametrize("executed", [Decimal("20"), Decimal("61.8")])
+def test_decide_entry_canceled_with_executed_quantity_is_a_fill_the_position_holds_what_was_filled(executed):
+    # Arrange: Binance ends a MARKET order short of liquidity EXPIRED with executedQty > 0.
+    feed = feed_entry_placed()
+
+    # Act
+    decision = feed.report(E, O.CANCELED, filled_quantity=executed, average_price=ENTRY_PRICE)
+
+    # Assert
+    position = decision.state.position
+    assert position is not None and (position.status, position.quantity) == (Status.PENDING_SL, executed)
+    (stop,) = decision.commands
+    assert isinstance(stop, PlaceStopLoss) and stop.quantity == executed
+
+
+def test_decide_entry_canceled_with_nothing_executed_rolls_back():
+    # Arrange
+    feed = feed_entry_placed()
+
+    # Act
+    decision = feed.report(E, O.CANCELED, filled_quantity=Decimal("0"))
+
+    # Assert
+    assert decision.state.position is not None and decision.state.position.status == Status.ROLLED_BACK
 
 
 def test_decide_stop_accepted_activates_with_the_reported_stop_price():
@@ -693,25 +793,53 @@ def test_decide_snapshot_agreeing_with_position_is_ignored_and_keeps_deadline():
     assert decision.audit is not None and decision.audit.decision == AuditDecision.IGNORED
 
 
-def test_decide_flat_snapshot_while_active_closes_and_cancels_the_stop():
+def test_decide_flat_snapshot_while_active_cancels_the_stop_and_is_closed_once_the_cancel_is_confirmed():
     # Arrange
     feed = feed_active()
+    stop_id = client_order_id(feed.position.id, SL, 1)
 
     # Act
-    decision = feed.flat()
+    flat = feed.flat()
+    confirmed = feed.report(SL, O.CANCELED)
 
-    # Assert
-    assert decision.state.position is not None and decision.state.position.status == Status.CLOSED
-    (cancel,) = decision.commands
+    # Assert: held closing (with a deadline) while the stop may rest; closed once it is gone.
+    held = flat.state.position
+    assert held is not None and (held.status, held.closed_at_exchange) == (Status.CLOSING, True)
+    assert held.deadline_at is not None and held.closed_at is None
+    (cancel,) = flat.commands
     assert cancel == CancelOrder(
-        command_id=f"{feed.position.id}/cancel_order/{client_order_id(feed.position.id, SL, 1)}",
+        command_id=f"{feed.position.id}/cancel_order/{stop_id}/{flat.audit.offset}",
         key=KEY,
         position_id=feed.position.id,
         symbol="APTUSDT",
         exchange="binance",
-        client_order_id=client_order_id(feed.position.id, SL, 1),
+        client_order_id=stop_id,
         role=SL,
     )
+    closed = confirmed.state.position
+    assert closed is not None and (closed.status, closed.orders_to_cancel) == (Status.CLOSED, ())
+    assert closed.closed_at == feed.now and confirmed.commands == ()
+
+
+@pytest.mark.parametrize("answer", [O.UNKNOWN, O.REJECTED])
+def test_decide_ended_position_whose_stop_cancel_is_not_confirmed_cancels_again_at_each_deadline(answer):
+    # Arrange
+    feed = feed_active()
+    feed.flat()
+    feed.report(SL, answer)
+
+    # Act
+    first = feed.deadline()
+    second = feed.deadline()
+    gone = feed.report(SL, O.NOT_FOUND)
+
+    # Assert
+    for decision in (first, second):
+        (cancel,) = decision.commands
+        assert isinstance(cancel, CancelOrder) and cancel.client_order_id == client_order_id(feed.position.id, SL, 1)
+        assert decision.state.position is not None and decision.state.position.status == Status.CLOSING
+    assert first.commands[0].command_id != second.commands[0].command_id
+    assert gone.state.position is not None and gone.state.position.status == Status.CLOSED
 
 
 def test_decide_close_signal_while_active_cancels_stop_then_closes_reduce_only():
@@ -751,9 +879,11 @@ def test_decide_close_during_entry_then_snapshot_confirms_and_closes():
     # Act
     decision = feed.snapshot()
 
-    # Assert
+    # Assert: the entry was seen resting (accepted): it is canceled too, nothing stays open.
     assert decision.state.position is not None and decision.state.position.status == Status.CLOSING
-    assert [type(command) for command in decision.commands] == [ClosePosition]
+    cancel, close = decision.commands
+    assert isinstance(cancel, CancelOrder) and (cancel.role, cancel.client_order_id) == (E, feed.client_id(E))
+    assert isinstance(close, ClosePosition)
 
 
 def test_decide_second_close_during_entry_is_refused():
@@ -773,6 +903,7 @@ def test_decide_second_close_during_entry_is_refused():
 def test_decide_close_rejected_is_remembered_and_the_deadline_retries_with_attempt_two():
     # Arrange
     feed = feed_closing()
+    feed.report(SL, O.CANCELED)
     feed.report(C, O.REJECTED, error_code=-2022, error_message="ReduceOnly Order is rejected.")
 
     # Act
@@ -788,6 +919,7 @@ def test_decide_close_rejected_is_remembered_and_the_deadline_retries_with_attem
 def test_decide_closing_deadline_without_failure_queries_the_close_order():
     # Arrange
     feed = feed_closing()
+    feed.report(SL, O.CANCELED)
 
     # Act
     decision = feed.deadline()
@@ -796,6 +928,19 @@ def test_decide_closing_deadline_without_failure_queries_the_close_order():
     (query,) = decision.commands
     assert isinstance(query, QueryOrder)
     assert (query.role, query.client_order_id) == (C, client_order_id(feed.position.id, C, 1))
+
+
+def test_decide_closing_deadline_with_the_stop_cancel_unconfirmed_cancels_it_again_and_queries_the_close():
+    # Arrange
+    feed = feed_closing()
+
+    # Act
+    decision = feed.deadline()
+
+    # Assert
+    cancel, query = decision.commands
+    assert isinstance(cancel, CancelOrder) and cancel.client_order_id == client_order_id(feed.position.id, SL, 1)
+    assert isinstance(query, QueryOrder) and query.role is C
 
 
 def test_decide_deadline_queries_again_with_distinct_command_ids_and_moves_the_deadline():
@@ -924,7 +1069,7 @@ def test_decide_late_report_for_ended_position_is_ignored_and_recorded():
     feed = feed_closed()
 
     # Act
-    decision = feed.report(SL, O.CANCELED)
+    decision = feed.report(SL, O.NOT_FOUND)
 
     # Assert
     assert decision.commands == ()

@@ -79,3 +79,20 @@ def test_serde_input_with_a_non_decimal_quantity_raises_a_typed_decode_error():
 
     with pytest.raises(codec.DecodeError, match="decimal"):
         serde.decode_input(data)
+
+
+def test_serde_key_state_written_before_seen_signals_keeps_its_ids_as_first_seen_at_its_newest_time():
+    # Arrange: a table value written by the v0 schema (ids only, no first-seen time).
+    retired = next(w for w in codec.default_registry().writer_schemas("KeyState") if not w.current)
+    old = {"key": "APTUSDT@binance", "last_offset": 41, "recent_signal_ids": ["sig-1", "sig-2"], "position": None,
+           "last_exchange_ts": 1_761_173_440_000}
+    data = codec.default_registry().encode_with_writer(retired.fingerprint, old)
+
+    # Act
+    state = serde.key_state_from_record(codec.decode("KeyState", data))
+
+    # Assert: nothing forgotten at the upgrade; the retention counts from the newest time known.
+    assert [(s.signal_id, s.first_seen_at) for s in state.seen_signals] == [
+        ("sig-1", 1_761_173_440_000), ("sig-2", 1_761_173_440_000)]
+    assert state.has_seen_signal("sig-2")
+    assert codec.decode("KeyState", codec.encode("KeyState", serde.key_state_to_record(state)))["recent_signal_ids"] == []

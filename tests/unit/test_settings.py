@@ -22,6 +22,8 @@ def test_settings_without_environment_use_the_contracts_embedded_defaults(tmp_pa
     assert (settings.web_port, settings.web_bind) == (6066, "127.0.0.1")
     assert settings.binance_futures_url is None and settings.signals_ws_url is None
     assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.policy().signal_id_retention_ms == 7 * 24 * 3600 * 1000
+    assert (settings.exchange_recv_window_ms, settings.exchange_clock_margin_ms) == (5000, 3000)
 
 
 def test_settings_without_kafka_variable_find_the_local_stack_recorded_by_make_stack(tmp_path):
@@ -55,6 +57,8 @@ def test_settings_environment_is_overridden_by_explicit_arguments():
 @pytest.mark.parametrize(("variable", "value"), [
     ("DEFAULT_STOP_LOSS_PCT", "100"), ("DEFAULT_STOP_LOSS_PCT", "abc"), ("SYNC_INTERVAL_S", "0"),
     ("WEB_PORT", "http"), ("PIPELINE_TOPIC_PARTITIONS", "0"), ("DATABASE_URL", "mysql://x"),
+    ("PIPELINE_SIGNAL_ID_RETENTION_S", "604799"), ("PIPELINE_EXCHANGE_RECV_WINDOW_MS", "60001"),
+    ("PIPELINE_EXCHANGE_RECV_WINDOW_MS", "0"), ("PIPELINE_EXCHANGE_CLOCK_MARGIN_MS", "999"),
 ])
 def test_settings_with_a_bad_value_raise_an_error_naming_the_variable(variable, value):
     # Arrange

@@ -6,6 +6,8 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 
+from decimal import Decimal
+
 import pytest
 
 from streams.domain import (
@@ -17,10 +19,13 @@ from streams.domain import (
     client_order_id,
 )
 from streams.domain.transitions import (
+    CANCEL_CONFIRMED_BY,
     FREE,
     FROM_STATUSES,
+    HELD_WHILE_ORDERS_TO_CANCEL,
     IN_FLIGHT_STATUSES,
     NO_OPS,
+    RELEASED_ONCE_CANCELS_CONFIRMED,
     REPORT_TRIGGERS,
     TERMINAL_STATUSES,
     TRANSITIONS,
@@ -38,8 +43,10 @@ from tests.unit.domain_builders import (
     KEY,
     QUANTITY,
     Feed,
+    feed_closed_awaiting_cancel,
     feed_entry_placed,
     feed_pending_entry,
+    feed_replacing_stop,
 )
 
 ALL_PAIRS = list(itertools.product(FROM_STATUSES, Trigger))
@@ -153,6 +160,18 @@ def test_transitions_status_helpers_list_in_flight_and_terminal_statuses():
     assert set(Status) - in_flight - terminal == {Status.ACTIVE}
 
 
+def test_transitions_held_statuses_are_in_flight_and_release_to_what_they_hold_back():
+    # Arrange / Act
+    held, released = dict(HELD_WHILE_ORDERS_TO_CANCEL), dict(RELEASED_ONCE_CANCELS_CONFIRMED)
+
+    # Assert: a held position keeps a deadline (the cleanup is retried) and is given back
+    # exactly the status it was held from.
+    assert held == {Status.ACTIVE: Status.PENDING_SL, Status.CLOSED: Status.CLOSING}
+    assert set(held.values()) <= IN_FLIGHT_STATUSES
+    assert {v: k for k, v in held.items()} == released
+    assert CANCEL_CONFIRMED_BY == {ReportOutcome.CANCELED, ReportOutcome.NOT_FOUND, ReportOutcome.FILLED}
+
+
 def test_transitions_every_role_and_outcome_has_a_report_trigger():
     # Arrange / Act
     triggers = set(REPORT_TRIGGERS.values())
@@ -181,6 +200,8 @@ START_STATES: dict[str, Callable[[], Feed]] = {
     **FEEDS_BY_STATUS,
     "pending_entry+close_requested": _pending_entry_close_requested,
     "entry_placed+close_requested": _entry_placed_close_requested,
+    "pending_sl+replacing_stop": feed_replacing_stop,
+    "closing+cancel_pending": feed_closed_awaiting_cancel,
 }
 
 # Inputs decide() judges before the table: identity filters. Their audit reasons start so.
@@ -194,7 +215,9 @@ def _input_for(trigger: Trigger) -> Callable[[Feed], Decision] | None:
     if trigger is Trigger.CLOSE:
         return lambda feed: feed.close("sig-table-close")
     if trigger is Trigger.SNAPSHOT_POSITION:
-        return lambda feed: feed.snapshot()
+        return lambda feed: feed.snapshot(quantity=_held_quantity(feed))
+    if trigger is Trigger.SNAPSHOT_UNCOVERED:
+        return lambda feed: feed.snapshot(quantity=_held_quantity(feed) * 3)
     if trigger is Trigger.DEADLINE:
         return lambda feed: feed.deadline()
     if trigger in (Trigger.SNAPSHOT_FLAT, Trigger.SNAPSHOT_FLAT_EARLY):
@@ -212,6 +235,28 @@ def _input_for(trigger: Trigger) -> Callable[[Feed], Decision] | None:
         return feed.report(role, outcome, **fields)
 
     return send
+
+
+def _held_quantity(feed: Feed) -> Decimal:
+    live = feed.state.live_position if feed.state is not None else None
+    return live.quantity if live is not None else QUANTITY
+
+
+def _derived(trigger: Trigger, live) -> Trigger:
+    """The trigger decide derives from the input built for `trigger` in that state."""
+    if trigger is Trigger.SNAPSHOT_UNCOVERED and (live is None or live.status not in (Status.PENDING_SL, Status.ACTIVE)):
+        return Trigger.SNAPSHOT_POSITION  # no stop to outgrow: a plain position snapshot
+    return trigger
+
+
+def _settled(expected: Status, after) -> Status:
+    """The table's target as held (orders to cancel remain) or released (none remain)."""
+    if after.orders_to_cancel:
+        return HELD_WHILE_ORDERS_TO_CANCEL.get(expected, expected)
+    accepted = after.stop_order is not None and f"{after.stop_order.client_order_id}|accepted" in after.seen_reports
+    if (expected is Status.PENDING_SL and accepted) or (expected is Status.CLOSING and after.closed_at_exchange):
+        return RELEASED_ONCE_CANCELS_CONFIRMED[expected]
+    return expected
 
 
 def _cases() -> list:
@@ -242,8 +287,8 @@ def test_decide_follows_the_table(state_name: str, trigger: Trigger | str):
         at = live.deadline_at if trigger == "flat_late" and live is not None and live.deadline_at else None
         send: Callable[[Feed], Decision] = lambda f: f.flat(at=at)  # noqa: E731
     else:
-        derived = trigger  # type: ignore[assignment]
-        maybe_send = _input_for(derived)
+        derived = _derived(trigger, live)  # type: ignore[arg-type]
+        maybe_send = _input_for(trigger)  # type: ignore[arg-type]
         assert maybe_send is not None
         send = maybe_send
     expected = next_step(from_status, derived, close_requested=live is not None and live.close_requested)
@@ -254,8 +299,11 @@ def test_decide_follows_the_table(state_name: str, trigger: Trigger | str):
     # Assert
     audit = decision.audit
     assert audit is not None
-    filtered = audit.decision is AuditDecision.DUPLICATE or audit.reason.startswith(FILTER_REASONS)
-    if filtered:
+    filtered = audit.reason.startswith(FILTER_REASONS)
+    if audit.decision is AuditDecision.DUPLICATE:
+        # The very answer was applied while reaching the start state: a duplicate, whatever the row.
+        assert decision.state.position == before.position and decision.commands == ()
+    elif filtered:
         # An identity filter may only pre-empt a pair the table would not act on anyway.
         assert isinstance(expected, NoOp), audit.reason
         assert decision.state.position == before.position
@@ -264,8 +312,11 @@ def test_decide_follows_the_table(state_name: str, trigger: Trigger | str):
         assert decision.state.position == before.position
         assert decision.commands == ()
     else:
-        assert audit.reason.startswith(f"{from_status or 'free'} -> {expected} on {derived}"), audit.reason
-        assert decision.state.position is not None and decision.state.position.status is expected
+        after = decision.state.position
+        assert after is not None
+        settled = _settled(expected, after)
+        assert audit.reason.startswith(f"{from_status or 'free'} -> {settled} on {derived}"), audit.reason
+        assert after.status is settled
 
 
 def test_decide_follows_the_table_covers_every_transition_row():

@@ -23,6 +23,7 @@ from yarl import URL
 from streams import serde
 from streams.domain import KeyState
 from streams.settings import Settings
+from streams.web import health
 from streams.web import server as web_server
 from streams.web.auth import PEER_SIGNATURE_HEADER, peer_signature_headers
 from streams.web.routing import ROUTED_HEADER, partition_for_key
@@ -209,11 +210,29 @@ async def test_not_ready_worker_says_503_on_ready_and_table_routes_but_is_health
     part = await fetch(http, f"{cluster.url('a')}/_node/positions/")
 
     # Assert
-    assert ready[0] == 503 and ready[1] == {"ready": False, "reason": "rebalancing", "partitions": [],
-                                            "leader": False}
+    assert ready[0] == 503 and ready[1] == {"ready": False, "reason": "rebalancing", "failing": {},
+                                            "partitions": [], "leader": False}
     assert key[0] == 503 and key[2].get("Retry-After") == "1"
     assert health[0] == 200
     assert part[1]["partitions"] == []  # claims nothing: the fan-out retries or says 503
+
+
+async def test_a_failing_background_part_makes_ready_say_503_with_why_and_is_ready_again_once_it_works(
+        cluster, http):
+    # Arrange: the poller's follower of the tracked keys fails and retries.
+    health.set_failing("tracked_keys", "following the changelog failed 3 time(s), last: KafkaConnectionError")
+
+    # Act
+    failing = await fetch(http, f"{cluster.url('a')}/ready")
+    health.set_healthy("tracked_keys")
+    recovered = await fetch(http, f"{cluster.url('a')}/ready")
+
+    # Assert: shown, not silent; the table routes are not affected.
+    assert failing[0] == 503 and failing[1]["ready"] is False
+    assert failing[1]["reason"].startswith("tracked_keys: following the changelog failed 3 time(s)")
+    assert failing[1]["failing"] == {"tracked_keys": "following the changelog failed 3 time(s), last: "
+                                                     "KafkaConnectionError"}
+    assert recovered[0] == 200 and recovered[1]["failing"] == {}
 
 
 async def test_token_guards_every_position_view_but_probes_stay_open_and_peers_get_signatures(http):
@@ -301,6 +320,6 @@ async def test_ready_names_the_partitions_and_whether_the_worker_leads_the_group
 
     # Assert
     assert ready_a[0] == ready_b[0] == 200
-    assert ready_a[1] == {"ready": True, "reason": "ready", "partitions": [0, 1], "leader": True}
+    assert ready_a[1] == {"ready": True, "reason": "ready", "failing": {}, "partitions": [0, 1], "leader": True}
     assert ready_b[1]["leader"] is False and ready_b[1]["partitions"] == [2, 3]
     assert "pipeline_group_leader 1.0" in metrics_a[1]
