@@ -47,12 +47,8 @@ from streams.web.routing import partition_for_key
 logger = logging.getLogger(__name__)
 
 SEND_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-#: A partition's inputs are applied in runs of at most this many; a run waits at most
-#: BATCH_WAIT_S for more inputs to arrive (the bound on the latency batching adds).
-BATCH_MAX_INPUTS = 500
-BATCH_WAIT_S = 0.005
-#: Decoded states an actor keeps between runs (cleared, not evicted one by one, past this).
-KNOWN_STATES_PER_PARTITION = 20_000
+#: Decoded states the agent keeps between runs (cleared, not evicted one by one, past this).
+KNOWN_STATES = 100_000
 
 
 @dataclass(frozen=True)
@@ -127,8 +123,8 @@ class InputProcessor:
         """Applies one record; returns the decision, or None when it went to the dead letters."""
         return (await self.apply_batch([record]))[0]
 
-    async def apply_batch(self, records: Sequence[ConsumedRecord],
-                          known: dict[bytes, KeyState | None] | None = None) -> list[Decision | None]:
+    async def apply_batch(self, records: Sequence[ConsumedRecord], known: dict[bytes, KeyState | None] | None = None,
+                          enter_partition: Callable[[int], None] | None = None) -> list[Decision | None]:
         """Applies a run of records in order; one decision (or None: a dead letter) per record.
 
         Each record is decided against the state the records before it produced (an
@@ -141,22 +137,28 @@ class InputProcessor:
         ``known`` (optional) are decoded states the caller keeps from run to run, the one
         writer of those keys: a key found there is not read back from the table and decoded
         again. They become the run's overlay; the caller drops them if this raises.
+        ``enter_partition(p)`` is called before the table is read or written for a key of
+        partition ``p`` (Faust's table works on the current event's partition).
         """
         overlay: dict[bytes, KeyState | None] = {} if known is None else known
-        to_store: dict[bytes, KeyState] = {}
+        to_store: dict[bytes, tuple[int, KeyState]] = {}
         outputs: list[Output] = []
         decisions: list[Decision | None] = []
         for record in records:
+            if enter_partition is not None and record.key not in overlay:
+                enter_partition(record.partition)
             decision = self._decide(record, overlay, to_store, outputs)
             decisions.append(decision)
         await self._send_durably(outputs)
-        for key, state in to_store.items():
+        for key, (partition, state) in to_store.items():
+            if enter_partition is not None:
+                enter_partition(partition)
             self.store(key, serde.key_state_to_record(state))
         self.applied_inputs += sum(1 for decision in decisions if decision is not None)
         return decisions
 
-    def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None], to_store: dict[bytes, KeyState],
-                outputs: list[Output]) -> Decision | None:
+    def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None],
+                to_store: dict[bytes, tuple[int, KeyState]], outputs: list[Output]) -> Decision | None:
         headers = input_headers(record.partition, record.offset)
         try:
             key, event = self._decode(record)
@@ -189,7 +191,7 @@ class InputProcessor:
             # between the local store write and the changelog flush left the changelog (and
             # so the standbys and the next owner) without it; rewriting converges them.
             overlay[record.key] = decision.state
-            to_store[record.key] = decision.state
+            to_store[record.key] = (record.partition, decision.state)
         return decision
 
     def _decode(self, record: ConsumedRecord) -> tuple[str, InputEvent]:
@@ -461,31 +463,34 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     processor = InputProcessor(settings=settings, topics=names, send=send, load=key_to_state.get, store=store)
 
-    # One actor per partition (isolated_partitions): each partition's inputs in offset order,
-    # the partitions side by side. concurrency=1: more reorders a key's events, forbids table
-    # writes and can lose offsets (faust-streaming #606).
-    @app.agent(inputs_topic, name="apply_inputs", concurrency=1, isolated_partitions=True)
+    # One actor for all of the worker's partitions, each partition's inputs in offset order.
+    # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets
+    # (faust-streaming #606). Inputs are applied one at a time: take_events batching lost
+    # inputs across rebalances (events skipped for a stale generation are acked) and, with
+    # isolated_partitions, a revoked actor's cancellation counted as a crash (three stop the worker).
+    known: dict[bytes, KeyState | None] = {}
+
+    @app.on_partitions_revoked.connect
+    async def forget_known_states(app: faust.App, revoked: set, **kwargs: Any) -> None:
+        """A revoked partition may be written by another worker before it comes back: decode afresh."""
+        known.clear()
+
+    @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
-        """Applies the partition's inputs in offset order, a run at a time (see ``InputProcessor.apply_batch``)."""
-        # take_events acks a run only after this loop's body returns: offsets are committed
-        # after the run's outputs are acknowledged and its states stored.
-        # This actor is the only writer of its partition's keys while it lives (a rebalance
-        # starts a new actor): the states it decided stay decoded here, bounded.
-        known: dict[bytes, KeyState | None] = {}
-        async for events in stream.take_events(BATCH_MAX_INPUTS, within=BATCH_WAIT_S):
-            # The table's store and changelog write to the partition of the "current event";
-            # take_events fills its buffer in another task, so name it here (one partition per actor).
-            stream._set_current_event(events[-1])
-            if len(known) > KNOWN_STATES_PER_PARTITION:
+        """Applies every input of the worker's partitions, each partition in offset order."""
+        async for event in stream.events():
+            message = event.message
+            if len(known) > KNOWN_STATES:
                 known.clear()
             try:
+                # Faust acks the event when the next one is asked for: after its outputs were
+                # acknowledged and its state stored.
                 await processor.apply_batch([ConsumedRecord(
-                    topic=event.message.topic, partition=event.message.partition, offset=event.message.offset,
-                    key=event.message.key, value=event.message.value,
-                    timestamp_ms=int(event.message.timestamp * 1000),
-                ) for event in events], known)
+                    topic=message.topic, partition=message.partition, offset=message.offset,
+                    key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
+                )], known)
             except BaseException:
-                known.clear()  # states decided but maybe not stored: read the table again
+                known.clear()  # a state decided but maybe not stored: read the table again
                 raise
 
     edge = None

@@ -115,21 +115,24 @@ async def wait_final_statuses(updates: UpdatesTap, expected: dict[str, Status], 
     await updates.wait_for(reached, timeout_s, stragglers())
 
 
-async def ready_of(worker: PipelineWorker) -> dict:
-    status, body = await worker.get_json("/ready")
-    assert status == 200, (worker.log_path.name, status, body)
-    return body
-
-
-async def wait_ready(workers: list[PipelineWorker], timeout_s: float = 90.0) -> dict[str, dict]:
-    """Waits until every worker says ready and together they own every partition once."""
+async def wait_ready(workers: list[PipelineWorker], timeout_s: float = 120.0, stable_s: float = 3.0) -> dict[str, dict]:
+    """Waits until every worker says ready, together they own every partition once, and that
+    assignment holds for ``stable_s`` (a restarted worker's old member can still leave the
+    group a session timeout later, which rebalances once more)."""
     deadline = time.monotonic() + timeout_s
     answers: dict[str, object] = {}
+    settled: tuple[float, dict] | None = None
     while time.monotonic() < deadline:
         answers = {w.log_path.name: await w.get_json("/ready") for w in workers}
-        if all(status == 200 for status, _ in answers.values()):
-            owned = sorted(p for _, body in answers.values() for p in body["partitions"])
-            if owned == list(range(PARTITIONS)):
+        ready = all(status == 200 for status, _ in answers.values()) and sorted(
+            p for _, body in answers.values() for p in body["partitions"]) == list(range(PARTITIONS))
+        if not ready:
+            settled = None
+        else:
+            assignment = {name: body["partitions"] for name, (_, body) in answers.items()}
+            if settled is None or settled[1] != assignment:
+                settled = (time.monotonic(), assignment)
+            elif time.monotonic() - settled[0] >= stable_s:
                 return {name: body for name, (_, body) in answers.items()}
         await asyncio.sleep(0.5)
     raise AssertionError(f"workers not ready with every partition assigned once: {answers}")
@@ -235,11 +238,10 @@ async def test_scale_out_one_to_three_workers_with_kills_processes_every_key_as_
         await load.finished()
         expected = {key: load.expected_status(key.split("@")[0]) for key in keys_of(symbols)}
         await wait_final_statuses(updates, expected, workers)
-        await wait_ready(workers)
 
         # Act 3: kill -9 the group leader (the poller's worker); snapshots must go on from
         # another, and a position opened by hand on a partition the dead leader owned is adopted.
-        readiness = {w.log_path.name: await ready_of(w) for w in workers}
+        readiness = await wait_ready(workers, timeout_s=SESSION_TIMEOUT_S + 90)
         leaders = [w for w in workers if readiness[w.log_path.name]["leader"]]
         assert len(leaders) == 1, readiness
         leader = leaders[0]
@@ -264,8 +266,8 @@ async def test_scale_out_one_to_three_workers_with_kills_processes_every_key_as_
         await updates.wait_for(
             lambda: (p := updates.latest(f"{by_hand}@binance")) is not None and p.status == Status.ACTIVE,
             SESSION_TIMEOUT_S + 60, f"{by_hand} adopted after the leader died")
-        new_readiness = [await ready_of(w) for w in survivors]
-        assert sum(r["leader"] for r in new_readiness) == 1, new_readiness
+        new_readiness = await wait_ready(survivors, timeout_s=SESSION_TIMEOUT_S + 90)
+        assert sum(r["leader"] for r in new_readiness.values()) == 1, new_readiness
         watch = WebWatch(survivors[0]).start()
         await leader.start()  # the old leader rejoins on its own data dir
         await wait_ready(workers)

@@ -49,3 +49,4 @@ def test_a_changelog_record_the_table_wrote_decodes_on_the_recovery_path(tmp_pat
     # Assert
     assert written[:2] == codec.MARKER
     assert serde.key_state_from_record(restored) == state
+
