@@ -469,17 +469,26 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # inputs across rebalances (events skipped for a stale generation are acked) and, with
     # isolated_partitions, a revoked actor's cancellation counted as a crash (three stop the worker).
     known: dict[bytes, KeyState | None] = {}
+    next_offsets_seen: dict[int, int] = {}  # partition -> the offset the agent expects next
 
     @app.on_partitions_revoked.connect
     async def forget_known_states(app: faust.App, revoked: set, **kwargs: Any) -> None:
         """A revoked partition may be written by another worker before it comes back: decode afresh."""
         known.clear()
+        next_offsets_seen.clear()
 
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
         """Applies every input of the worker's partitions, each partition in offset order."""
+        next_offset = next_offsets_seen
         async for event in stream.events():
             message = event.message
+            expected = next_offset.get(message.partition)
+            if expected is not None and message.offset > expected:
+                logger.warning("position-inputs[%d]: offsets %d..%d were not delivered to the agent (next is %d)",
+                               message.partition, expected, message.offset - 1, message.offset)
+                metrics.observe_input_gap(message.offset - expected)
+            next_offset[message.partition] = message.offset + 1
             if len(known) > KNOWN_STATES:
                 known.clear()
             try:

@@ -62,6 +62,7 @@ __all__ = [
     "observe_decision",
     "observe_exchange_error",
     "observe_input",
+    "observe_input_gap",
     "observe_refusal",
     "observe_restored_record",
     "observe_sink_refused_row",
@@ -112,6 +113,11 @@ SINK_REFUSED_ROWS = Counter(
     "pipeline_sink_refused_rows",
     "Position rows PostgreSQL's one-live-position index refused (dead-lettered with the row that "
     "holds the key; someone must look): alert on any increase.",
+)
+INPUT_GAPS = Counter(
+    "pipeline_input_gaps",
+    "Inputs of position-inputs the consumer skipped between two it delivered to the agent "
+    "(should stay 0; a rise means inputs went undecided).",
 )
 GROUP_LEADER = Gauge(
     "pipeline_group_leader",
@@ -258,6 +264,11 @@ def observe_restored_record(replica: str) -> None:
 def observe_sink_refused_row() -> None:
     """Counts one position row the sink could not write because another live row holds its key."""
     SINK_REFUSED_ROWS.inc()
+
+
+def observe_input_gap(skipped: int) -> None:
+    """Counts inputs the agent never saw between two offsets of one partition."""
+    INPUT_GAPS.inc(skipped)
 
 
 def set_group_leader(is_leader: bool) -> None:
