@@ -200,3 +200,35 @@ def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(mo
     # Assert
     assert [type(c) for c in _commands(kafka.sent)] == [PlaceEntry]
     assert len([1 for topic, _ in kafka.sent if topic == TOPICS.updates]) == 2  # not repeated
+
+
+def test_input_gaps_a_hole_is_fetched_again_and_what_came_after_it_set_aside_until_it_comes_again():
+    from streams.app import GapVerdict, InputGaps
+
+    gaps = InputGaps({})
+    verdicts = []
+    for offset in (5, 6):  # applied
+        verdicts.append(gaps.check(0, offset))
+        gaps.applied(0, offset)
+    verdicts.append(gaps.check(0, 9))  # 7 and 8 never came: fetch them again
+    verdicts.append(gaps.check(0, 10))  # already in flight after the hole: set aside
+    for offset in (7, 8, 9, 10):  # the hole, then what was set aside, delivered again
+        verdicts.append(gaps.check(0, offset))
+        gaps.applied(0, offset)
+
+    assert verdicts == [GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.SEEK, GapVerdict.SET_ASIDE,
+                        GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY]
+    assert gaps.expected(0) == 11
+
+
+def test_input_gaps_a_hole_that_holds_no_record_is_accepted_after_one_fetch():
+    from streams.app import GapVerdict, InputGaps
+
+    gaps = InputGaps({0: 5})
+    first = gaps.check(0, 7)  # 5..6 missing: fetch again
+    again = gaps.check(0, 7)  # the fetch starts at 7 again: nothing was there
+    gaps.applied(0, 7)
+    other_partition = gaps.check(1, 100)  # a partition seen for the first time: nothing expected yet
+
+    assert (first, again, other_partition) == (GapVerdict.SEEK, GapVerdict.APPLY, GapVerdict.APPLY)
+    assert gaps.expected(0) == 8
