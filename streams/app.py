@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,8 +104,11 @@ class InputProcessor:
 
     ``send(topic, key, value, headers)`` returns an awaitable that resolves once Kafka has
     the record; ``load``/``store`` read and write the key's table value. Kept free of Faust
-    so the control flow is testable with plain callables. ``policy`` replaces the settings'
-    policy (a decision diff trying another one).
+    so the control flow is testable with plain callables.
+
+    Each input is decided with the policy recorded in it (its producer's), or, for inputs
+    written before policies were recorded, with the settings' policy; ``policy_overrides``
+    (field -> value) change those fields on top (a decision diff trying another policy).
     """
 
     settings: Settings
@@ -113,13 +116,24 @@ class InputProcessor:
     send: Send
     load: Callable[[bytes], dict | None]
     store: Callable[[bytes, dict], None]
-    policy: Policy | None = None
+    policy_overrides: Mapping[str, Any] | None = None
     applied_inputs: int = 0
     dead_letters: int = 0
-    _policy: Any = field(init=False)
+    _default_policy: Policy = field(init=False)
+    _overridden: dict[Policy, Policy] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._policy = self.policy or self.settings.policy()
+        self._default_policy = self.settings.policy()
+
+    def policy_for(self, event: InputEvent) -> Policy:
+        """The policy ``event`` is decided with (see the class docstring)."""
+        recorded = event.policy or self._default_policy
+        if not self.policy_overrides:
+            return recorded
+        overridden = self._overridden.get(recorded)
+        if overridden is None:
+            overridden = self._overridden[recorded] = dataclasses.replace(recorded, **self.policy_overrides)
+        return overridden
 
     async def apply(self, record: ConsumedRecord) -> Decision | None:
         """Applies one record; returns the decision, or None when it went to the dead letters."""
@@ -173,7 +187,7 @@ class InputProcessor:
             else:
                 stored = self.load(record.key)
                 state = serde.key_state_from_record(stored) if stored is not None else None
-            decision = decide(state, AppliedInput(record.offset, event), self._policy)
+            decision = decide(state, AppliedInput(record.offset, event), self.policy_for(event))
             metrics.observe_input(event)
             metrics.observe_decision(decision)
             encoded = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
@@ -276,6 +290,11 @@ class InvalidInputRecord(ValueError):
     """A record on ``position-inputs`` that is not an input at all (no key, wrong key, no value)."""
 
 
+def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
+    """``event`` carrying the policy of this process: the state machine decides it with that, in any replay."""
+    return dataclasses.replace(event, policy=settings.policy())
+
+
 class DeadlineIndex:
     """The in-flight deadlines of this worker's keys, kept beside the table as states are stored.
 
@@ -344,7 +363,8 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
             attempt = 0
             while True:
                 try:
-                    await (await inputs_topic.send(key=report.key.encode(), value=serde.encode_input(report)))
+                    await (await inputs_topic.send(key=report.key.encode(),
+                                                   value=serde.encode_input(with_policy(report, settings))))
                     break
                 except asyncio.CancelledError:
                     raise
@@ -570,7 +590,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         from streams.exchange.edge import ExchangeEdge
 
         async def publish_input(event: InputEvent) -> None:
-            await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
+            await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
 
         edge = ExchangeEdge(settings, key_to_state.changelog_topic.get_topic_name(), publish_input)
 
@@ -593,7 +613,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
                                if partition_for_key(key, settings.topic_partitions) in owned], owned)
         for event in deadlines.due(now_ms):
             if partition_for_key(event.key.encode(), settings.topic_partitions) in owned:
-                await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(event))
+                await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
 
     _add_replay_command(app, settings)
     _add_diff_command(app, settings)
@@ -640,7 +660,7 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
         option("--from-offset", type=int, default=0, help="Compare inputs from this offset of each partition."),
         option("--to-offset", type=int, default=None, help="Compare inputs up to this offset (inclusive)."),
         option("--policy", "policy_file", type=str, default=None,
-               help="JSON file of policy fields to decide with instead of the recorded policy."),
+               help="JSON file of policy fields to change in the policy recorded in each input."),
         option("--set", "assignments", multiple=True, default=(),
                help="Policy field to change, FIELD=VALUE (repeatable), e.g. --set default_stop_loss_pct=3."),
         option("--json", "json_file", type=str, default=None, help="Also write every difference to this JSON file."),
@@ -651,7 +671,7 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
         """Replay the recorded inputs through this code and policy; list every decision that differs (exit 1 if any)."""
         from pathlib import Path
 
-        from streams.diff import DiffError, diff_decisions, load_policy_file, policy_with, write_json
+        from streams.diff import DiffError, diff_decisions, load_policy_file, policy_overrides, write_json
 
         try:
             overrides = load_policy_file(Path(policy_file)) if policy_file else {}
@@ -660,8 +680,8 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
                 if not equals:
                     raise DiffError(f"--set takes FIELD=VALUE, got {assignment!r}")
                 overrides[name.strip()] = value.strip()
-            policy = policy_with(settings.policy(), overrides) if overrides else None
-            result = await diff_decisions(settings, policy=policy, from_offset=from_offset, to_offset=to_offset,
+            typed = policy_overrides(settings.policy(), overrides)
+            result = await diff_decisions(settings, overrides=typed, from_offset=from_offset, to_offset=to_offset,
                                           progress=not no_progress)
         except DiffError as error:
             print(f"diff: {error}", file=sys.stderr)
@@ -673,5 +693,5 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
             raise SystemExit(1)
 
 
-__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "DeadlineIndex", "GapVerdict", "InputGaps", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "Pipeline", "build_pipeline",
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "DeadlineIndex", "GapVerdict", "InputGaps", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "with_policy", "Pipeline", "build_pipeline",
            "input_headers", "input_of"]

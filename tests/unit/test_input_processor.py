@@ -232,3 +232,27 @@ def test_input_gaps_a_hole_that_holds_no_record_is_accepted_after_one_fetch():
 
     assert (first, again, other_partition) == (GapVerdict.SEEK, GapVerdict.APPLY, GapVerdict.APPLY)
     assert gaps.expected(0) == 8
+
+
+async def test_an_input_is_decided_with_the_policy_recorded_in_it_then_the_overrides_on_top():
+    # Arrange: the processor's own settings say 30 s; the input's producer ran with 5 s.
+    import dataclasses
+
+    from streams.domain import Policy
+
+    recorded = Policy(default_stop_loss_pct=Decimal("2"), entry_timeout_ms=5_000, stop_loss_timeout_ms=5_000,
+                      close_timeout_ms=5_000)
+    event = dataclasses.replace(serde.decode_input(open_signal("s-1")), policy=recorded)
+    harness = Harness()
+    overridden = Harness()
+    overridden.processor.policy_overrides = {"entry_timeout_ms": 60_000}
+
+    # Act
+    plain = await harness.apply(0, serde.encode_input(event))
+    changed = await overridden.apply(0, serde.encode_input(event))
+    unrecorded = await Harness().apply(0, open_signal("s-2"))
+
+    # Assert: deadline = the input's (log) time 0 + the entry timeout of the policy used
+    assert plain.state.position.deadline_at == 5_000
+    assert changed.state.position.deadline_at == 60_000
+    assert unrecorded.state.position.deadline_at == 30_000  # no policy recorded: the settings'
