@@ -103,7 +103,7 @@ class InputProcessor:
     """Applies one consumed input to its key's state: decode, decide, send, then store.
 
     ``send(topic, key, value, headers)`` returns an awaitable that resolves once Kafka has
-    the record; ``load``/``store`` read and write the key's table value. Kept free of Faust
+    the record; ``load``/``store`` read and write the key's state (the caller's table). Kept free of Faust
     so the control flow is testable with plain callables.
 
     Each input is decided with the policy recorded in it (its producer's), or, for inputs
@@ -114,8 +114,8 @@ class InputProcessor:
     settings: Settings
     topics: TopicNames
     send: Send
-    load: Callable[[bytes], dict | None]
-    store: Callable[[bytes, dict], None]
+    load: Callable[[bytes], KeyState | None]
+    store: Callable[[bytes, KeyState], None]
     policy_overrides: Mapping[str, Any] | None = None
     applied_inputs: int = 0
     dead_letters: int = 0
@@ -169,7 +169,7 @@ class InputProcessor:
         for key, (partition, state) in to_store.items():
             if enter_partition is not None:
                 enter_partition(partition)
-            self.store(key, serde.key_state_to_record(state))
+            self.store(key, state)
         self.applied_inputs += sum(1 for decision in decisions if decision is not None)
         return decisions
 
@@ -182,11 +182,7 @@ class InputProcessor:
             # are appended (LogAppendTime), one clock for every producer whatever its host's,
             # kept with the record so a replay decides at the same times.
             event = dataclasses.replace(event, ts=record.timestamp_ms)
-            if record.key in overlay:
-                state = overlay[record.key]
-            else:
-                stored = self.load(record.key)
-                state = serde.key_state_from_record(stored) if stored is not None else None
+            state = overlay[record.key] if record.key in overlay else self.load(record.key)
             decision = decide(state, AppliedInput(record.offset, event), self.policy_for(event))
             metrics.observe_input(event)
             metrics.observe_decision(decision)
@@ -530,11 +526,16 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     deadlines = DeadlineIndex()
 
-    def store(key: bytes, value: dict) -> None:
-        key_to_state[key] = value  # a new value every time: in-place mutation writes no changelog
-        deadlines.note(value)
+    def load(key: bytes) -> KeyState | None:
+        record = key_to_state.get(key)
+        return serde.key_state_from_record(record) if record is not None else None
 
-    processor = InputProcessor(settings=settings, topics=names, send=send, load=key_to_state.get, store=store)
+    def store(key: bytes, state: KeyState) -> None:
+        record = serde.key_state_to_record(state)
+        key_to_state[key] = record  # a new value every time: in-place mutation writes no changelog
+        deadlines.note(record)
+
+    processor = InputProcessor(settings=settings, topics=names, send=send, load=load, store=store)
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.
     # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets

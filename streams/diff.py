@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from streams import serde
 from streams.app import ConsumedRecord, InputProcessor, input_of
-from streams.domain import AuditRecord, Command, Policy, Position
+from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_partitions
 
@@ -276,15 +276,15 @@ async def diff_decisions(settings: Settings, *, overrides: Mapping[str, Any] | N
             replayed.add_update(value)
         return acknowledged
 
-    table: dict[bytes, dict] = {}
+    table: dict[bytes, KeyState | None] = {}  # decoded states, never re-encoded: nothing is stored
     processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get,
                                store=table.__setitem__, policy_overrides=result.overrides)
     in_range: list[tuple[str, int, int, str]] = []
 
     async def fold(partition: int, record) -> None:
         current["offset"] = record.offset
-        decision = await processor.apply(ConsumedRecord(names.inputs, partition, record.offset, record.key,
-                                                        record.value, record.timestamp))
+        (decision,) = await processor.apply_batch([ConsumedRecord(names.inputs, partition, record.offset, record.key,
+                                                                  record.value, record.timestamp)], table)
         if record.offset < from_offset or (to_offset is not None and record.offset > to_offset):
             return
         if decision is None or record.key is None:
