@@ -8,7 +8,8 @@ through it and compare, input by input, with what the running system decided:
    input it was decided for (``app.input_headers``); audit records carry the input offset,
    position states their version (the input offset);
 2. ``position-inputs`` is folded from offset 0 with the agent's own ``InputProcessor``
-   (the code being tested), with the recorded policy or the one given, collecting its
+   (the code being tested), each input with the policy recorded in it (``--set`` and
+   ``--policy`` change fields of it), collecting its
    outputs instead of sending them;
 3. for every input in the chosen range the system has already decided, the two decisions
    are compared: the position's status after the input, the commands, the audit decision
@@ -26,6 +27,7 @@ import dataclasses
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -36,11 +38,11 @@ from tqdm import tqdm
 
 from streams import serde
 from streams.app import ConsumedRecord, InputProcessor, input_of
-from streams.domain import AuditRecord, Command, Policy, Position
+from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_partitions
 
-__all__ = ["DecisionDiff", "DiffError", "Difference", "InputDecision", "diff_decisions", "policy_with"]
+__all__ = ["DecisionDiff", "DiffError", "Difference", "InputDecision", "diff_decisions", "policy_overrides"]
 
 
 class DiffError(ValueError):
@@ -91,7 +93,7 @@ class DecisionDiff:
     keys_without_attribution: set[str] = field(default_factory=set)
     folded: int = 0  # inputs folded from offset 0
     seconds: float = 0.0
-    policy: Policy | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # policy fields changed on top of the recorded ones
 
     @property
     def changes_by_kind(self) -> Counter:
@@ -127,8 +129,7 @@ class DecisionDiff:
                 "undecided": self.undecided, "dead_lettered": self.dead_lettered, "folded": self.folded,
                 "keys_without_attribution": sorted(self.keys_without_attribution),
                 "changes_by_kind": dict(self.changes_by_kind),
-                "policy": {f.name: str(getattr(self.policy, f.name)) for f in dataclasses.fields(self.policy)}
-                if self.policy is not None else None}
+                "policy_overrides": {name: str(value) for name, value in self.overrides.items()}}
 
 
 def _show(value: Any) -> str:
@@ -144,8 +145,8 @@ def command_line(command: Command) -> str:
     return f"{type(command).__name__}({fields})"
 
 
-def policy_with(base: Policy, overrides: dict[str, str]) -> Policy:
-    """``base`` with fields replaced from ``{name: text}`` (``--set`` and ``--policy FILE``), each parsed by its type."""
+def policy_overrides(base: Policy, overrides: Mapping[str, str]) -> dict[str, Any]:
+    """``{field: text}`` (``--set``, ``--policy FILE``) as typed policy fields, checked against ``base``."""
     known = {f.name: f for f in dataclasses.fields(base)}
     values: dict[str, Any] = {}
     for name, text in overrides.items():
@@ -157,9 +158,10 @@ def policy_with(base: Policy, overrides: dict[str, str]) -> Policy:
         except (InvalidOperation, ValueError) as error:
             raise DiffError(f"policy field {name}={text!r} is not a {type(current).__name__}") from error
     try:
-        return dataclasses.replace(base, **values)
+        dataclasses.replace(base, **values)
     except Exception as error:  # noqa: BLE001 - the domain's own validation, reported as the user's error
         raise DiffError(f"invalid policy: {error}") from error
+    return values
 
 
 def load_policy_file(path: Path) -> dict[str, str]:
@@ -236,13 +238,13 @@ class _Decisions:
         )
 
 
-async def diff_decisions(settings: Settings, *, policy: Policy | None = None, from_offset: int = 0,
+async def diff_decisions(settings: Settings, *, overrides: Mapping[str, Any] | None = None, from_offset: int = 0,
                          to_offset: int | None = None, progress: bool = True) -> DecisionDiff:
     """Folds ``position-inputs`` through the current code and compares with the recorded decisions."""
     started = time.monotonic()
     names = TopicNames.for_prefix(settings.topic_prefix)
     bootstrap = settings.kafka_bootstrap_servers
-    result = DecisionDiff(policy=policy or settings.policy())
+    result = DecisionDiff(overrides=dict(overrides or {}))
 
     recorded = _Decisions()
 
@@ -274,15 +276,15 @@ async def diff_decisions(settings: Settings, *, policy: Policy | None = None, fr
             replayed.add_update(value)
         return acknowledged
 
-    table: dict[bytes, dict] = {}
+    table: dict[bytes, KeyState | None] = {}  # decoded states, never re-encoded: nothing is stored
     processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get,
-                               store=table.__setitem__, policy=result.policy)
+                               store=table.__setitem__, policy_overrides=result.overrides)
     in_range: list[tuple[str, int, int, str]] = []
 
     async def fold(partition: int, record) -> None:
         current["offset"] = record.offset
-        decision = await processor.apply(ConsumedRecord(names.inputs, partition, record.offset, record.key,
-                                                        record.value, record.timestamp))
+        (decision,) = await processor.apply_batch([ConsumedRecord(names.inputs, partition, record.offset, record.key,
+                                                                  record.value, record.timestamp)], table)
         if record.offset < from_offset or (to_offset is not None and record.offset > to_offset):
             return
         if decision is None or record.key is None:

@@ -39,6 +39,7 @@ from aiokafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
 from streams import codec, serde
+from streams.domain import KeyState
 from streams.app import ConsumedRecord, InputProcessor
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
@@ -154,7 +155,7 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
 
         # The agent's own InputProcessor does the fold, so a replay decides exactly as the
         # worker did; its outputs are collected instead of sent, and commands are dropped.
-        table: dict[bytes, dict] = {}
+        table: dict[bytes, KeyState] = {}
         partition_of_key: dict[bytes, int] = {}
         pending_updates: list[tuple[int, bytes, bytes, list]] = []
         current = {"partition": 0}
@@ -180,20 +181,20 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batch.items():
                 current["partition"] = tp.partition
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        break
-                    bar.update(1)
-                    summary.inputs += 1
-                    await processor.apply(ConsumedRecord(tp.topic, tp.partition, record.offset, record.key,
-                                                         record.value, record.timestamp))
+                run = [ConsumedRecord(tp.topic, tp.partition, record.offset, record.key, record.value,
+                                      record.timestamp) for record in records if record.offset < ends[tp]]
+                # One partition's run at a time, in offset order, states kept decoded between runs.
+                await processor.apply_batch(run, table)
+                for record in run:
                     if record.key is not None:
                         partition_of_key[record.key] = tp.partition
+                bar.update(len(run))
+                summary.inputs += len(run)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
         bar.close()
-        states = {key: (partition_of_key[key], serde.key_state_from_record(value)) for key, value in table.items()}
+        states = {key: (partition_of_key[key], state) for key, state in table.items() if state is not None}
 
         changelog = await ensure_table_changelog(settings)
         sends = []

@@ -60,7 +60,9 @@ class TopicNames:
         return {
             # The inputs log is the source of truth: the broker's default retention (7 days)
             # would make a replay from its start forget every position opened before that.
-            self.inputs: {"retention.ms": str(inputs_retention_ms)},
+            # Its records are stamped by the broker as they are appended: the one clock every
+            # input's time comes from, whichever host produced it (see InputProcessor).
+            self.inputs: {"retention.ms": str(inputs_retention_ms), "message.timestamp.type": "LogAppendTime"},
             # The ledger must outlive any command that can still be redelivered; set, not inherited.
             self.order_attempts: {"retention.ms": str(ORDER_ATTEMPTS_RETENTION_MS)},
         }
@@ -96,7 +98,12 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create: fine
             logger.info("created topics %s with %d partitions", missing, settings.topic_partitions)
-        retention = await _retention_ms(admin, names.inputs)
+        inputs_config = await _topic_config(admin, names.inputs, ("retention.ms", "message.timestamp.type"))
+        if inputs_config.get("message.timestamp.type", "LogAppendTime") != "LogAppendTime":
+            logger.warning("topic %r stamps its records with the producers' clocks (message.timestamp.type=%s): "
+                           "inputs from hosts whose clocks differ are timed differently; set it to LogAppendTime",
+                           names.inputs, inputs_config["message.timestamp.type"])
+        retention = int(inputs_config["retention.ms"]) if "retention.ms" in inputs_config else None
         if retention is not None and retention != settings.inputs_retention_ms and retention != -1:
             logger.warning("topic %r keeps inputs for %d ms only: a replay from its start will not see older "
                            "positions (PIPELINE_INPUTS_RETENTION_MS is %d; -1 keeps every input)",
@@ -143,16 +150,24 @@ async def ensure_table_changelog(settings: Settings) -> str:
     return topic
 
 
-async def _retention_ms(admin: AIOKafkaAdminClient, topic: str) -> int | None:
-    """``retention.ms`` of ``topic`` as the broker applies it (None when it cannot tell)."""
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})])
+async def _topic_config(admin: AIOKafkaAdminClient, topic: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The broker's values of the config entries ``names`` of ``topic`` (absent when it does not say)."""
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                             {name: None for name in names})])
+    found: dict[str, str] = {}
     for response in responses:
         for resource in response.resources:
             # (error_code, error_message, resource_type, resource_name, config_entries)
             for entry in resource[4]:
-                if entry[0] == "retention.ms" and entry[1] is not None:
-                    return int(entry[1])
-    return None
+                if entry[0] in names and entry[1] is not None:
+                    found[entry[0]] = entry[1]
+    return found
+
+
+async def _retention_ms(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """``retention.ms`` of ``topic`` as the broker applies it (None when it cannot tell)."""
+    value = (await _topic_config(admin, topic, ("retention.ms",))).get("retention.ms")
+    return int(value) if value is not None else None
 
 
 async def inputs_retention_ms(bootstrap_servers: str, topic: str) -> int | None:

@@ -304,9 +304,9 @@ def _snapshot_trigger(position: Position | None, snapshot: ExchangeSnapshot) -> 
         if position is not None and position.status in _STOP_STATUSES and not _stop_covers(position, snapshot):
             return Trigger.SNAPSHOT_UNCOVERED
         return Trigger.SNAPSHOT_POSITION
-    deadline_at = position.deadline_at if position is not None else None
-    if deadline_at is not None and snapshot.fetched_at < deadline_at:
-        return Trigger.SNAPSHOT_FLAT_EARLY
+    # No "flat before the deadline" case: it compared the poller's time with a deadline set
+    # from other inputs' times, and flat means the same whenever it was fetched (an entry is
+    # never rolled back on a flat snapshot; a stop-loss status closes).
     return Trigger.SNAPSHOT_FLAT
 
 
@@ -407,12 +407,14 @@ def _judge_deadline(step: _Step, deadline: Deadline) -> _Verdict:
             AuditDecision.IGNORED,
             f"stale deadline for {deadline.position_id} {deadline.status}; the key is now {now_is}",
         )
-    if position.deadline_at > deadline.ts:
+    # The input's own time (the log's), not the timer's host clock: the deadline was set from
+    # input times too, so a worker whose clock runs ahead fires early and is told "not due".
+    if position.deadline_at > step.now:
         return _unchanged(
             step,
             AuditDecision.IGNORED,
             f"deadline not due: position {position.id} is due at {position.deadline_at}, "
-            f"the timer fired at {deadline.ts}",
+            f"the deadline input came at {step.now}",
         )
     return _through_table(step, Trigger.DEADLINE)
 
@@ -1005,7 +1007,6 @@ _EFFECTS_ON_POSITION: Mapping[Trigger, _PositionEffect] = MappingProxyType(
         Trigger.SNAPSHOT_POSITION: _exchange_shows_position,
         Trigger.SNAPSHOT_UNCOVERED: _exchange_outgrows_stop,
         Trigger.SNAPSHOT_FLAT: _exchange_is_flat,
-        Trigger.SNAPSHOT_FLAT_EARLY: _exchange_is_flat,
         Trigger.DEADLINE: _deadline_passed,
         Trigger.ENTRY_ACCEPTED: _entry_accepted,
         Trigger.ENTRY_FILLED: _entry_filled,

@@ -228,12 +228,18 @@ InputPayload = Signal | ExchangeSnapshot | ExecutionReport | Deadline
 
 @dataclass(frozen=True, slots=True)
 class InputEvent:
-    """One input for the key `SYMBOL@exchange`, as written on the `position-inputs` topic."""
+    """One input for the key `SYMBOL@exchange`, as written on the `position-inputs` topic.
+
+    `policy` is the policy its producer ran with: recorded in the input, so that deciding
+    it again (a replay, a decision diff) uses what the original run used. None for inputs
+    written before it was recorded.
+    """
 
     event_id: str
     key: str
     ts: int
     payload: InputPayload
+    policy: Policy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,10 +82,8 @@ class Trigger(StrEnum):
     SNAPSHOT_POSITION = "snapshot_position"
     # The exchange holds more than the current stop-loss covers, or the other side.
     SNAPSHOT_UNCOVERED = "snapshot_uncovered"
-    # Flat, fetched at or after the position's deadline (or the position has none).
+    # The exchange shows no position for the symbol.
     SNAPSHOT_FLAT = "snapshot_flat"
-    # Flat, fetched before the deadline of the position's current step.
-    SNAPSHOT_FLAT_EARLY = "snapshot_flat_early"
 
     DEADLINE = "deadline"
 
@@ -182,11 +180,8 @@ TRANSITIONS: Mapping[tuple[Status | None, Trigger], Status] = MappingProxyType(
         (_SL, _T.SNAPSHOT_UNCOVERED): _SL,
         (_ACT, _T.SNAPSHOT_UNCOVERED): _SL,
         (_SL, _T.SNAPSHOT_FLAT): _CLD,  # stop hit or closed outside: CancelOrder(stop)
-        (_SL, _T.SNAPSHOT_FLAT_EARLY): _CLD,
         (_ACT, _T.SNAPSHOT_FLAT): _CLD,
-        (_ACT, _T.SNAPSHOT_FLAT_EARLY): _CLD,
         (_CLG, _T.SNAPSHOT_FLAT): _CLD,
-        (_CLG, _T.SNAPSHOT_FLAT_EARLY): _CLD,
         # Closing.
         (_SL, _T.CLOSE): _CLG,  # CancelOrder(stop), ClosePosition
         (_ACT, _T.CLOSE): _CLG,
@@ -259,12 +254,8 @@ NO_OPS: Mapping[tuple[Status | None, Trigger], NoOp] = MappingProxyType(
         **_rows([_CLG], [_T.CLOSE], _REFUSED, "position {position_id} already closing"),
         # Snapshots that change nothing.
         **_rows(
-            [FREE], [_T.SNAPSHOT_FLAT, _T.SNAPSHOT_FLAT_EARLY], _IGNORED,
+            [FREE], [_T.SNAPSHOT_FLAT], _IGNORED,
             "exchange is flat and no position is open",
-        ),
-        **_rows(
-            _ENTRY, [_T.SNAPSHOT_FLAT_EARLY], _IGNORED,
-            "exchange flat before the entry deadline; the order may still be on its way",
         ),
         # Rollback only on evidence: a flat exchange does not tell what became of the entry
         # order (its answer may be lost, an attempt may still arrive); the deadline asks.

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import aiohttp
 import mode
 
 from streams.exchange.attempts import KafkaAttemptLedger
 from streams.exchange.ccxt_client import create_binanceusdm
+from streams.exchange.clock import ExchangeClock
 from streams.exchange.executor import OrderExecutor, PlacementTiming
 from streams.exchange.gateway import CcxtGateway, ExchangeGateway
 from streams.exchange.poller import PositionPoller, TrackedKeys
@@ -27,11 +27,6 @@ from streams.settings import Settings
 from streams.topics import TopicNames
 
 logger = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    """The edge's clock: report and snapshot times come from here, never from decide()."""
-    return int(time.time() * 1000)
 
 
 class ExchangeEdge(mode.Service):
@@ -44,10 +39,14 @@ class ExchangeEdge(mode.Service):
         self.tracked = TrackedKeys(settings.kafka_bootstrap_servers, changelog_topic)
         self.ledger = KafkaAttemptLedger(settings.kafka_bootstrap_servers,
                                          TopicNames.for_prefix(settings.topic_prefix).order_attempts)
-        self.executor = OrderExecutor(self.gateways, wall_clock_ms, self.ledger, timing=PlacementTiming(
+        # The exchange's time, not this host's: report and snapshot times come from here
+        # (and signed requests' timestamps), never from decide() (streams/exchange/clock.py).
+        self.clock = ExchangeClock()
+        self.executor = OrderExecutor(self.gateways, self.clock.now_ms, self.ledger, timing=PlacementTiming(
             recv_window_ms=settings.exchange_recv_window_ms, clock_margin_ms=settings.exchange_clock_margin_ms))
-        self.poller = PositionPoller(self.gateways, self.tracked.live_keys, publish, wall_clock_ms)
+        self.poller = PositionPoller(self.gateways, self.tracked.live_keys, publish, self.clock.now_ms)
         self._emulator = None
+        self._clock_sync: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
     async def on_start(self) -> None:
@@ -60,8 +59,16 @@ class ExchangeEdge(mode.Service):
             api_key, api_secret = api_key or DEFAULT_API_KEY, api_secret or DEFAULT_API_SECRET
         if not api_key or not api_secret:
             raise RuntimeError("binance: BINANCE_API_KEY and BINANCE_API_SECRET are required with BINANCE_FUTURES_URL")
-        self.gateways["binance"] = CcxtGateway("binance", create_binanceusdm(
+        gateway = CcxtGateway("binance", create_binanceusdm(
             base_url, api_key, api_secret, recv_window_ms=self.settings.exchange_recv_window_ms))
+        self.gateways["binance"] = gateway
+        try:
+            await self.clock.sync(gateway)
+        except Exception as error:  # noqa: BLE001 - the exchange may come up later: retried below
+            logger.warning("binance clock sync failed at start (trading on this host's clock until it works): %s",
+                           error)
+        self._clock_sync = asyncio.create_task(self.clock.keep_synced(
+            gateway, interval_s=min(60.0, self.settings.sync_interval_s)))
         await self.ledger.start()
         await self.tracked.start()
         self.ready.set()
@@ -94,6 +101,8 @@ class ExchangeEdge(mode.Service):
         return base_url
 
     async def on_stop(self) -> None:
+        if self._clock_sync is not None:
+            self._clock_sync.cancel()
         await self.tracked.stop()
         await self.ledger.stop()
         for gateway in self.gateways.values():

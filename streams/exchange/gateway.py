@@ -40,6 +40,7 @@ WEIGHT_QUERY_ORDER = 1
 WEIGHT_CANCEL_ORDER = 1
 WEIGHT_POSITIONS = 5
 WEIGHT_MARKETS = 1
+WEIGHT_TIME = 1
 
 
 class ExchangeEdgeError(Exception):
@@ -124,6 +125,10 @@ class ExchangeGateway(Protocol):
     async def fetch_positions(self) -> list[ExchangePosition]: ...
 
     async def price_to_precision(self, symbol: str, price: Decimal) -> Decimal: ...
+
+    async def server_time_ms(self) -> int: ...
+
+    def use_clock_offset(self, offset_ms: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -303,6 +308,15 @@ class CcxtGateway:
                 entry_price=_decimal(position.get("entryPrice")),
             ))
         return positions
+
+    async def server_time_ms(self) -> int:
+        """The exchange's clock (Binance ``GET /fapi/v1/time``: ``serverTime``)."""
+        return int(await self._call(WEIGHT_TIME, 0, "server time", lambda: self._client.fetch_time()))
+
+    def use_clock_offset(self, offset_ms: int) -> None:
+        """Stamps every signed request with this host's clock + ``offset_ms`` (the exchange's clock)."""
+        # ccxt signs with `milliseconds() - options["timeDifference"]` (binance.nonce).
+        self._client.options["timeDifference"] = -offset_ms
 
     async def close(self) -> None:
         await self._client.close()

@@ -96,7 +96,7 @@ async def _publish(settings: Settings, signal_object: dict[str, Any]) -> int:
             signal = validate_signal(signal_object, directory.is_known_symbol, directory.exchanges)
         except InvalidSignal as refusal:
             return _refused(refusal.reason)
-        event = to_input_event(signal, received_at_ms=int(time.time() * 1000))
+        event = to_input_event(signal, received_at_ms=int(time.time() * 1000), policy=settings.policy())
         try:
             await publisher.start()
             delivery = await publisher.send(publisher.topics.inputs, event.key.encode("utf-8"),

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketExcepti
 from websockets.uri import parse_uri
 
 from streams import serde
-from streams.domain import Signal
+from streams.domain import Policy, Signal
 from streams.ingest.backoff import Backoff, sleep_unless_stopped
 from streams.ingest.demo_feed import DEMO_FEED_HEADER
 from streams.ingest.exceptions import (
@@ -139,7 +139,8 @@ class SignalFeedClient:
     def __init__(self, url: str, publisher: Publisher, symbols: SymbolSource, *, backoff: Backoff | None = None,
                  stable_connection_s: float = STABLE_CONNECTION_S, wall_clock_ms: Callable[[], int] | None = None,
                  open_timeout_s: float = 10.0, ping_interval_s: float | None = 20.0,
-                 max_frame_bytes: int = 1 << 20, refuse_demo_feed: bool = False) -> None:
+                 max_frame_bytes: int = 1 << 20, refuse_demo_feed: bool = False,
+                 policy: Policy | None = None) -> None:
         try:
             parse_uri(url)
         except InvalidURI as error:
@@ -160,6 +161,7 @@ class SignalFeedClient:
             "max_size": max_frame_bytes,
         }
         self._refuse_demo_feed = refuse_demo_feed
+        self._policy = policy  # recorded in every input: the state machine decides it with this
         self._stop = asyncio.Event()
         self._connection: ClientConnection | None = None
         self._closing: asyncio.Task | None = None
@@ -257,7 +259,7 @@ class SignalFeedClient:
             where = f" (item {index} of {len(items)} in an array frame)" if len(items) > 1 else ""
             try:
                 signal = await self._validate(item)
-                event = to_input_event(signal, received_at_ms=int(time.time() * 1000))
+                event = to_input_event(signal, received_at_ms=int(time.time() * 1000), policy=self._policy)
                 value = serde.encode_input(event)
             except RefusedInput as refusal:
                 signal_id = getattr(refusal, "signal_id", None)
@@ -350,7 +352,7 @@ async def run_ingest(settings: Settings, stop: asyncio.Event, *, symbols: Symbol
         if not await directory.load_until_ready(stop, Backoff(max_s=backoff_cap)):
             return
         client = SignalFeedClient(url, publisher, directory, backoff=Backoff(max_s=backoff_cap),
-                                  refuse_demo_feed=trades_for_real)
+                                  refuse_demo_feed=trades_for_real, policy=settings.policy())
         watcher = asyncio.create_task(_stop_when(stop, client))
         try:
             await client.run()

@@ -44,7 +44,7 @@ from collections.abc import Callable, Collection
 from decimal import Decimal
 from typing import Any
 
-from streams.domain import InputEvent, Side, Signal, SignalAction, key_for
+from streams.domain import InputEvent, Policy, Side, Signal, SignalAction, key_for
 from streams.ingest.exceptions import InvalidFrame, InvalidSignal
 
 __all__ = [
@@ -222,12 +222,13 @@ def event_id_for(signal: Signal) -> str:
     return f"signal:{signal.signal_id}"
 
 
-def to_input_event(signal: Signal, received_at_ms: int) -> InputEvent:
+def to_input_event(signal: Signal, received_at_ms: int, policy: Policy | None = None) -> InputEvent:
     """The ``position-inputs`` input of a valid signal, key ``SYMBOL@exchange``.
 
     The input's time is when the pipeline received the signal, not the feed's own ``ts``
     (kept in the signal): deadlines count from it, so a feed clock running ahead or a
-    signal replayed from yesterday neither postpones nor fires them at once.
+    signal replayed from yesterday neither postpones nor fires them at once. ``policy``
+    (the ingest's) is recorded in the input: the state machine decides it with that.
     """
     return InputEvent(event_id=event_id_for(signal), key=key_for(signal.symbol, signal.exchange),
-                      ts=received_at_ms, payload=signal)
+                      ts=received_at_ms, payload=signal, policy=policy)

@@ -411,7 +411,7 @@ class LogFold:
 async def fold_inputs_log(bootstrap: str, settings: Settings) -> LogFold:
     """Folds the agent's own ``InputProcessor`` over ``position-inputs`` from offset 0, sending nothing."""
     names = TopicNames.for_prefix(settings.topic_prefix)
-    table: dict[bytes, dict] = {}
+    table: dict[bytes, KeyState] = {}
     commands: dict[str, set[bytes]] = {}
     positions: dict[str, Position] = {}
     acknowledged = asyncio.get_running_loop().create_future()
@@ -431,7 +431,7 @@ async def fold_inputs_log(bootstrap: str, settings: Settings) -> LogFold:
         for record in records:
             await processor.apply(ConsumedRecord(names.inputs, partition, record.offset, record.key, record.value,
                                                  record.timestamp))
-    states = {key.decode(): serde.key_state_from_record(value) for key, value in table.items()}
+    states = {key.decode(): state for key, state in table.items()}
     return LogFold(states=states, commands=commands, positions=positions)
 
 

@@ -89,7 +89,7 @@ async def test_diff_lists_exactly_the_decisions_another_policy_changes_and_write
     assert replayed_stop.startswith("PlaceStopLoss(") and "stop_price=9.70" in replayed_stop
     assert "9.80" in difference["recorded"]["reason"] and "9.70" in difference["replayed"]["reason"]
     assert report["changes_by_kind"] == {"commands": 1, "reason": 1}
-    assert report["policy"]["default_stop_loss_pct"] == "3"
+    assert report["policy_overrides"] == {"default_stop_loss_pct": "3"}
     assert "DEFUSDT@binance" in changed.stdout and "1 of 6 decided inputs decide differently" in changed.stdout
     # ... and nothing was written: no topic grew.
     assert after == before

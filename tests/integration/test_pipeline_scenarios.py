@@ -8,6 +8,7 @@ state as the worker published it on ``position-updates``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -267,12 +268,14 @@ async def test_replaying_a_keys_inputs_from_offset_zero_reproduces_the_table_sta
     await harness.wait_status(Status.CLOSED)
     await asyncio.sleep(1.0)  # let the last audit records land
 
-    # Act: fold decide() over the key's inputs exactly as they are in the log.
+    # Act: fold decide() over the key's inputs exactly as they are in the log, each at the
+    # log's time for it (the broker's append time, as the agent takes it).
     records = await read_all(harness.bootstrap, harness.worker.topics.inputs, KEY)
     policy = Settings.from_env(entry_timeout_s=5, stop_loss_timeout_s=5, close_timeout_s=5).policy()
     replayed: KeyState | None = None
     for record in records:
-        replayed = decide(replayed, AppliedInput(record.offset, serde.decode_input(record.value)), policy).state
+        event = dataclasses.replace(serde.decode_input(record.value), ts=record.timestamp)
+        replayed = decide(replayed, AppliedInput(record.offset, event), policy).state
     table_state = await latest_table_value(harness.bootstrap, f"{harness.worker.app_id}-key_to_state-changelog", KEY)
 
     # Assert

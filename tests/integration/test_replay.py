@@ -16,9 +16,12 @@ import signal
 import subprocess
 import sys
 
+from decimal import Decimal
+
 import asyncpg
 import pytest
 
+from emulator.binance_usdm import BinanceUsdmEmulator
 from streams.domain import Side, Status
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -30,6 +33,8 @@ from tests.integration.pipeline_harness import (
     ScriptedExchange,
     UpdatesTap,
     changelog_states,
+    fold_inputs_log,
+    wait_until_applied,
 )
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
     fresh_database,
@@ -42,12 +47,13 @@ pytestmark = pytest.mark.integration
 
 
 def run_replay(bootstrap: str, database_url: str, app_id: str,
-               arguments: tuple[str, ...] = ("--from-offset", "0", "--truncate-sink")) -> subprocess.CompletedProcess:
+               arguments: tuple[str, ...] = ("--from-offset", "0", "--truncate-sink"),
+               **environment_overrides: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
                    "PIPELINE_APP_ID": app_id, "PIPELINE_TOPIC_PREFIX": f"{app_id}.",
                    "PIPELINE_TOPIC_PARTITIONS": "3", "PIPELINE_EXCHANGE_EDGE": "off",
                    "PIPELINE_ENTRY_TIMEOUT_S": "5", "PIPELINE_STOP_LOSS_TIMEOUT_S": "5",
-                   "PIPELINE_CLOSE_TIMEOUT_S": "5", "PYTHONPATH": str(REPO_ROOT)}
+                   "PIPELINE_CLOSE_TIMEOUT_S": "5", "PYTHONPATH": str(REPO_ROOT), **environment_overrides}
     return subprocess.run([sys.executable, "-m", "streams", "replay", "--no-progress", *arguments],
                           cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300)
 
@@ -183,3 +189,104 @@ async def test_replay_not_from_offset_zero_refuses_to_truncate_the_sink_unless_t
     assert untruncated.returncode == 0, untruncated.stderr
     for result in (allowed, untruncated):
         assert "EMPTY table" in result.stdout and "positions opened before are missing" in result.stdout
+
+
+def unanswered_entries_script(silent_symbol: str):
+    """Fills every entry but ``silent_symbol``'s (never answered; its query finds nothing) and accepts stops."""
+    answer = exchange_script()
+
+    async def script(command, inputs) -> None:
+        from streams.domain import PlaceEntry
+
+        if isinstance(command, PlaceEntry) and command.symbol == silent_symbol:
+            return  # the answer is lost: the entry deadline queries the order
+        await answer(command, inputs)
+
+    return script
+
+
+async def test_replays_in_environments_with_other_policies_decide_exactly_as_the_recorded_run(
+        kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
+    # Arrange: a recorded run whose outcomes depend on the policy: a stop placed at the
+    # DEFAULT stop-loss distance (2 %), and an entry rolled back after its 5 s deadline.
+    app_id = f"replay-policy-{unique_suffix}"
+    worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log",
+                            extra_env={"DEFAULT_STOP_LOSS_PCT": "2"})
+    await worker.start()
+    updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
+    inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
+    exchange = await ScriptedExchange(kafka_bootstrap, worker.topics.commands, inputs,
+                                      unanswered_entries_script("BENCH2USDT")).start()
+    emulator = BinanceUsdmEmulator()
+    await emulator.start()
+    try:
+        # The signals go in the way an operator's do, through the ingest's CLI: the ingest
+        # records its policy in each input (the worker records its own in reports and deadlines).
+        for symbol, extra in (("BENCH1USDT", ()), ("BENCH2USDT", ("--stop-loss-pct", "3"))):
+            published = await publish_with_the_cli(worker, emulator.base_url, "open", symbol, "BUY", "5", *extra)
+            assert published.returncode == 0, published.stderr
+        for key, status in (("BENCH1USDT@binance", Status.ACTIVE), ("BENCH2USDT@binance", Status.ROLLED_BACK)):
+            await updates.wait_for(lambda k=key, s=status: (p := updates.latest(k)) is not None and p.status == s,
+                                   60, f"{key} {status.value}; log:\n{worker.log_tail(2000)}")
+        await wait_until_applied(kafka_bootstrap, app_id, worker.topics.inputs)
+    finally:
+        await emulator.stop()
+        await exchange.stop()
+        await inputs.stop()
+        await updates.stop()
+        worker.stop()
+    changelog = f"{app_id}-key_to_state-changelog"
+    original = await changelog_states(kafka_bootstrap, changelog)
+    other_env = {"DEFAULT_STOP_LOSS_PCT": "7", "PIPELINE_ENTRY_TIMEOUT_S": "600", "PIPELINE_STOP_LOSS_TIMEOUT_S": "600",
+                 "PIPELINE_CLOSE_TIMEOUT_S": "600"}
+
+    # Act: replay in an environment with other deadlines and another default stop, then again
+    # in the recorded run's; and fold the log under both.
+    first = await asyncio.to_thread(run_replay, kafka_bootstrap, fresh_database, app_id, **other_env)
+    after_first = await changelog_states(kafka_bootstrap, changelog)
+    second = await asyncio.to_thread(run_replay, kafka_bootstrap, fresh_database, app_id)
+    after_second = await changelog_states(kafka_bootstrap, changelog)
+    base = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "unused", tmp_path / "unused.log")
+    fold_here = await fold_inputs_log(kafka_bootstrap, Settings.from_env(base.environment()))
+    fold_elsewhere = await fold_inputs_log(kafka_bootstrap, Settings.from_env({**base.environment(), **other_env}))
+
+    # Assert: the same table, states, commands and positions, whatever the environment says
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert after_first == after_second == original, _differences(after_first, original)
+    assert original["BENCH1USDT@binance"].position.stop_loss_pct == Decimal("2")
+    assert original["BENCH2USDT@binance"].position.status == Status.ROLLED_BACK
+    assert fold_here.states == fold_elsewhere.states == original
+    assert fold_here.commands == fold_elsewhere.commands
+    assert fold_here.positions == fold_elsewhere.positions
+
+
+def _differences(left: dict, right: dict) -> dict:
+    """Field by field, what differs between two tables (for a readable failure)."""
+    import dataclasses
+
+    found = {}
+    for key in sorted(set(left) | set(right)):
+        a, b = left.get(key), right.get(key)
+        if a == b:
+            continue
+        if a is None or b is None:
+            found[key] = (a, b)
+            continue
+        for item in dataclasses.fields(a):
+            x, y = getattr(a, item.name), getattr(b, item.name)
+            if x != y and dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
+                found[f"{key}.{item.name}"] = {f.name: (getattr(x, f.name), getattr(y, f.name))
+                                               for f in dataclasses.fields(x) if getattr(x, f.name) != getattr(y, f.name)}
+            elif x != y:
+                found[f"{key}.{item.name}"] = (x, y)
+    return found
+
+
+async def publish_with_the_cli(worker: PipelineWorker, exchange_url: str, *arguments: str):
+    """``python -m streams.ingest.cli ...`` with the worker's environment (its policy too)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streams.ingest.cli", *arguments, cwd=REPO_ROOT,
+        env={**worker.environment(), "BINANCE_FUTURES_URL": exchange_url}, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    return subprocess.CompletedProcess(arguments, process.returncode, stdout.decode(), stderr.decode())

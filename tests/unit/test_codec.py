@@ -103,8 +103,13 @@ COMMAND_HEAD = {
 }
 
 
-def _input(branch: str, payload: dict, ts: int = 1761173440983) -> dict:
-    return {"event_id": f"ev-{branch}", "key": "APTUSDT@binance", "ts": ts, "payload": (branch, payload)}
+POLICY = {"default_stop_loss_pct": "2.5", "entry_timeout_ms": 30000, "stop_loss_timeout_ms": 30000,
+          "close_timeout_ms": 30000, "signal_id_retention_ms": 604800000}
+
+
+def _input(branch: str, payload: dict, ts: int = 1761173440983, policy: dict | None = None) -> dict:
+    return {"event_id": f"ev-{branch}", "key": "APTUSDT@binance", "ts": ts, "payload": (branch, payload),
+            "policy": policy}
 
 
 def _command(branch: str, payload: dict) -> dict:
@@ -114,6 +119,7 @@ def _command(branch: str, payload: dict) -> dict:
 #: (record name, datum, union branch or None): every record, every union branch.
 SAMPLES: list[tuple[str, dict, str | None]] = [
     ("PositionInput", _input("Signal", SIGNAL), "Signal"),
+    ("PositionInput", _input("Signal", SIGNAL, policy=POLICY), "Signal"),
     ("PositionInput", _input("Signal", CLOSE_SIGNAL), "Signal"),
     ("PositionInput", _input("ExchangeSnapshot", SNAPSHOT), "ExchangeSnapshot"),
     ("PositionInput", _input("ExchangeSnapshot", FLAT_SNAPSHOT), "ExchangeSnapshot"),
@@ -242,8 +248,12 @@ REPORTS = st.fixed_dictionaries({
     "error_message": _opt(TEXT),
 })
 DEADLINES = st.fixed_dictionaries({"position_id": TEXT, "status": STATUSES, "due_at": LONGS, "ts": LONGS})
+POLICIES = st.fixed_dictionaries({
+    "default_stop_loss_pct": DECIMALS, "entry_timeout_ms": LONGS, "stop_loss_timeout_ms": LONGS,
+    "close_timeout_ms": LONGS, "signal_id_retention_ms": LONGS,
+})
 INPUTS = st.fixed_dictionaries({
-    "event_id": TEXT, "key": TEXT, "ts": LONGS,
+    "event_id": TEXT, "key": TEXT, "ts": LONGS, "policy": _opt(POLICIES),
     "payload": st.one_of(
         st.tuples(st.just("Signal"), SIGNALS),
         st.tuples(st.just("ExchangeSnapshot"), SNAPSHOTS),
@@ -545,13 +555,23 @@ def test_registry_history_retired_version_indexed_by_fingerprint():
 )
 def test_decode_v0_writer_current_reader_fills_defaults(branch, old_payload, filled):
     retired = _retired("PositionInput")
-    data = default_registry().encode_with_writer(retired.fingerprint, _input(branch, old_payload))
+    written = {k: v for k, v in _input(branch, old_payload).items() if k != "policy"}  # v0 had no policy
+    data = default_registry().encode_with_writer(retired.fingerprint, written)
     assert data[2:HEADER_LENGTH] == retired.fingerprint
     decoded = decode("PositionInput", data)
     assert decoded == _input(branch, {**old_payload, **filled})
     # The Apache package resolves the same bytes to the same values.
     old_writer = avro.schema.parse(json.dumps(dict(retired.schema)))
     assert _apache_read("PositionInput", data, writer=old_writer) == _untagged(decoded)
+
+
+def test_decode_an_input_written_before_policies_were_recorded_reads_policy_none():
+    (v1,) = [w for w in default_registry().writer_schemas("PositionInput") if w.origin.endswith("position_input.v1.avsc")]
+    written = {k: v for k, v in _input("Signal", SIGNAL).items() if k != "policy"}
+
+    decoded = decode("PositionInput", default_registry().encode_with_writer(v1.fingerprint, written))
+
+    assert decoded == _input("Signal", SIGNAL, policy=None)
 
 
 V0_POSITION = {k: v for k, v in POSITION.items() if k not in ("orders_to_cancel", "closed_at_exchange")}

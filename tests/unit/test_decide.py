@@ -649,8 +649,8 @@ def test_decide_entry_rejected_rolls_back_and_frees_the_key():
     assert "entry rejected (-2019 Margin is insufficient.)" in decision.audit.reason
 
 
-def test_decide_flat_snapshot_before_entry_deadline_is_ignored():
-    # Arrange
+def test_decide_flat_snapshot_before_entry_deadline_is_ignored_like_after_it():
+    # Arrange: no clock is compared, so the poller's clock cannot change the decision
     feed = feed_entry_placed()
 
     # Act
@@ -659,7 +659,7 @@ def test_decide_flat_snapshot_before_entry_deadline_is_ignored():
     # Assert
     assert decision.state.position == feed.decisions[-2].state.position
     assert decision.audit is not None
-    assert decision.audit.reason == "exchange flat before the entry deadline; the order may still be on its way"
+    assert decision.audit.reason == "exchange flat but the entry order has no answer yet; the deadline queries it"
 
 
 def test_decide_flat_snapshot_past_entry_deadline_rolls_nothing_back_without_evidence():

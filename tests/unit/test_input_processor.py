@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from streams import serde
 from streams.app import ConsumedRecord, InputProcessor, input_of
-from streams.domain import InputEvent, PlaceEntry, Side, Signal, SignalAction
+from streams.domain import InputEvent, KeyState, PlaceEntry, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames
 
@@ -36,8 +36,8 @@ class Harness:
     """A processor over a dict table; every send is acknowledged at once and recorded."""
 
     def __init__(self) -> None:
-        self.table: dict[bytes, dict] = {}
-        self.stores: list[tuple[bytes, dict]] = []
+        self.table: dict[bytes, KeyState] = {}
+        self.stores: list[tuple[bytes, KeyState]] = []
         self.sent: list[tuple[str, bytes, bytes, list]] = []
         settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"})
         self.processor = InputProcessor(settings=settings, topics=TOPICS, send=self._send, load=self.table.get,
@@ -49,7 +49,7 @@ class Harness:
         acknowledged.set_result(None)
         return acknowledged
 
-    def _store(self, key: bytes, value: dict) -> None:
+    def _store(self, key: bytes, value: KeyState) -> None:
         self.stores.append((key, value))
         self.table[key] = value
 
@@ -68,7 +68,7 @@ async def test_an_input_is_sent_before_its_state_is_stored():
     assert decision is not None and decision.commands
     assert [topic for topic, _, _, _ in harness.sent][0] == TOPICS.commands
     assert {input_of(headers) for _, _, _, headers in harness.sent} == {(0, 5)}  # each output names its input
-    stored = serde.key_state_from_record(harness.stores[-1][1])
+    stored = harness.stores[-1][1]
     assert stored.last_offset == 5 and stored.live_position is not None
 
 
@@ -100,7 +100,7 @@ async def test_an_input_that_changes_nothing_and_is_not_redelivered_writes_no_st
 
     # Assert: refused and audited; stored once, because the decision moved the key's last offset.
     assert decision is not None and decision.audit is not None and decision.commands == ()
-    assert [serde.key_state_from_record(value).last_offset for _, value in harness.stores] == [6]
+    assert [state.last_offset for _, state in harness.stores] == [6]
 
 
 def test_the_deadline_index_follows_stored_states_and_names_only_passed_deadlines():
@@ -186,7 +186,7 @@ def test_send_durably_partial_failure_resends_only_the_unacknowledged_output(mon
     updates = [value for topic, value in kafka.sent if topic == TOPICS.updates]
     assert len(updates) == 3 and len(set(updates)) == 2  # position + audit, the first of them twice
     assert sorted(kafka.acknowledged) == sorted(set(kafka.sent))
-    assert table[KEY.encode()]["last_offset"] == 0  # stored only after everything was acknowledged
+    assert table[KEY.encode()].last_offset == 0  # stored only after everything was acknowledged
 
 
 def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(monkeypatch):
@@ -200,3 +200,59 @@ def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(mo
     # Assert
     assert [type(c) for c in _commands(kafka.sent)] == [PlaceEntry]
     assert len([1 for topic, _ in kafka.sent if topic == TOPICS.updates]) == 2  # not repeated
+
+
+def test_input_gaps_a_hole_is_fetched_again_and_what_came_after_it_set_aside_until_it_comes_again():
+    from streams.app import GapVerdict, InputGaps
+
+    gaps = InputGaps({})
+    verdicts = []
+    for offset in (5, 6):  # applied
+        verdicts.append(gaps.check(0, offset))
+        gaps.applied(0, offset)
+    verdicts.append(gaps.check(0, 9))  # 7 and 8 never came: fetch them again
+    verdicts.append(gaps.check(0, 10))  # already in flight after the hole: set aside
+    for offset in (7, 8, 9, 10):  # the hole, then what was set aside, delivered again
+        verdicts.append(gaps.check(0, offset))
+        gaps.applied(0, offset)
+
+    assert verdicts == [GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.SEEK, GapVerdict.SET_ASIDE,
+                        GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY]
+    assert gaps.expected(0) == 11
+
+
+def test_input_gaps_a_hole_that_holds_no_record_is_accepted_after_one_fetch():
+    from streams.app import GapVerdict, InputGaps
+
+    gaps = InputGaps({0: 5})
+    first = gaps.check(0, 7)  # 5..6 missing: fetch again
+    again = gaps.check(0, 7)  # the fetch starts at 7 again: nothing was there
+    gaps.applied(0, 7)
+    other_partition = gaps.check(1, 100)  # a partition seen for the first time: nothing expected yet
+
+    assert (first, again, other_partition) == (GapVerdict.SEEK, GapVerdict.APPLY, GapVerdict.APPLY)
+    assert gaps.expected(0) == 8
+
+
+async def test_an_input_is_decided_with_the_policy_recorded_in_it_then_the_overrides_on_top():
+    # Arrange: the processor's own settings say 30 s; the input's producer ran with 5 s.
+    import dataclasses
+
+    from streams.domain import Policy
+
+    recorded = Policy(default_stop_loss_pct=Decimal("2"), entry_timeout_ms=5_000, stop_loss_timeout_ms=5_000,
+                      close_timeout_ms=5_000)
+    event = dataclasses.replace(serde.decode_input(open_signal("s-1")), policy=recorded)
+    harness = Harness()
+    overridden = Harness()
+    overridden.processor.policy_overrides = {"entry_timeout_ms": 60_000}
+
+    # Act
+    plain = await harness.apply(0, serde.encode_input(event))
+    changed = await overridden.apply(0, serde.encode_input(event))
+    unrecorded = await Harness().apply(0, open_signal("s-2"))
+
+    # Assert: deadline = the input's (log) time 0 + the entry timeout of the policy used
+    assert plain.state.position.deadline_at == 5_000
+    assert changed.state.position.deadline_at == 60_000
+    assert unrecorded.state.position.deadline_at == 30_000  # no policy recorded: the settings'

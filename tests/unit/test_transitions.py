@@ -220,8 +220,8 @@ def _input_for(trigger: Trigger) -> Callable[[Feed], Decision] | None:
         return lambda feed: feed.snapshot(quantity=_held_quantity(feed) * 3)
     if trigger is Trigger.DEADLINE:
         return lambda feed: feed.deadline()
-    if trigger in (Trigger.SNAPSHOT_FLAT, Trigger.SNAPSHOT_FLAT_EARLY):
-        return None  # handled by _flat_input: which of the two a flat snapshot is depends on the deadline
+    if trigger is Trigger.SNAPSHOT_FLAT:
+        return None  # handled by the flat cases: fetched before and after the deadline
     role, outcome = next(pair for pair, t in REPORT_TRIGGERS.items() if t is trigger)
 
     def send(feed: Feed) -> Decision:
@@ -263,7 +263,7 @@ def _cases() -> list:
     cases = []
     for state_name in START_STATES:
         for trigger in Trigger:
-            if trigger in (Trigger.SNAPSHOT_FLAT, Trigger.SNAPSHOT_FLAT_EARLY):
+            if trigger is Trigger.SNAPSHOT_FLAT:
                 continue
             if trigger is Trigger.DEADLINE and state_name == "free":
                 continue  # a free key without any position gets no deadline at all
@@ -283,8 +283,9 @@ def test_decide_follows_the_table(state_name: str, trigger: Trigger | str):
     from_status = table_status(live.status if live is not None else None)
     if trigger in ("flat_early", "flat_late"):
         has_deadline = live is not None and live.deadline_at is not None
-        derived = Trigger.SNAPSHOT_FLAT_EARLY if trigger == "flat_early" and has_deadline else Trigger.SNAPSHOT_FLAT
-        at = live.deadline_at if trigger == "flat_late" and live is not None and live.deadline_at else None
+        # Fetched before or after the deadline, a flat exchange means the same (no clock is compared)
+        derived = Trigger.SNAPSHOT_FLAT
+        at = live.deadline_at if trigger == "flat_late" and has_deadline else None
         send: Callable[[Feed], Decision] = lambda f: f.flat(at=at)  # noqa: E731
     else:
         derived = _derived(trigger, live)  # type: ignore[arg-type]
@@ -320,20 +321,18 @@ def test_decide_follows_the_table(state_name: str, trigger: Trigger | str):
 
 
 def test_decide_follows_the_table_covers_every_transition_row():
-    # Arrange: the rows the parametrised cases above reach (flat-early only with a deadline)
+    # Arrange: the rows the parametrised cases above reach
     reached: set[tuple[Status | None, Trigger]] = set()
     for state_name, builder in START_STATES.items():
         state = builder().state
         assert state is not None
         live = state.live_position
         from_status = table_status(live.status if live is not None else None)
-        reached.update((from_status, trigger) for trigger in Trigger if trigger is not Trigger.SNAPSHOT_FLAT_EARLY)
-        if live is not None and live.deadline_at is not None:
-            reached.add((from_status, Trigger.SNAPSHOT_FLAT_EARLY))
+        reached.update((from_status, trigger) for trigger in Trigger)
 
     # Act
     unreached = set(TRANSITIONS) - reached
 
-    # Assert: only flat-early on `active`, which has no deadline, is a row for totality's sake
-    assert unreached == {(Status.ACTIVE, Trigger.SNAPSHOT_FLAT_EARLY)}
+    # Assert
+    assert unreached == set()
 
