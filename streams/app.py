@@ -24,7 +24,6 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import faust
@@ -41,6 +40,7 @@ from streams.domain import (
     Status,
     decide,
 )
+from streams.gaps import AppliedOffsets, LogRangeReader, applied_through
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.web import metrics, register_web
@@ -415,53 +415,6 @@ async def _count_restored_record(app: faust.App, event: Any) -> None:
     metrics.observe_restored_record(replica)
 
 
-class GapVerdict(Enum):
-    """What to do with an input, given the offsets the agent has applied in its partition."""
-
-    APPLY = "apply"
-    SEEK = "seek"  # offsets before it were never delivered: fetch them again
-    SET_ASIDE = "set_aside"  # after a hole being fetched again: it will come again
-
-
-class InputGaps:
-    """Per partition, the next offset the agent expects: inputs are applied without holes.
-
-    A hole is fetched again once (``SEEK``); the inputs after it that were already delivered
-    are set aside (not applied, not acked: they come again after the hole). Should the
-    first input after the hole come again first, the hole holds no record (offsets a
-    transactional producer's markers take, say): it is accepted, logged.
-    """
-
-    def __init__(self, next_offsets: dict[int, int]) -> None:
-        self._next = next_offsets  # shared with the rebalance listener, which clears it
-        self._seeking: dict[int, tuple[int, int]] = {}  # partition -> (hole start, first offset after it)
-
-    def expected(self, partition: int) -> int:
-        """The next offset the agent expects in ``partition``."""
-        return self._next[partition]
-
-    def check(self, partition: int, offset: int) -> GapVerdict:
-        """APPLY, SEEK (a new hole before ``offset``) or SET_ASIDE (after a hole being fetched)."""
-        expected = self._next.get(partition)
-        if expected is None or offset <= expected:
-            self._seeking.pop(partition, None)
-            return GapVerdict.APPLY  # below expected: a redelivery, a no-op for the key's state
-        seeking = self._seeking.get(partition)
-        if seeking is not None and seeking[0] == expected:
-            if offset == seeking[1]:
-                logger.warning("position-inputs[%d]: offsets %d..%d hold no input; going on at %d",
-                               partition, expected, offset - 1, offset)
-                del self._seeking[partition]
-                return GapVerdict.APPLY
-            return GapVerdict.SET_ASIDE
-        self._seeking[partition] = (expected, offset)
-        return GapVerdict.SEEK
-
-    def applied(self, partition: int, offset: int) -> None:
-        """Records that ``offset`` of ``partition`` was applied."""
-        self._next[partition] = max(self._next.get(partition, 0), offset + 1)
-
-
 @dataclass
 class Pipeline:
     """The Faust app and the parts tests and commands reach for."""
@@ -543,47 +496,59 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # inputs across rebalances (events skipped for a stale generation are acked) and, with
     # isolated_partitions, a revoked actor's cancellation counted as a crash (three stop the worker).
     known: dict[bytes, KeyState | None] = {}
-    next_offsets_seen: dict[int, int] = {}  # partition -> the offset the agent expects next
+    changelog_name = key_to_state.changelog_topic.get_topic_name()
+
+    def table_applied_through() -> dict[int, int]:
+        owned = active_partitions(app, changelog_name)
+        return applied_through(
+            (partition, record["last_offset"]) for partition, record in (
+                (partition_for_key(key, settings.topic_partitions), record) for key, record in list(key_to_state.items()))
+            if partition in owned)
+
+    applied = AppliedOffsets(table_applied_through)
+    log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
 
     @app.on_partitions_revoked.connect
     async def forget_known_states(app: faust.App, revoked: set, **kwargs: Any) -> None:
-        """A revoked partition may be written by another worker before it comes back: decode afresh."""
+        """A revoked partition may be written by another worker before it comes back: read the table afresh."""
         known.clear()
-        # next_offsets_seen is kept: a partition that comes back is expected where this worker
-        # left it; if another worker moved it on meanwhile, the agent fetches from there again
-        # and those inputs are no-ops (each key's last offset), but a hole is never let through.
+        applied.forget()
+
+    async def apply_records(records: Sequence[ConsumedRecord]) -> None:
+        if len(known) > KNOWN_STATES:
+            known.clear()
+        try:
+            await processor.apply_batch(records, known)
+        except BaseException:
+            known.clear()  # a state decided but maybe not stored: read the table again
+            raise
+        applied.applied(records[-1].partition, records[-1].offset)
+
+    async def fill_hole(tp: Any, start: int, end: int) -> None:
+        # Faust went past inputs the agent never applied (see streams.gaps): read them from the log.
+        logger.warning("position-inputs[%d]: offsets %d..%d were never applied; reading them from the log",
+                       tp.partition, start, end - 1)
+        metrics.observe_input_gap(end - start)
+        async for records in log_reader.read(tp.partition, start, end):
+            await apply_records([ConsumedRecord(
+                topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+                value=record.value, timestamp_ms=record.timestamp) for record in records])
 
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
         """Applies every input of the worker's partitions, each partition in offset order, none skipped."""
-        gaps = InputGaps(next_offsets_seen)
-        # noack: an event is acked here, once applied (its outputs acknowledged, its state
-        # stored), and never when it is set aside to close a gap.
+        # noack: an event is acked here, once applied (its outputs acknowledged, its state stored).
         async for event in stream.noack().events():
             message = event.message
-            verdict = gaps.check(message.partition, message.offset)
-            if verdict is GapVerdict.SEEK:
-                # faust-streaming acks messages it drops for a stale generation during a
-                # rebalance, so the consumer can go on past an input the agent never saw
-                # (seen in the fault suite). Fetch the hole again; this event comes again too.
-                logger.warning("position-inputs[%d]: offsets %d..%d were not delivered to the agent; fetching "
-                               "them again", message.partition, gaps.expected(message.partition), message.offset - 1)
-                metrics.observe_input_gap(message.offset - gaps.expected(message.partition))
-                await app.consumer.seek(message.tp, gaps.expected(message.partition))
-                continue
-            if verdict is GapVerdict.SET_ASIDE:
-                continue  # delivered again once the hole before it is read
-            if len(known) > KNOWN_STATES:
-                known.clear()
-            try:
-                await processor.apply_batch([ConsumedRecord(
-                    topic=message.topic, partition=message.partition, offset=message.offset,
-                    key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
-                )], known)
-            except BaseException:
-                known.clear()  # a state decided but maybe not stored: read the table again
-                raise
-            gaps.applied(message.partition, message.offset)
+            if message.tp not in app.consumer.assignment():
+                continue  # fetched before a rebalance took the partition away: its new owner applies it
+            hole = applied.hole_before(message.partition, message.offset)
+            if hole is not None:
+                await fill_hole(message.tp, *hole)
+            await apply_records([ConsumedRecord(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
+            )])
             await stream.ack(event)
 
     edge = None
@@ -694,5 +659,5 @@ def _add_diff_command(app: faust.App, settings: Settings) -> None:
             raise SystemExit(1)
 
 
-__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "DeadlineIndex", "GapVerdict", "InputGaps", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "with_policy", "Pipeline", "build_pipeline",
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "DeadlineIndex", "InputProcessor", "InvalidInputRecord", "KeyStateTable", "with_policy", "Pipeline", "build_pipeline",
            "input_headers", "input_of"]

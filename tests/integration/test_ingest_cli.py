@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from emulator import BinanceUsdmEmulator, default_symbols
 from streams import serde
-from streams.domain import InputEvent, Side, Signal, SignalAction
+from streams.domain import InputEvent, Policy, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 from tests.integration.pipeline_harness import free_port
@@ -36,6 +36,11 @@ async def emulator():
     await emulator.stop()
 
 
+#: The policy the CLI runs with in the test that checks it is recorded in the input.
+CLI_POLICY_ENV = {"DEFAULT_STOP_LOSS_PCT": "1.5", "PIPELINE_ENTRY_TIMEOUT_S": "12", "PIPELINE_STOP_LOSS_TIMEOUT_S": "13",
+                  "PIPELINE_CLOSE_TIMEOUT_S": "14", "PIPELINE_SIGNAL_ID_RETENTION_S": "700000"}
+
+
 @pytest.fixture
 async def topics(kafka_bootstrap, unique_suffix, tmp_path) -> TopicNames:
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "STACK_DIR": str(tmp_path),
@@ -49,8 +54,9 @@ async def topics(kafka_bootstrap, unique_suffix, tmp_path) -> TopicNames:
 def run_cli(kafka_bootstrap, topics, emulator):
     """Runs the CLI with the test's topics and exchange; returns (exit code, stdout, stderr)."""
 
-    async def run(*arguments: str, exchange_url: str | None = None) -> tuple[int, str, str]:
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+    async def run(*arguments: str, exchange_url: str | None = None,
+                  extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        env = {**os.environ, **(extra_env or {}), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
                "PIPELINE_TOPIC_PREFIX": topics.inputs.removesuffix("position-inputs"),
                "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS), "BINANCE_FUTURES_URL": exchange_url or emulator.base_url,
                "PYTHONPATH": str(REPO_ROOT)}
@@ -93,7 +99,7 @@ async def test_cli_open_publishes_one_signal_and_prints_its_key_partition_and_of
 
     # Act
     code, stdout, stderr = await run_cli("open", "APTUSDT", "BUY", "61.8", "--stop-loss-pct", "2.5",
-                                         "--id", signal_id, "--ts", "1761173440983")
+                                         "--id", signal_id, "--ts", "1761173440983", extra_env=CLI_POLICY_ENV)
 
     # Assert
     assert code == 0, stderr
@@ -102,11 +108,14 @@ async def test_cli_open_publishes_one_signal_and_prints_its_key_partition_and_of
     record = await read_record(kafka_bootstrap, topics.inputs, int(printed["partition"]), int(printed["offset"]))
     assert record.key == b"APTUSDT@binance"
     event = serde.decode_input(record.value)
-    # The signal keeps its own ts; the input is timed at receipt (deadlines count from it).
+    # The signal keeps its own ts; the input is timed at receipt (deadlines count from it) and
+    # carries the policy the CLI ran with, so a replay decides it as it was decided.
     assert event == InputEvent(
         f"signal:{signal_id}", "APTUSDT@binance", event.ts,
         Signal(signal_id, SignalAction.OPEN, "APTUSDT", "binance", Side.BUY, Decimal("61.8"), Decimal("2.5"),
-               1761173440983))
+               1761173440983),
+        policy=Policy(default_stop_loss_pct=Decimal("1.5"), entry_timeout_ms=12_000, stop_loss_timeout_ms=13_000,
+                      close_timeout_ms=14_000, signal_id_retention_ms=700_000_000))
     assert event.ts > 1761173440983
 
 

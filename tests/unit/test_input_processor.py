@@ -202,36 +202,40 @@ def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(mo
     assert len([1 for topic, _ in kafka.sent if topic == TOPICS.updates]) == 2  # not repeated
 
 
-def test_input_gaps_a_hole_is_fetched_again_and_what_came_after_it_set_aside_until_it_comes_again():
-    from streams.app import GapVerdict, InputGaps
+def test_applied_offsets_name_a_hole_from_the_table_and_move_on_as_inputs_are_applied():
+    from streams.gaps import AppliedOffsets, applied_through
 
-    gaps = InputGaps({})
-    verdicts = []
-    for offset in (5, 6):  # applied
-        verdicts.append(gaps.check(0, offset))
-        gaps.applied(0, offset)
-    verdicts.append(gaps.check(0, 9))  # 7 and 8 never came: fetch them again
-    verdicts.append(gaps.check(0, 10))  # already in flight after the hole: set aside
-    for offset in (7, 8, 9, 10):  # the hole, then what was set aside, delivered again
-        verdicts.append(gaps.check(0, offset))
-        gaps.applied(0, offset)
+    # The table: keys of partition 0 applied up to offsets 4 and 6, one key of partition 1 at 2.
+    recoveries = []
 
-    assert verdicts == [GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.SEEK, GapVerdict.SET_ASIDE,
-                        GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY, GapVerdict.APPLY]
-    assert gaps.expected(0) == 11
+    def recover():
+        recoveries.append(1)
+        return applied_through([(0, 4), (0, 6), (1, 2), (2, -1)])
+
+    applied = AppliedOffsets(recover)
+    in_order = applied.hole_before(0, 7)
+    applied.applied(0, 7)
+    redelivered = applied.hole_before(0, 3)
+    hole = applied.hole_before(0, 10)  # 8 and 9 never applied
+    unknown = applied.hole_before(2, 50)  # no key of partition 2 applied anything: nothing to miss
+    after_restart = applied.hole_before(1, 5)
+
+    assert (in_order, redelivered, hole, unknown, after_restart) == (None, None, (8, 10), None, (3, 5))
+    assert len(recoveries) == 1
 
 
-def test_input_gaps_a_hole_that_holds_no_record_is_accepted_after_one_fetch():
-    from streams.app import GapVerdict, InputGaps
+def test_applied_offsets_ask_the_table_again_after_a_rebalance():
+    from streams.gaps import AppliedOffsets
 
-    gaps = InputGaps({0: 5})
-    first = gaps.check(0, 7)  # 5..6 missing: fetch again
-    again = gaps.check(0, 7)  # the fetch starts at 7 again: nothing was there
-    gaps.applied(0, 7)
-    other_partition = gaps.check(1, 100)  # a partition seen for the first time: nothing expected yet
+    table = {0: 5}
+    applied = AppliedOffsets(lambda: dict(table))
+    applied.applied(0, 5)
+    table[0] = 20  # another worker owned partition 0 meanwhile and applied up to 19
+    before = applied.hole_before(0, 20)  # still the old view: 6..19 look missing
+    applied.forget()
+    after = applied.hole_before(0, 20)
 
-    assert (first, again, other_partition) == (GapVerdict.SEEK, GapVerdict.APPLY, GapVerdict.APPLY)
-    assert gaps.expected(0) == 8
+    assert (before, after) == ((6, 20), None)
 
 
 async def test_an_input_is_decided_with_the_policy_recorded_in_it_then_the_overrides_on_top():

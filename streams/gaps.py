@@ -1,0 +1,109 @@
+"""Inputs applied without holes: what the agent has applied per partition, and the log read to fill a hole.
+
+Faust's consumer can go past an input the agent never saw: it acks messages it drops for a
+stale generation during a rebalance, treats a jump in fetched offsets as a gap it may commit
+over, and commits from offset 0 without checking for a hole before the first acked offset
+(all seen against faust-streaming 0.15.3 in the fault suite). Seeking Faust's consumer back
+does not help: the fetcher drops every record below the highest offset it has handed out.
+
+So the agent keeps its own truth. Every applied input writes its key's state with the
+input's offset (``last_offset``), and inputs are applied in offset order without holes, so
+after a restart, a rebalance or a failover the highest ``last_offset`` of a partition's keys
+in the (changelog-restored) table says where that partition's inputs were applied to,
+whatever offset Faust committed. An input delivered beyond that point means a hole: the
+agent reads the missing offsets from the log itself (``LogRangeReader``), applies them, and
+then the input in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+#: Records fetched per read while filling a hole.
+FILL_BATCH_RECORDS = 500
+
+
+def applied_through(key_offsets: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Per partition, the offset after the highest applied input, from ``(partition, last_offset)`` pairs."""
+    through: dict[int, int] = {}
+    for partition, last_offset in key_offsets:
+        if last_offset >= 0 and last_offset + 1 > through.get(partition, 0):
+            through[partition] = last_offset + 1
+    return through
+
+
+class AppliedOffsets:
+    """Per partition, the next offset the agent must apply: an input beyond it means a hole.
+
+    ``recover`` gives the offsets the table shows applied (``applied_through`` of its keys);
+    it is asked again after ``forget`` (a rebalance: another worker may have moved a
+    partition on meanwhile). A partition whose table holds no key has no known point: its
+    inputs are applied as delivered (it never applied a valid input, so no key can miss one;
+    at worst an undecodable record is dead-lettered again).
+    """
+
+    def __init__(self, recover: Callable[[], Mapping[int, int]]) -> None:
+        self._recover = recover
+        self._next: dict[int, int] | None = None
+
+    def expected(self, partition: int) -> int | None:
+        """The next offset to apply in ``partition`` (None: not known)."""
+        if self._next is None:
+            self._next = dict(self._recover())
+        return self._next.get(partition)
+
+    def hole_before(self, partition: int, offset: int) -> tuple[int, int] | None:
+        """``(first missing, offset)`` when inputs before ``offset`` were never applied, else None."""
+        expected = self.expected(partition)
+        if expected is None or offset <= expected:
+            return None  # in order, or a redelivery (a no-op for its key's state)
+        return expected, offset
+
+    def applied(self, partition: int, offset: int) -> None:
+        """Records that ``offset`` of ``partition`` (and, by construction, all before it) was applied."""
+        if self._next is None:
+            self._next = dict(self._recover())
+        if offset + 1 > self._next.get(partition, 0):
+            self._next[partition] = offset + 1
+
+    def forget(self) -> None:
+        """Drops what is known: the table is asked again at the next input (after a rebalance)."""
+        self._next = None
+
+
+class LogRangeReader:
+    """Reads a range of one partition's offsets straight from the log, outside Faust's consumer."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+
+    async def read(self, partition: int, start: int, end: int) -> AsyncIterator[list]:
+        """Yields the records of offsets ``start`` to ``end - 1`` in batches, in offset order.
+
+        Offsets that hold no record (removed by retention, or control records) are passed
+        over: the read ends once the position reaches ``end``.
+        """
+        tp = TopicPartition(self.topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_poll_records=FILL_BATCH_RECORDS)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                fetched = await consumer.getmany(tp, timeout_ms=1000)
+                records = [record for record in fetched.get(tp, []) if start <= record.offset < end]
+                if records:
+                    yield records
+        finally:
+            await consumer.stop()
+
+
+__all__ = ["AppliedOffsets", "LogRangeReader", "applied_through"]

@@ -1,0 +1,88 @@
+"""No input is left unapplied, whatever offset the consumer group committed.
+
+faust-streaming can commit past inputs its agent never saw (see ``streams.gaps``). Here the
+group's committed offset is moved past inputs while the worker is down, which is what such a
+commit followed by a crash leaves behind: on the real broker, the restarted worker must find
+the hole from its table and apply those inputs from the log.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from streams.domain import Side
+from streams.web.routing import partition_for_key
+from tests.integration.pipeline_harness import (
+    PARTITIONS,
+    InputSender,
+    PipelineWorker,
+    UpdatesTap,
+    wait_until_applied,
+)
+
+
+def symbols_of_one_partition(count: int, prefix: str) -> tuple[list[str], int]:
+    """``count`` symbols whose binance keys share one partition, and that partition."""
+    chosen: list[str] = []
+    partition = partition_for_key(f"{prefix}0USDT@binance".encode(), PARTITIONS)
+    index = 0
+    while len(chosen) < count:
+        symbol = f"{prefix}{index}USDT"
+        if partition_for_key(f"{symbol}@binance".encode(), PARTITIONS) == partition:
+            chosen.append(symbol)
+        index += 1
+    return chosen, partition
+
+
+async def commit_group_offset(bootstrap: str, group: str, tp: TopicPartition) -> int:
+    """Commits the end of ``tp`` for ``group`` (whose members are gone), as if all of it were applied."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.commit({tp: OffsetAndMetadata(end, "")})
+        return end
+    finally:
+        await consumer.stop()
+
+
+async def test_inputs_the_group_committed_past_but_never_applied_are_read_from_the_log(
+        kafka_bootstrap, unique_suffix, tmp_path):
+    # Arrange: a worker applied one signal of the partition and stopped.
+    app_id = f"holes-{unique_suffix}"
+    worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log")
+    symbols, partition = symbols_of_one_partition(4, "HOLE")
+    first, *skipped, later = symbols
+    await worker.start()
+    inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
+    updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
+    try:
+        await inputs.open(first, Side.BUY, "1")
+        await updates.wait_for(lambda: updates.latest(f"{first}@binance") is not None, 60, "the first position")
+        await wait_until_applied(kafka_bootstrap, app_id, worker.topics.inputs)
+        worker.stop()
+
+        # Act: signals arrive while it is down and the group's offset is committed past them
+        # (a commit over a hole, then a crash); then one more signal, and the worker comes back.
+        for symbol in skipped:
+            await inputs.open(symbol, Side.BUY, "1")
+        committed = await commit_group_offset(kafka_bootstrap, app_id, TopicPartition(worker.topics.inputs, partition))
+        await inputs.open(later, Side.BUY, "1")
+        await worker.start()
+        await updates.wait_for(
+            lambda: all(updates.latest(f"{symbol}@binance") is not None for symbol in symbols), 60,
+            f"a position for each of {symbols}")
+        gap_inputs = await worker.metric("pipeline_input_gaps_total")
+    finally:
+        await updates.stop()
+        await inputs.stop()
+        worker.stop()
+
+    # Assert: the skipped signals were decided (pending entries) from the log, and said so.
+    assert committed >= 3
+    assert all(any(position.status.value == "pending_entry" for position in updates.positions(f"{symbol}@binance"))
+               for symbol in skipped)
+    assert gap_inputs == len(skipped)
+    assert "were never applied; reading them from the log" in worker.log_tail(200_000)
