@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 
 from streams.domain import AuditRecord, Position
 
@@ -52,7 +53,7 @@ POSITION_COLUMNS: tuple[str, ...] = (
 #: Columns of ``monitoring.position_events``, in the order of ``event_row``.
 EVENT_COLUMNS: tuple[str, ...] = (
     "key", "input_offset", "symbol", "exchange", "position_id", "kind", "decision", "reason", "event_id",
-    "time",
+    "time", "status_after", "client_order_id", "order_role", "order_outcome",
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,6 +66,10 @@ def epoch_ms_to_datetime(ms: int) -> datetime:
 
 def _optional_datetime(ms: int | None) -> datetime | None:
     return None if ms is None else epoch_ms_to_datetime(ms)
+
+
+def _optional_value(member: Enum | None) -> str | None:
+    return None if member is None else member.value
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -113,6 +118,10 @@ def event_row(audit: AuditRecord) -> tuple:
         audit.reason,
         audit.event_id,
         epoch_ms_to_datetime(audit.ts),
+        _optional_value(audit.status_after),
+        audit.client_order_id,
+        _optional_value(audit.order_role),
+        _optional_value(audit.order_outcome),
     )
 
 

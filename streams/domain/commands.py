@@ -15,7 +15,9 @@ from streams.domain.model import (
     InputKind,
     KeyState,
     OrderRole,
+    ReportOutcome,
     Side,
+    Status,
     require_finite_decimal,
 )
 
@@ -131,6 +133,13 @@ class AuditRecord:
     decision: AuditDecision
     reason: str
     ts: int
+    #: The audited position's status once the input was applied (None: no position, or no longer the key's).
+    status_after: Status | None = None
+    #: The order concerned: the reported one, or the first order the decision placed.
+    client_order_id: str | None = None
+    order_role: OrderRole | None = None
+    #: The exchange's answer for a reported order; None for an order placed.
+    order_outcome: ReportOutcome | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,15 +224,22 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         last_exchange_ts=exchange_ts,
     )
     position_changed = verdict.position != state.position
+    audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
+    client_order_id, order_role, order_outcome = _audited_order(step.payload, verdict.commands)
     audit = AuditRecord(
         key=state.key,
         offset=step.offset,
         event_id=step.event.event_id,
-        position_id=_audited_position_id(step.payload, verdict.position, position_changed),
+        position_id=audited_id,
         input_kind=_input_kind(step.payload),
         decision=verdict.decision,
         reason=verdict.reason,
         ts=step.now,
+        status_after=(verdict.position.status
+                      if verdict.position is not None and audited_id == verdict.position.id else None),
+        client_order_id=client_order_id,
+        order_role=order_role,
+        order_outcome=order_outcome,
     )
     return Decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
@@ -249,6 +256,19 @@ def _remember_signal(step: _Step, signal_id: str) -> tuple[SeenSignal, ...]:
     horizon = step.now - step.policy.signal_id_retention_ms
     kept = tuple(seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon)
     return (*kept, SeenSignal(signal_id=signal_id, first_seen_at=step.now))
+
+
+def _audited_order(
+    payload: InputPayload, commands: tuple[Command, ...]
+) -> tuple[str | None, OrderRole | None, ReportOutcome | None]:
+    """The order an input concerned: the one a report answers, else the first one the decision placed."""
+    if isinstance(payload, ExecutionReport):
+        return payload.client_order_id, payload.role, payload.outcome
+    for command in commands:
+        role = getattr(command, "role", None)
+        if role is not None:
+            return command.client_order_id, role, None
+    return None, None, None
 
 
 def _audited_position_id(

@@ -13,6 +13,7 @@ import html
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Sequence
 
 __all__ = ["render_page", "STATUS_LABELS"]
@@ -137,7 +138,9 @@ _SCRIPT = """
       if (p.deadline_at && Date.parse(p.deadline_at) < now) { upd.className += " overdue"; upd.title = "deadline passed"; }
       tr.appendChild(upd);
       tr.appendChild(el("td", "muted", p.source));
-      tr.appendChild(el("td", "id", p.id));
+      var idCell = el("td", "id"); var link = el("a", null, p.id);
+      link.href = "positions/" + encodeURIComponent(p.key || (p.symbol + "@" + p.exchange)).replace("%40", "@") + "/history.html";
+      link.title = "the position's history"; idCell.appendChild(link); tr.appendChild(idCell);
       body.appendChild(tr);
     });
   }
@@ -177,6 +180,11 @@ def _dash(value: object) -> str:
     return "\u2013" if value in (None, "") else html.escape(str(value))
 
 
+def _history_href(position: dict) -> str:
+    key = position.get("key") or f'{position["symbol"]}@{position["exchange"]}'
+    return f"positions/{urllib.parse.quote(key, safe='@')}/history.html"
+
+
 def _row(position: dict) -> str:
     side = position["side"]
     side_text = "BUY \u00b7 long" if side == "BUY" else "SELL \u00b7 short"
@@ -195,7 +203,8 @@ def _row(position: dict) -> str:
         f'<td class="num age">{_dash(position["opened_at"])}</td>'
         f'<td class="num">{_dash(position["updated_at"])}</td>'
         f'<td class="muted">{html.escape(position["source"])}</td>'
-        f'<td class="id">{html.escape(position["id"])}</td>'
+        f'<td class="id"><a href="{html.escape(_history_href(position), quote=True)}">'
+        f'{html.escape(position["id"])}</a></td>'
         "</tr>"
     )
 

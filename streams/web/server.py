@@ -11,6 +11,8 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 | ``GET /`` (also ``/positions.html``) | the HTML page of open and in-flight positions |
 | ``GET /positions/`` | JSON array of every live position, from every worker |
 | ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
+| ``GET /positions/{SYMBOL}@{exchange}/history/`` | the key's positions newest first (closed ones too), each with its events; from PostgreSQL (``?limit=N``, default 50); 404 if the key never had one |
+| ``GET /positions/{SYMBOL}@{exchange}/history.html`` | the same as an HTML timeline (linked from the page) |
 | ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
 | ``GET /health`` | 200 while the process serves |
 | ``GET /ready`` | 200 once the worker has its assignment and its table recovered, and no background part (poller, order ledger) is failing; else 503 with the reasons; says if it leads the group |
@@ -58,6 +60,8 @@ from yarl import URL
 
 from streams import serde
 from streams.settings import Settings
+from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
+from streams.web.history_page import render_history_page
 from streams.topics import TopicNames
 from streams.web import health, metrics
 from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
@@ -137,6 +141,8 @@ class PositionsWebServer(Service):
         self.settings = settings
         self.table = table
         self.faust_registry = faust_registry
+        # Histories are read from the sink's tables: every worker answers the same.
+        self.position_history = PositionHistory(settings.database_url)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         # The sink's consumer group (sinks/postgres.py) on position-updates.
@@ -163,6 +169,9 @@ class PositionsWebServer(Service):
         application.router.add_get("/positions.html", self.page)
         application.router.add_get("/positions/", self.positions)
         application.router.add_get("/positions", self.positions)
+        application.router.add_get("/positions/{key}/history/", self.history)
+        application.router.add_get("/positions/{key}/history", self.history)
+        application.router.add_get("/positions/{key}/history.html", self.history_page)
         application.router.add_get("/positions/{key}/", self.position)
         application.router.add_get("/positions/{key}", self.position)
         application.router.add_get("/_node/positions/", self.node_positions)
@@ -190,6 +199,7 @@ class PositionsWebServer(Service):
             await self._session.close()
             self._session = None
         await self.sink_lag.close()
+        await self.position_history.close()
 
     # ------------------------------------------------------------------ worker state
 
@@ -385,6 +395,41 @@ class PositionsWebServer(Service):
             logger.warning("forwarding %s to %s failed: %r", request.rel_url, owner, error)
             return _json({"error": f"the owner of this key ({owner}) did not answer: {error!r}"}, status=503,
                          headers={"Retry-After": "1"})
+
+    async def history(self, request: web.Request) -> web.Response:
+        """The key's positions newest first, closed ones included, each with its events (from PostgreSQL)."""
+        key = request.match_info["key"]
+        if not is_valid_key(key):
+            return _json({"error": f"{key!r} is not a SYMBOL@exchange key"}, status=404)
+        try:
+            limit = parse_limit(request.query.get("limit"))
+        except ValueError as error:
+            return _json({"error": str(error)}, status=400)
+        try:
+            history = await self.position_history.read(key, limit)
+        except HistoryUnavailable as error:
+            return _json({"error": str(error)}, status=503, headers={"Retry-After": "5"})
+        if history is None:
+            return _json({"error": f"{key} never had a position"}, status=404)
+        return _json(history)
+
+    async def history_page(self, request: web.Request) -> web.Response:
+        """The HTML timeline of the key's positions."""
+        key = request.match_info["key"]
+        title = f"Positions \u00b7 {self.settings.app_id}"
+        if not is_valid_key(key):
+            return web.Response(text=render_history_page(None, key=key, title=title), status=404,
+                                content_type="text/html")
+        try:
+            history = await self.position_history.read(key, parse_limit(request.query.get("limit")))
+        except ValueError as error:
+            return web.Response(text=render_history_page(None, key=key, title=title, error=str(error)), status=400,
+                                content_type="text/html")
+        except HistoryUnavailable as error:
+            return web.Response(text=render_history_page(None, key=key, title=title, error=str(error)), status=503,
+                                content_type="text/html")
+        return web.Response(text=render_history_page(history, key=key, title=title),
+                            status=404 if history is None else 200, content_type="text/html")
 
     async def page(self, request: web.Request) -> web.Response:
         """The HTML page; shows what it has and a banner when a worker did not answer."""

@@ -150,6 +150,10 @@ def expected_event_columns(audit: AuditRecord) -> dict:
         "reason": audit.reason,
         "event_id": audit.event_id,
         "time": _time(audit.ts),
+        "status_after": None if audit.status_after is None else audit.status_after.value,
+        "client_order_id": audit.client_order_id,
+        "order_role": None if audit.order_role is None else audit.order_role.value,
+        "order_outcome": None if audit.order_outcome is None else audit.order_outcome.value,
     }
 
 

@@ -17,6 +17,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from streams.domain import (
@@ -115,10 +116,9 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
         kafka_bootstrap, fresh_database, unique_suffix, tmp_path):
     # Arrange: the real worker, the sink as its own process, a scripted exchange.
     app_id = f"sinkpipe-{unique_suffix}"
-    # A free web port: `faust worker` starts its web server whatever web_enabled says, and
-    # another worker on this machine may hold the default 6066.
+    # The worker reads histories from the sink's database (its web port is a free one of its own).
     worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log",
-                            extra_env={"WEB_PORT": str(free_port())})
+                            extra_env={"DATABASE_URL": fresh_database})
     await worker.start()
     sink_log = tmp_path / "sink.log"
     sink = start_sink_process(kafka_bootstrap, fresh_database, app_id, sink_log)
@@ -164,6 +164,13 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
                 {i: r["version"] for i, r in rows.items()} == {p.id: p.version for p in expected_positions}
 
         await wait_until(sink_caught_up, 60, f"the sink to catch up; sink log:\n{sink_log.read_text()[-3000:]}")
+        # The histories the worker serves from the sink's tables.
+        histories = {key: await worker.get_json(f"/positions/{key}/history/")
+                     for key in ("APTUSDT@binance", "BADUSDT@binance")}
+        newest_only = await worker.get_json("/positions/BADUSDT@binance/history/?limit=1")
+        never = await worker.get_json("/positions/NEVERUSDT@binance/history/")
+        bad_limit = await worker.get_json("/positions/BADUSDT@binance/history/?limit=0")
+        timeline = await get_text(f"{worker.web_url}/positions/APTUSDT@binance/history.html")
     finally:
         await exchange.stop()
         await inputs.stop()
@@ -190,3 +197,41 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
     assert any(e["decision"] == "refused" and e["key"] == "APTUSDT@binance" for e in events.values())
     assert exit_code == 0, sink_log.read_text()[-3000:]
     assert "postgres sink stopped" in sink_log.read_text()
+    assert_histories_tell_each_position_story(histories, expected_positions, expected_audits)
+    assert newest_only[0] == 200 and [p["status"] for p in newest_only[1]["positions"]] == ["closed"]
+    assert never[0] == 404 and bad_limit[0] == 400
+    page_status, page = timeline
+    assert page_status == 200 and by_key["APTUSDT@binance"][0]["id"] in page
+    assert page.count('class="event refused"') == 1  # the second open, highlighted
+
+
+async def get_text(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.get(url) as reply:
+            return reply.status, await reply.text()
+
+
+def assert_histories_tell_each_position_story(histories: dict, positions, audits) -> None:
+    """Each key's history: its positions newest first, each with its audit records in log order."""
+    for key, (status, history) in histories.items():
+        assert status == 200, history
+        own = sorted((p for p in positions if f"{p.symbol}@{p.exchange}" == key), key=lambda p: p.opened_at,
+                     reverse=True)
+        assert history["key"] == key
+        assert [(p["id"], p["status"]) for p in history["positions"]] == [(p.id, p.status.value) for p in own]
+        for served in history["positions"]:
+            expected = [(a.offset, a.input_kind.value, a.decision.value, a.reason,
+                         a.status_after.value if a.status_after else None, a.client_order_id,
+                         a.order_role.value if a.order_role else None,
+                         a.order_outcome.value if a.order_outcome else None)
+                        for a in sorted(audits, key=lambda a: a.offset) if a.position_id == served["id"]]
+            assert [(e["offset"], e["kind"], e["decision"], e["reason"], e["status_after"], e["client_order_id"],
+                     e["role"], e["outcome"]) for e in served["events"]] == expected
+            assert [e["at"] for e in served["events"]] == sorted(e["at"] for e in served["events"])
+    (apt,) = histories["APTUSDT@binance"][1]["positions"]
+    kinds = [(e["kind"], e["decision"], e["status_after"]) for e in apt["events"]]
+    assert kinds[0] == ("signal", "applied", "pending_entry") and apt["events"][0]["role"] == "entry"
+    assert ("signal", "refused", "active") in kinds  # the second open, refused while the position lived
+    closed, rolled_back = histories["BADUSDT@binance"][1]["positions"]
+    assert (closed["status"], rolled_back["status"]) == ("closed", "rolled_back")
+    assert rolled_back["events"][-1]["status_after"] == "rolled_back"

@@ -95,7 +95,7 @@ ADOPTED = {
 AUDIT = {
     "key": "APTUSDT@binance", "offset": 1237, "event_id": "ev-9", "position_id": None,
     "input_kind": "signal", "decision": "refused", "reason": "position APTUSDT@binance/1234 already active",
-    "ts": 1761173443000,
+    "ts": 1761173443000, "status_after": "active", "client_order_id": None, "order_role": None, "order_outcome": None,
 }
 COMMAND_HEAD = {
     "command_id": "APTUSDT@binance/1234/PlaceEntry/ppe1-abcdefghijklmnop", "key": "APTUSDT@binance",
@@ -287,6 +287,8 @@ POSITIONS = st.fixed_dictionaries({
 AUDITS = st.fixed_dictionaries({
     "key": TEXT, "offset": LONGS, "event_id": TEXT, "position_id": _opt(TEXT), "input_kind": TEXT,
     "decision": TEXT, "reason": TEXT, "ts": LONGS,
+    "status_after": _opt(st.sampled_from(["pending_entry", "active", "closed"])), "client_order_id": _opt(TEXT),
+    "order_role": _opt(st.sampled_from(["entry", "stop_loss", "close"])), "order_outcome": _opt(TEXT),
 })
 UPDATES = st.fixed_dictionaries({
     "key": TEXT, "offset": LONGS,

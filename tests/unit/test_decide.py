@@ -1280,3 +1280,29 @@ def test_scenario_d_stuck_entry_after_crash_snapshot_resolves_it():
     # Assert
     assert decision.state.position is not None and decision.state.position.status == Status.PENDING_SL
     assert [type(command) for command in decision.commands] == [PlaceStopLoss]
+
+
+# --- the audit record tells a position's story ---------------------------------------------
+
+
+def test_audit_records_carry_the_status_after_and_the_order_each_input_concerned():
+    # Arrange
+    feed = Feed()
+
+    # Act: open (an entry placed), a second open refused, the entry filled, a stale report for another position.
+    opened = feed.open("sig-1")
+    refused = feed.open("sig-2")
+    filled = feed.fill_entry()
+    stale = feed.report(OrderRole.ENTRY, ReportOutcome.FILLED, position_id=f"{KEY}/999", client_id="old",
+                        filled_quantity=QUANTITY, average_price=ENTRY_PRICE)
+
+    # Assert
+    entry = opened.commands[0]
+    assert (opened.audit.status_after, opened.audit.client_order_id, opened.audit.order_role,
+            opened.audit.order_outcome) == (Status.PENDING_ENTRY, entry.client_order_id, OrderRole.ENTRY, None)
+    assert (refused.audit.decision, refused.audit.position_id, refused.audit.status_after,
+            refused.audit.client_order_id) == (AuditDecision.REFUSED, feed.position.id, Status.PENDING_ENTRY, None)
+    assert (filled.audit.status_after, filled.audit.client_order_id, filled.audit.order_role,
+            filled.audit.order_outcome) == (Status.PENDING_SL, entry.client_order_id, OrderRole.ENTRY,
+                                            ReportOutcome.FILLED)
+    assert (stale.audit.position_id, stale.audit.status_after, stale.audit.client_order_id) == (f"{KEY}/999", None, "old")

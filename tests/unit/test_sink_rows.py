@@ -29,8 +29,10 @@ from streams.domain import (
     AuditDecision,
     AuditRecord,
     InputKind,
+    OrderRole,
     Position,
     PositionSource,
+    ReportOutcome,
     Side,
     Status,
 )
@@ -122,8 +124,24 @@ def test_event_row_maps_the_audit_record_with_symbol_exchange_and_time():
     assert row == {
         "key": KEY, "input_offset": 7, "symbol": "APTUSDT", "exchange": "binance", "position_id": f"{KEY}/3",
         "kind": "signal", "decision": "refused", "reason": "free -> pending_entry on open",
-        "event_id": "signal:sig-7", "time": epoch_ms_to_datetime(TS + 7),
+        "event_id": "signal:sig-7", "time": epoch_ms_to_datetime(TS + 7), "status_after": None,
+        "client_order_id": None, "order_role": None, "order_outcome": None,
     }
+
+
+def test_event_row_maps_the_status_after_and_the_order_as_text():
+    # Arrange
+    record = dataclasses.replace(audit(8, AuditDecision.APPLIED), status_after=Status.PENDING_SL,
+                                 client_order_id="ppe1-x", order_role=OrderRole.ENTRY,
+                                 order_outcome=ReportOutcome.FILLED)
+
+    # Act
+    row = dict(zip(EVENT_COLUMNS, event_row(record), strict=True))
+
+    # Assert
+    assert (row["status_after"], row["client_order_id"], row["order_role"], row["order_outcome"]) == (
+        "pending_sl", "ppe1-x", "entry", "filled")
+    assert all(type(row[name]) is str for name in ("status_after", "order_role", "order_outcome"))
 
 
 # --------------------------------------------------------------------------- merge
