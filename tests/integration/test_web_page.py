@@ -36,8 +36,10 @@ from streams.domain import (
     Signal,
     SignalAction,
 )
-from tests.integration.pipeline_harness import InputSender, ScriptedExchange, now_ms
-from tests.integration.test_web_endpoint import start_web_worker, wait_for_positions
+from tests.integration.pipeline_harness import PARTITIONS, InputSender, ScriptedExchange, now_ms
+from tests.integration.sink_support import fresh_database  # noqa: F401 - a fixture
+from tests.integration.test_sink_pipeline import start_sink_process
+from tests.integration.test_web_endpoint import start_web_worker, wait_for_positions, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,60 @@ async def test_page_shows_open_and_in_flight_positions_in_headless_chromium(
     assert 'id="n-total">5<' in html
     assert 'id="banner" class="banner"' in html  # no error banner: the script's refresh worked
     assert not re.search(r"<(link|img|iframe)\b|\bsrc=|@import|url\(", html)  # nothing loaded from elsewhere
+
+
+async def test_history_timeline_tells_a_position_story_in_headless_chromium(
+        kafka_bootstrap, fresh_database, unique_suffix, tmp_path, chromium):
+    # Arrange: a worker reading histories from the sink's database; APTUSDT opened, filled,
+    # protected (active), then a second open refused while it lives.
+    app_id = f"history-{unique_suffix}"
+    web = await start_web_worker(kafka_bootstrap, app_id, tmp_path / "w", DATABASE_URL=fresh_database)
+    sink = start_sink_process(kafka_bootstrap, fresh_database, app_id, tmp_path / "sink.log", partitions=PARTITIONS)
+    inputs = await InputSender(kafka_bootstrap, web.worker.topics.inputs).start()
+    exchange = await ScriptedExchange(kafka_bootstrap, web.worker.topics.commands, inputs, statuses_script()).start()
+    history_url = f"{web.url}/positions/APTUSDT@binance/history"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await inputs.open("APTUSDT", Side.BUY, "10.5", stop_loss_pct="2.5")
+            await wait_for_statuses(session, web.url, {"APTUSDT": "active"})
+            await inputs.open("APTUSDT", Side.BUY, "10.5", stop_loss_pct="2.5")
+
+            async def refusal_recorded() -> bool:
+                async with session.get(f"{history_url}/") as response:
+                    if response.status != 200:
+                        return False
+                    events = (await response.json())["positions"][0]["events"]
+                    return any(event["decision"] == "refused" for event in events)
+
+            await wait_until(refusal_recorded, 60, "the refused open in the history")
+            async with session.get(f"{history_url}/") as response:
+                history = await response.json()
+
+        # Act
+        screenshot = tmp_path / "history.png"
+        shot = run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={screenshot}",
+                            "--window-size=1280,800", f"{history_url}.html")
+        dom = run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", f"{history_url}.html")
+        page = run_chromium(chromium, tmp_path / "profile-page", "--dump-dom", f"{web.url}/")
+    finally:
+        await exchange.stop()
+        await inputs.stop()
+        web.worker.stop()
+        sink.terminate()
+        await asyncio.to_thread(sink.wait, 60)
+
+    # Assert: a real picture...
+    assert shot.returncode == 0 and screenshot.exists(), shot.stderr.decode(errors="replace")[-2000:]
+    assert png_size(screenshot) == (1280, 800) and screenshot.stat().st_size > 20_000
+    print(f"screenshot: {screenshot}")
+    # ... of the events in log order, one row each, the refusal highlighted, durations between steps.
+    html = dom.stdout.decode()
+    (position,) = history["positions"]
+    offsets = [int(offset) for offset in re.findall(r'class="event[^"]*" data-offset="(\d+)"', html)]
+    assert offsets == [event["offset"] for event in position["events"]] == sorted(offsets)
+    assert len(re.findall(r'class="event refused"', html)) == 1
+    assert [event["status_after"] for event in position["events"]][:1] == ["pending_entry"]
+    assert re.search(r">\+\d+(\.\d)? m?s<", html)  # the time since the step before
+    assert f'data-position-id="{position["id"]}"' in html
+    # The positions page links the position to this timeline.
+    assert 'href="positions/APTUSDT@binance/history.html"' in page.stdout.decode()

@@ -21,8 +21,9 @@ ALLOWED_IMPORTS = {
     "re",
     "types",
     "typing",
-    "streams",
 }
+#: The one package of the project the domain may import: itself.
+OWN_PACKAGE = "streams.domain"
 FORBIDDEN_MODULES = {
     "aiokafka",
     "aiohttp",
@@ -42,13 +43,23 @@ FORBIDDEN_MODULES = {
 
 
 def _imported_roots(source: str) -> set[str]:
+    """The top-level modules imported, except ``streams.domain`` itself (any other ``streams`` module counts)."""
     roots = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name != OWN_PACKAGE and not name.startswith(OWN_PACKAGE + "."):
+                roots.add(name if name.startswith("streams") else name.split(".")[0])
     return roots
+
+
+def test_the_purity_check_catches_an_import_of_another_streams_package():
+    assert _imported_roots("from streams.serde import x\nfrom streams.domain.model import y\n") == {"streams.serde"}
 
 
 def test_domain_modules_import_only_the_pure_standard_library():
