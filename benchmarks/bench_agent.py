@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from benchmarks.lifecycle import lifecycle_inputs
 from stack import localstack
-from streams import serde
+from streams.wire import serde
 from streams.domain import AuditRecord
 from streams.settings import Settings
 from streams.topics import ensure_topics

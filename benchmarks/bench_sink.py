@@ -35,7 +35,7 @@ from sinks.migrate import migrate
 from sinks.postgres import PostgresSink, write_batch
 from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchMerger, merge_updates
 from stack import localstack
-from streams import serde
+from streams.wire import serde
 from streams.domain import AppliedInput, AuditRecord, KeyState, Position, decide
 from streams.settings import Settings
 from streams.topics import ensure_topics

@@ -59,7 +59,7 @@ from sinks.exceptions import (
 from sinks.migrate import Migration, migrate
 from sinks.retry import backoff_delay, is_transient
 from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchMerger, BatchRows
-from streams import serde
+from streams.wire import serde
 from streams.heartbeat import beat_while_running
 from streams.domain import Position
 from streams.settings import Settings

@@ -28,7 +28,8 @@ from typing import Any
 
 import faust
 
-from streams import codec, serde
+from streams.wire import codec, serde
+from streams.wire.faust_codecs import register_faust_codecs
 from streams.domain import (
     AppliedInput,
     Deadline,
@@ -392,7 +393,7 @@ class KeyStateTable(faust.Table):
     recovery and standbys one codec.
     """
 
-    #: Faust codec name of the table's values (registered by ``codec.register_faust_codecs``).
+    #: Faust codec name of the table's values (registered by ``register_faust_codecs``).
     VALUE_CODEC = "avro-key-state"
 
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
@@ -428,7 +429,7 @@ class Pipeline:
 
 def build_pipeline(settings: Settings) -> Pipeline:
     """A Faust app with the pipeline's topics, table, agent and deadline timer."""
-    codec.register_faust_codecs()
+    register_faust_codecs()
     names = TopicNames.for_prefix(settings.topic_prefix)
     app = faust.App(
         settings.app_id,

@@ -36,7 +36,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
-from streams import serde
+from streams.wire import serde
 from streams.app import ConsumedRecord, InputProcessor, input_of
 from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings

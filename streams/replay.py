@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
-from streams import codec, serde
+from streams.wire import codec, serde
 from streams.domain import KeyState
 from streams.app import ConsumedRecord, InputProcessor
 from streams.settings import Settings

@@ -34,7 +34,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import codec
+from streams.wire import codec
 from streams.topics import topic_partitions
 from streams.web import health, metrics
 

@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams import codec
+from streams.wire import codec
 from streams.domain import ExchangeSnapshot, InputEvent, Status
 from streams.exchange.gateway import ExchangeEdgeError, ExchangeGateway
 from streams.topics import topic_partitions

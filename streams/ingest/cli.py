@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from streams import serde
+from streams.wire import serde
 from streams.ingest.exceptions import InvalidSignal, PublishFailed, SymbolsUnavailable
 from streams.ingest.publish import KafkaPublisher
 from streams.ingest.symbols import binance_directory

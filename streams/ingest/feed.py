@@ -40,7 +40,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
-from streams import serde
+from streams.wire import serde
 from streams.domain import Policy, Signal
 from streams.ingest.backoff import Backoff, sleep_unless_stopped
 from streams.ingest.demo_feed import DEMO_FEED_HEADER

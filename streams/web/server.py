@@ -58,7 +58,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from yarl import URL
 
-from streams import serde
+from streams.wire import serde
 from streams.settings import Settings
 from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
 from streams.web.history_page import render_history_page

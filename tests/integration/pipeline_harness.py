@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import codec, serde
+from streams.wire import codec, serde
 from streams.app import ConsumedRecord, InputProcessor
 from streams.domain import (
     AuditRecord,

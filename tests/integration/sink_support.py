@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from sinks.postgres import PostgresSink
-from streams import serde
+from streams.wire import serde
 from streams.domain import (
     AppliedInput,
     AuditRecord,

@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
-from streams import serde
+from streams.wire import serde
 from streams.domain import AuditDecision, AuditRecord, Position, Status
 from tests.integration.chaos import FULL, REDUCED, FaultyNetwork, PrivateStack, SignalFeed
 from tests.integration.pipeline_harness import (

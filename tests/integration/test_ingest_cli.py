@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from emulator import BinanceUsdmEmulator, default_symbols
-from streams import serde
+from streams.wire import serde
 from streams.domain import InputEvent, Policy, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics

@@ -21,7 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from emulator import BinanceUsdmEmulator, default_symbols
-from streams import serde
+from streams.wire import serde
 from streams.domain import InputEvent, Side, Signal, SignalAction
 from streams.ingest.backoff import Backoff
 from streams.ingest.demo_feed import DemoFeed

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams import serde
+from streams.wire import serde
 from streams.domain import (
     AppliedInput,
     AuditDecision,
@@ -321,7 +321,7 @@ async def _caught_up(consumer: AIOKafkaConsumer, end_offsets: dict) -> bool:
 
 
 async def latest_table_value(bootstrap: str, changelog: str, key: str) -> KeyState:
-    from streams import codec
+    from streams.wire import codec
 
     records = await read_all(bootstrap, changelog, key)
     return serde.key_state_from_record(codec.decode("KeyState", records[-1].value))

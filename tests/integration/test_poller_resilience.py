@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
-from streams import codec, serde
+from streams.wire import codec, serde
 from streams.domain import InputEvent
 from streams.exchange.ccxt_client import create_binanceusdm
 from streams.exchange.gateway import CcxtGateway

@@ -20,7 +20,7 @@ from decimal import Decimal
 import pytest
 
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
-from streams import serde
+from streams.wire import serde
 from streams.domain import ExchangeSnapshot, PositionSource, Side, Status
 from streams.settings import Settings
 from streams.web.render import position_to_json

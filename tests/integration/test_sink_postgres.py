@@ -20,7 +20,7 @@ from sinks.exceptions import IntegrityViolationError
 from sinks.migrate import migrate
 from sinks.postgres import PostgresWriter, write_batch
 from sinks.rows import BatchRows, merge_updates
-from streams import serde
+from streams.wire import serde
 from streams.domain import Position, ReportOutcome, Status
 from streams.web import metrics
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture

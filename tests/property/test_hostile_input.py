@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from streams import codec, serde
+from streams.wire import codec, serde
 from streams.app import ConsumedRecord, InputProcessor
 from streams.domain import (
     AuditDecision,

@@ -19,8 +19,9 @@ from faust.serializers.registry import Registry as FaustRegistry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import codec
-from streams.codec import (
+from streams.wire import codec
+from streams.wire import faust_codecs as wire_faust_codecs
+from streams.wire.codec import (
     HEADER_LENGTH,
     MARKER,
     CodecError,
@@ -775,8 +776,8 @@ def test_registry_reference_across_files_resolves_and_is_inlined(tmp_path, monke
 
 
 def test_register_faust_codecs_called_twice_keeps_one_codec_per_name():
-    first = codec.register_faust_codecs()
-    second = codec.register_faust_codecs()
+    first = wire_faust_codecs.register_faust_codecs()
+    second = wire_faust_codecs.register_faust_codecs()
     assert set(first) == {"avro-position-input", "avro-position-command", "avro-position-update",
                           "avro-key-state", "avro-dead-letter"}
     assert all(first[name] is second[name] is faust_codecs.get_codec(name) for name in first)
@@ -789,22 +790,22 @@ FAUST_SAMPLES = [(sample, sample_id) for sample, sample_id in zip(SAMPLES, SAMPL
 @pytest.mark.parametrize(("record_name", "datum", "branch"), [s for s, _ in FAUST_SAMPLES],
                          ids=[i for _, i in FAUST_SAMPLES])
 def test_faust_codecs_dumps_loads_round_trips(record_name, datum, branch):
-    codec.register_faust_codecs()
-    name = next(n for n, cls in codec.FAUST_CODECS.items() if cls.record_name == record_name)
+    wire_faust_codecs.register_faust_codecs()
+    name = next(n for n, cls in wire_faust_codecs.FAUST_CODECS.items() if cls.record_name == record_name)
     data = faust_codecs.dumps(name, datum)
     assert data == encode(record_name, datum)
     assert faust_codecs.loads(name, data) == datum
 
 
 def test_faust_codec_chained_with_binary_round_trips():
-    codec.register_faust_codecs()
+    wire_faust_codecs.register_faust_codecs()
     record_name, datum, _ = SAMPLES[0]
     data = faust_codecs.dumps("avro-position-input|binary", datum)
     assert faust_codecs.loads("avro-position-input|binary", data) == datum
 
 
 def test_faust_registry_corrupt_value_raises_value_decode_error_caused_by_codec_error():
-    codec.register_faust_codecs()
+    wire_faust_codecs.register_faust_codecs()
     registry = FaustRegistry(key_serializer="raw", value_serializer="avro-position-input")
     assert registry.loads_value(None, _valid()) == SAMPLES[0][1]
     with pytest.raises(ValueDecodeError) as info:

@@ -59,7 +59,7 @@ def _imported_roots(source: str) -> set[str]:
 
 
 def test_the_purity_check_catches_an_import_of_another_streams_package():
-    assert _imported_roots("from streams.serde import x\nfrom streams.domain.model import y\n") == {"streams.serde"}
+    assert _imported_roots("from streams.wire.serde import x\nfrom streams.domain.model import y\n") == {"streams.wire.serde"}
 
 
 def test_domain_modules_import_only_the_pure_standard_library():

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from emulator.binance_usdm import REAL_SYMBOLS
-from streams import serde
+from streams.wire import serde
 from streams.domain import SignalAction
 from streams.ingest.backoff import Backoff
 from streams.ingest.demo_feed import demo_script

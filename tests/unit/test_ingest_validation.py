@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams import serde
+from streams.wire import serde
 from streams.domain import InputEvent, Side, Signal, SignalAction
 from streams.ingest.exceptions import InvalidFrame, InvalidSignal
 from streams.ingest.validation import parse_frame, to_input_event, validate_signal

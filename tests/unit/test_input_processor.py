@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from streams import serde
+from streams.wire import serde
 from streams.app import ConsumedRecord, InputProcessor, input_of
 from streams.domain import InputEvent, KeyState, PlaceEntry, Side, Signal, SignalAction
 from streams.settings import Settings

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
-from streams import codec, serde
+from streams.wire import codec, serde
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Status, decide
 
 

@@ -20,7 +20,7 @@ import pytest
 from faust.types import TP
 from yarl import URL
 
-from streams import serde
+from streams.wire import serde
 from streams.domain import KeyState
 from streams.settings import Settings
 from streams.web import health

@@ -26,17 +26,35 @@ from __future__ import annotations
 import copy
 import functools
 import io
-import json
 from dataclasses import dataclass
 from importlib import resources
-from importlib.resources.abc import Traversable
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
-from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
-from faust.serializers import codecs as faust_codecs
+
+from streams.wire.errors import (
+    CodecError,
+    CorruptPayload,
+    DecodeError,
+    InvalidRecord,
+    NotSingleObjectEncoded,
+    SchemaDefinitionError,
+    SchemaMismatch,
+    UnknownRecordType,
+    UnknownSchemaFingerprint,
+)
+from streams.wire.schemas import (
+    HEADER_LENGTH,
+    MARKER,
+    NAMESPACE,
+    avsc_files,
+    collect_definitions,
+    expand,
+    read_avsc,
+    crc64_avro_fingerprint,
+)
 
 __all__ = [
     "MARKER",
@@ -57,193 +75,7 @@ __all__ = [
     "encode",
     "decode",
     "crc64_avro_fingerprint",
-    "AvroRecordCodec",
-    "PositionInputCodec",
-    "PositionCommandCodec",
-    "PositionUpdateCodec",
-    "KeyStateCodec",
-    "DeadLetterCodec",
-    "FAUST_CODECS",
-    "register_faust_codecs",
 ]
-
-#: Single-object encoding marker (Avro spec, "Single-object encoding").
-MARKER = b"\xc3\x01"
-_FINGERPRINT_LENGTH = 8
-#: Marker plus fingerprint: the fixed prefix of every encoded value.
-HEADER_LENGTH = len(MARKER) + _FINGERPRINT_LENGTH
-#: Namespace of every current schema.
-NAMESPACE = "positionpipeline.v1"
-
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-_NAMED_KINDS = frozenset({"record", "error", "enum", "fixed"})
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class CodecError(Exception):
-    """Root of every error this module raises."""
-
-
-class SchemaDefinitionError(CodecError):
-    """The ``.avsc`` files are inconsistent (unknown or twice-defined type, bad history file)."""
-
-
-class UnknownRecordType(CodecError):
-    """The record name asked for has no current schema."""
-
-
-class InvalidRecord(CodecError):
-    """``encode`` was given a datum that does not match the record's schema."""
-
-
-class DecodeError(CodecError):
-    """Base of the errors for bytes that cannot be decoded (dead-letter material)."""
-
-
-class NotSingleObjectEncoded(DecodeError):
-    """The bytes do not start with the ``C3 01`` marker and a full 8-byte fingerprint."""
-
-
-class UnknownSchemaFingerprint(DecodeError):
-    """The writer schema's fingerprint is neither a current nor a retired schema."""
-
-    def __init__(self, message: str, fingerprint: str) -> None:
-        super().__init__(message)
-        #: The unknown fingerprint as 16 hex digits, in wire (little-endian) byte order.
-        self.fingerprint = fingerprint
-
-
-class SchemaMismatch(DecodeError):
-    """The writer schema is known but is another record, or does not resolve to the reader."""
-
-
-class CorruptPayload(DecodeError):
-    """The body does not decode with its writer schema (truncated, garbage, trailing bytes)."""
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def crc64_avro_fingerprint(canonical_form: str) -> bytes:
-    """Return the 8-byte CRC-64-AVRO fingerprint of a Parsing Canonical Form, wire order.
-
-    The bytes are little-endian, as the single-object header carries them (and as the
-    Java and Apache Python implementations return them).
-    """
-    return bytes.fromhex(_fastavro_fingerprint(canonical_form, "CRC-64-AVRO"))
-
-
-# --------------------------------------------------------------------------- schema files
-
-
-def _fullname(name: str, namespace: str) -> str:
-    if "." in name or not namespace:
-        return name
-    return f"{namespace}.{name}"
-
-
-def _namespace_of(fullname: str) -> str:
-    return fullname.rpartition(".")[0]
-
-
-def _collect_definitions(
-    node: Any, namespace: str, into: dict[str, tuple[Any, str]], origin: str
-) -> None:
-    """Record every named type defined in ``node`` as fullname -> (json, enclosing namespace)."""
-    if isinstance(node, list):
-        for branch in node:
-            _collect_definitions(branch, namespace, into, origin)
-        return
-    if not isinstance(node, dict):
-        return
-    kind = node.get("type")
-    if kind in _NAMED_KINDS:
-        fullname = _fullname(node["name"], node.get("namespace", namespace))
-        if fullname in into:
-            raise SchemaDefinitionError(f"{origin}: type {fullname} is defined more than once")
-        into[fullname] = (node, namespace)
-        if kind in ("record", "error"):
-            for field in node.get("fields", ()):
-                _collect_definitions(field["type"], _namespace_of(fullname), into, origin)
-    elif kind == "array":
-        _collect_definitions(node["items"], namespace, into, origin)
-    elif kind == "map":
-        _collect_definitions(node["values"], namespace, into, origin)
-    elif isinstance(kind, (dict, list)):
-        _collect_definitions(kind, namespace, into, origin)
-
-
-def _expand(
-    node: Any,
-    namespace: str,
-    definitions: Mapping[str, tuple[Any, str]],
-    defined: set[str],
-    origin: str,
-) -> Any:
-    """Return ``node`` standalone: each named type inlined at its first use, later uses by full name.
-
-    That is the shape the Parsing Canonical Form has, so the fingerprint covers the whole
-    schema (a by-name reference alone would hash only the name), and it is what the Apache
-    ``avro`` package, which knows no cross-file references, can parse.
-    """
-    if isinstance(node, str):
-        if node in _PRIMITIVES:
-            return node
-        fullname = _fullname(node, namespace)
-        if fullname in defined:
-            return fullname
-        if fullname not in definitions:
-            raise SchemaDefinitionError(f"{origin}: unknown type {node!r} (as {fullname})")
-        definition, enclosing = definitions[fullname]
-        return _expand(definition, enclosing, definitions, defined, origin)
-    if isinstance(node, list):
-        return [_expand(branch, namespace, definitions, defined, origin) for branch in node]
-    if not isinstance(node, dict):
-        raise SchemaDefinitionError(f"{origin}: not a schema: {node!r}")
-    kind = node.get("type")
-    out = dict(node)
-    if kind in _NAMED_KINDS:
-        fullname = _fullname(node["name"], node.get("namespace", namespace))
-        if fullname in defined:
-            raise SchemaDefinitionError(f"{origin}: type {fullname} is defined more than once")
-        defined.add(fullname)  # before the fields: a record may refer to itself
-        out.pop("namespace", None)
-        out["name"] = fullname
-        if kind in ("record", "error"):
-            inner = _namespace_of(fullname)
-            out["fields"] = [
-                {**field, "type": _expand(field["type"], inner, definitions, defined, origin)}
-                for field in node["fields"]
-            ]
-    elif kind == "array":
-        out["items"] = _expand(node["items"], namespace, definitions, defined, origin)
-    elif kind == "map":
-        out["values"] = _expand(node["values"], namespace, definitions, defined, origin)
-    elif isinstance(kind, (dict, list)):
-        return _expand(kind, namespace, definitions, defined, origin)
-    return out
-
-
-def _read_avsc(file: Traversable, origin: str) -> dict[str, Any]:
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise SchemaDefinitionError(f"{origin}: not valid JSON: {e}") from e
-    if not (isinstance(document, dict) and document.get("type") in _NAMED_KINDS):
-        raise SchemaDefinitionError(f"{origin}: the top level must be a named type")
-    return document
-
-
-def _avsc_files(folder: Traversable) -> list[Traversable]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        (f for f in folder.iterdir() if f.is_file() and f.name.endswith(".avsc")),
-        key=lambda f: f.name,
-    )
-
 
 # --------------------------------------------------------------------------- registry
 
@@ -280,7 +112,7 @@ def _tagged_unions(schema: Mapping[str, Any], origin: str) -> dict[str, tuple[di
     """
 
     kinds: dict[str, tuple[Any, str]] = {}
-    _collect_definitions(schema, "", kinds, origin)
+    collect_definitions(schema, "", kinds, origin)
     records = {name for name, (node, _) in kinds.items() if node["type"] in ("record", "error")}
 
     def record_branches(union: list[Any]) -> list[str]:
@@ -356,17 +188,17 @@ class SchemaRegistry:
     def __init__(self, package: str = "schemas", history: str = "history") -> None:
         """Load and check every schema of ``package`` (``importlib.resources`` name)."""
         root = resources.files(package)
-        documents = {f"{package}/{f.name}": _read_avsc(f, f"{package}/{f.name}") for f in _avsc_files(root)}
+        documents = {f"{package}/{f.name}": read_avsc(f, f"{package}/{f.name}") for f in avsc_files(root)}
         if not documents:
             raise SchemaDefinitionError(f"no .avsc file in package {package!r}")
         definitions: dict[str, tuple[Any, str]] = {}
         for origin, document in documents.items():
-            _collect_definitions(document, "", definitions, origin)
+            collect_definitions(document, "", definitions, origin)
 
         self._current: dict[str, WriterSchema] = {}
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
         for origin, document in documents.items():
-            schema = _expand(document, "", definitions, set(), origin)
+            schema = expand(document, "", definitions, set(), origin)
             self._add(_build(schema, origin, current=True))
         shorts = [name.rpartition(".")[2] for name in self._current]
         # A short name is only a shortcut when exactly one namespace defines it.
@@ -374,12 +206,12 @@ class SchemaRegistry:
             short: name for short, name in zip(shorts, self._current) if shorts.count(short) == 1
         }
 
-        for file in _avsc_files(root / history):
+        for file in avsc_files(root / history):
             origin = f"{package}/{history}/{file.name}"
-            document = _read_avsc(file, origin)
+            document = read_avsc(file, origin)
             own: dict[str, tuple[Any, str]] = {}
-            _collect_definitions(document, "", own, origin)
-            retired = _build(_expand(document, "", own, set(), origin), origin, current=False)
+            collect_definitions(document, "", own, origin)
+            retired = _build(expand(document, "", own, set(), origin), origin, current=False)
             if retired.name not in self._current:
                 raise SchemaDefinitionError(f"{origin}: {retired.name} has no current schema to read it")
             if retired.fingerprint not in self._by_fingerprint:
@@ -566,80 +398,3 @@ def encode(record_name: str, datum: Mapping[str, Any]) -> bytes:
 def decode(record_name: str, data: bytes) -> dict[str, Any]:
     """Decode with the default registry; see :meth:`SchemaRegistry.decode`."""
     return default_registry().decode(record_name, data)
-
-
-# --------------------------------------------------------------------------- Faust
-
-
-class AvroRecordCodec(faust_codecs.Codec):
-    """Faust codec for one top-level record: dict <-> single-object encoded Avro bytes.
-
-    Subclasses set :attr:`record_name`. The record name is a class attribute, not a
-    constructor argument, because Faust's ``Codec.clone`` (used by ``a | b`` chains)
-    rebuilds codecs as ``type(self)(children=..., **self.kwargs)``.
-    """
-
-    #: Short name of the record this codec encodes.
-    record_name: ClassVar[str]
-
-    def _dumps(self, obj: Any) -> bytes:
-        return default_registry().encode(self.record_name, obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return default_registry().decode(self.record_name, s)
-
-
-class PositionInputCodec(AvroRecordCodec):
-    """Codec of ``PositionInput`` (the position-inputs topic)."""
-
-    record_name = "PositionInput"
-
-
-class PositionCommandCodec(AvroRecordCodec):
-    """Codec of ``PositionCommand`` (the command topic)."""
-
-    record_name = "PositionCommand"
-
-
-class PositionUpdateCodec(AvroRecordCodec):
-    """Codec of ``PositionUpdate`` (the update topic the sink reads)."""
-
-    record_name = "PositionUpdate"
-
-
-class KeyStateCodec(AvroRecordCodec):
-    """Codec of ``KeyState`` (the Faust table value and its changelog)."""
-
-    record_name = "KeyState"
-
-
-class DeadLetterCodec(AvroRecordCodec):
-    """Codec of ``DeadLetter`` (the dead-letter topic)."""
-
-    record_name = "DeadLetter"
-
-
-#: Faust codec name -> codec class, as :func:`register_faust_codecs` registers them.
-FAUST_CODECS: Mapping[str, type[AvroRecordCodec]] = {
-    "avro-position-input": PositionInputCodec,
-    "avro-position-command": PositionCommandCodec,
-    "avro-position-update": PositionUpdateCodec,
-    "avro-key-state": KeyStateCodec,
-    "avro-dead-letter": DeadLetterCodec,
-}
-
-
-def register_faust_codecs() -> dict[str, AvroRecordCodec]:
-    """Register every codec of :data:`FAUST_CODECS` with Faust; idempotent.
-
-    Loads the schemas first so that a broken schema fails at start-up, not on the first
-    message. Returns the registered codec instances by name.
-    """
-    default_registry()
-    registered: dict[str, AvroRecordCodec] = {}
-    for name, cls in FAUST_CODECS.items():
-        existing = faust_codecs.codecs.get(name)
-        if type(existing) is not cls:
-            faust_codecs.register(name, cls())
-        registered[name] = faust_codecs.codecs[name]  # type: ignore[assignment]
-    return registered

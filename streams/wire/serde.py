@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
-from streams import codec
+from streams.wire import codec
 from streams.domain import (
     AuditRecord,
     Command,
