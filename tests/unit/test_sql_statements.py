@@ -35,6 +35,9 @@ REVIEWED_STATEMENTS = {
     ("sinks/postgres.py", "'sink_positions'"),
     ("sinks/postgres.py", "'sink_events'"),
     ("streams/replay.py", "'TRUNCATE monitoring.positions, monitoring.position_events'"),
+    # Read-only, parameterised: a key's positions, then their events.
+    ("streams/web/history.py", "_POSITIONS"),
+    ("streams/web/history.py", "_EVENTS"),
 }
 
 
