@@ -1,8 +1,8 @@
 """Replay and decision diff: inputs per second over 200,000 recorded inputs on the real broker.
 
 A fresh deployment's ``position-inputs`` gets 200,000 inputs of whole position lives
-(``benchmarks.lifecycle``: 1,000 keys x 20 lives), then ``streams.replay.replay`` rebuilds
-the table from it and ``streams.diff.diff_decisions`` folds it again and compares. Both run
+(``benchmarks.lifecycle``: 1,000 keys x 20 lives), then ``streams.ops.replay.replay`` rebuilds
+the table from it and ``streams.ops.diff.diff_decisions`` folds it again and compares. Both run
 in this process, as the commands do; the figure is inputs folded per second of wall time,
 reading the topic included.
 """
@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 from benchmarks.lifecycle import lifecycle_inputs
 from stack import localstack
 from streams.wire import serde
-from streams.diff import diff_decisions
-from streams.replay import replay
+from streams.ops.diff import diff_decisions
+from streams.ops.replay import replay
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 

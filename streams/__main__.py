@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from streams.app import build_pipeline
+from streams.worker.app import build_pipeline
+from streams.ops.commands import add_diff_command, add_replay_command
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -24,7 +25,10 @@ def main() -> None:
     settings = Settings.from_env()
     if "worker" in sys.argv[1:]:
         asyncio.run(ensure_topics(settings))
-    build_pipeline(settings).app.main()
+    app = build_pipeline(settings).app
+    add_replay_command(app, settings)
+    add_diff_command(app, settings)
+    app.main()
 
 
 if __name__ == "__main__":

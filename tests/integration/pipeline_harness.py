@@ -27,7 +27,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.wire import codec, serde
-from streams.app import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor
 from streams.domain import (
     AuditRecord,
     Command,

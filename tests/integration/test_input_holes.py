@@ -1,6 +1,6 @@
 """No input is left unapplied, whatever offset the consumer group committed.
 
-faust-streaming can commit past inputs its agent never saw (see ``streams.gaps``). Here the
+faust-streaming can commit past inputs its agent never saw (see ``streams.worker.gaps``). Here the
 group's committed offset is moved past inputs while the worker is down, which is what such a
 commit followed by a crash leaves behind: on the real broker, the restarted worker must find
 the hole from its table and apply those inputs from the log.

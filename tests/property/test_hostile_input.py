@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from streams.wire import codec, serde
-from streams.app import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor
 from streams.domain import (
     AuditDecision,
     AuditRecord,

@@ -236,7 +236,7 @@ def _run_installed(site: Path, *args: str) -> subprocess.CompletedProcess:
 def test_installed_wheel_imports_and_finds_its_data_outside_the_checkout(installed_wheel: Path):
     # Arrange
     site = installed_wheel.parent.parent / "site"
-    probe = ("import streams, streams.app, sinks.migrate, emulator, streams.admin, streams.heartbeat\n"
+    probe = ("import streams, streams.worker.app, sinks.migrate, emulator, streams.admin, streams.heartbeat\n"
              "from pathlib import Path\n"
              "root = Path(streams.__file__).parent.parent\n"
              "assert root == Path(%r), root\n"

@@ -16,7 +16,7 @@ import asyncio
 from decimal import Decimal
 
 from streams.wire import serde
-from streams.app import ConsumedRecord, InputProcessor, input_of
+from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
 from streams.domain import InputEvent, KeyState, PlaceEntry, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -105,7 +105,7 @@ async def test_an_input_that_changes_nothing_and_is_not_redelivered_writes_no_st
 
 def test_the_deadline_index_follows_stored_states_and_names_only_passed_deadlines():
     # Arrange: one position in flight (deadline 1000), one active (none), one whose flight ended.
-    from streams.app import DeadlineIndex
+    from streams.worker.deadlines import DeadlineIndex
     from streams.domain import Deadline, Status
 
     def record(key: str, status: str, deadline_at: int | None) -> dict:
@@ -174,7 +174,7 @@ def _commands(sent: list[tuple[str, bytes]]) -> list:
 
 def test_send_durably_partial_failure_resends_only_the_unacknowledged_output(monkeypatch):
     # Arrange: the command is acknowledged, the position update is not (once).
-    monkeypatch.setattr("streams.app.SEND_RETRY_BACKOFF_S", (0.0,))
+    monkeypatch.setattr("streams.worker.processor.SEND_RETRY_BACKOFF_S", (0.0,))
     kafka, table = FlakyKafka(fail_ack_of_topic=TOPICS.updates), {}
 
     # Act
@@ -191,7 +191,7 @@ def test_send_durably_partial_failure_resends_only_the_unacknowledged_output(mon
 
 def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(monkeypatch):
     # Arrange: handing the command to the producer fails once; the updates go through.
-    monkeypatch.setattr("streams.app.SEND_RETRY_BACKOFF_S", (0.0,))
+    monkeypatch.setattr("streams.worker.processor.SEND_RETRY_BACKOFF_S", (0.0,))
     kafka, table = FlakyKafka(fail_ack_of_topic="none", fail_send_of_topic=TOPICS.commands), {}
 
     # Act
@@ -203,7 +203,7 @@ def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(mo
 
 
 def test_applied_offsets_name_a_hole_from_the_table_and_move_on_as_inputs_are_applied():
-    from streams.gaps import AppliedOffsets, applied_through
+    from streams.worker.gaps import AppliedOffsets, applied_through
 
     # The table: keys of partition 0 applied up to offsets 4 and 6, one key of partition 1 at 2.
     recoveries = []
@@ -225,7 +225,7 @@ def test_applied_offsets_name_a_hole_from_the_table_and_move_on_as_inputs_are_ap
 
 
 def test_applied_offsets_ask_the_table_again_after_a_rebalance():
-    from streams.gaps import AppliedOffsets
+    from streams.worker.gaps import AppliedOffsets
 
     table = {0: 5}
     applied = AppliedOffsets(lambda: dict(table))

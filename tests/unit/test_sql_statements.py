@@ -34,7 +34,7 @@ REVIEWED_STATEMENTS = {
     ("sinks/postgres.py", "'DELETE FROM sink_positions'"),
     ("sinks/postgres.py", "'sink_positions'"),
     ("sinks/postgres.py", "'sink_events'"),
-    ("streams/replay.py", "'TRUNCATE monitoring.positions, monitoring.position_events'"),
+    ("streams/ops/replay.py", "'TRUNCATE monitoring.positions, monitoring.position_events'"),
     # Read-only, parameterised: a key's positions, then their events.
     ("streams/web/history.py", "_POSITIONS"),
     ("streams/web/history.py", "_EVENTS"),
@@ -77,7 +77,7 @@ def test_every_sql_statement_is_a_reviewed_constant():
              for argument in statements(path)}
 
     # Assert
-    assert {"sinks/postgres.py", "sinks/migrate.py", "streams/replay.py"} <= {str(p.relative_to(REPO_ROOT))
+    assert {"sinks/postgres.py", "sinks/migrate.py", "streams/ops/replay.py"} <= {str(p.relative_to(REPO_ROOT))
                                                                             for p in modules}
     assert found == REVIEWED_STATEMENTS, (found - REVIEWED_STATEMENTS, REVIEWED_STATEMENTS - found)
 

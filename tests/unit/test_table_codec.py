@@ -9,7 +9,7 @@ or recovery stalls on the first record the table itself wrote.
 from __future__ import annotations
 
 from streams.wire import codec, serde
-from streams.app import KeyStateTable, build_pipeline
+from streams.worker.app import KeyStateTable, build_pipeline
 from streams.domain import KeyState
 from streams.settings import Settings
 

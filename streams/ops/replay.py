@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from streams.wire import codec, serde
 from streams.domain import KeyState
-from streams.app import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
 

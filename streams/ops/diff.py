@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from streams.wire import serde
-from streams.app import ConsumedRecord, InputProcessor, input_of
+from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
 from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_partitions

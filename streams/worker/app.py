@@ -1,0 +1,308 @@
+"""The Faust application: one agent applies every input of a key, in order, to the key's state.
+
+``build_pipeline(settings)`` wires the topics, the changelog-backed table ``key_to_state``,
+the agent ``apply_inputs`` and the deadline timer onto a new ``faust.App``. The agent is the
+only writer of positions: it loads the key's ``KeyState``, calls the pure ``decide``, sends
+the commands and updates, waits until Kafka has them, and only then writes the new state to
+the table. A crash between the two replays the input, ``decide`` produces the same commands
+with the same client order ids, and the exchange edge recognises them; a crash after the
+table write makes the redelivered input a no-op (its offset is not above ``last_offset``).
+
+Nothing the agent meets may escape as an exception: Faust would ack the event and skip it
+silently. Undecodable bytes and inputs ``decide`` refuses as malformed go to the
+dead-letter topic with the reason; a failed send is retried until Kafka takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.wire import codec, serde
+from streams.wire.faust_codecs import register_faust_codecs
+from streams.domain import InputEvent, KeyState
+from streams.worker.deadlines import DeadlineIndex
+from streams.worker.processor import (
+    KNOWN_STATES,
+    SEND_RETRY_BACKOFF_S,
+    ConsumedRecord,
+    Headers,
+    InputProcessor,
+    with_policy,
+)
+from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
+from streams.settings import Settings
+from streams.topics import TopicNames
+from streams.web import metrics, register_web
+from streams.web.routing import partition_for_key
+
+logger = logging.getLogger(__name__)
+
+def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, edge: Any, inputs_topic: Any,
+                         output_topics: dict) -> None:
+    commands_topic = app.topic(names.commands, key_serializer="raw", value_serializer="raw",
+                               partitions=settings.topic_partitions)
+
+    # One actor per partition (isolated_partitions): a key's commands stay in order, while
+    # the keys of other partitions are carried out at the same time.
+    @app.agent(commands_topic, name="execute_commands", concurrency=1, isolated_partitions=True)
+    async def execute_commands(stream: faust.StreamT) -> None:
+        """Carries out each command at the exchange and publishes its execution report."""
+        async for event in stream.events():
+            message = event.message
+            try:
+                command = serde.decode_command(message.value)
+            except codec.DecodeError as error:
+                letter = serde.DeadLetter(message.topic, message.partition, message.offset, message.key,
+                                          message.value, type(error).__name__, str(error),
+                                          int(message.timestamp * 1000))
+                await output_topics[names.dead_letters].send(key=message.key or b"",
+                                                             value=serde.encode_dead_letter(letter))
+                metrics.observe_dead_letter("executor", type(error).__name__)
+                continue
+            await edge.ready.wait()  # extra services start after the agents
+            # Carried out once even when delivered twice: the executor looks the order up by
+            # its client id, and the attempt ledger tells it whether an earlier send may land.
+            report = await edge.executor.execute(command)
+            if report.payload.error_code is not None:
+                metrics.observe_exchange_error(report.payload.error_code)
+            # Acknowledged before this command's offset can be committed; retried, never raised
+            # (an agent that raises makes Faust skip the event silently).
+            attempt = 0
+            while True:
+                try:
+                    await (await inputs_topic.send(key=report.key.encode(),
+                                                   value=serde.encode_input(with_policy(report, settings))))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never drop the report
+                    delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
+                    logger.warning("report for %s not acknowledged (%s); retrying in %.1fs",
+                                   command.command_id, error, delay)
+                    attempt += 1
+                    await asyncio.sleep(delay)
+
+    @app.timer(interval=settings.sync_interval_s, on_leader=True)
+    async def poll_exchange_positions() -> None:
+        """Publishes what every exchange holds (the leader only: one snapshot per key and cycle)."""
+        await edge.ready.wait()
+        await edge.tracked.caught_up.wait()
+        await edge.poller.poll_once()
+
+
+class KeyStateTable(faust.Table):
+    """The ``key_to_state`` table: raw key bytes, Avro ``KeyState`` values on every path.
+
+    faust-streaming derives a table's value serializer from ``value_type`` (a Model) only,
+    and the app's table manager builds the changelog topic, with that serializer, the
+    moment the table is registered. Setting the serializer on the finished table therefore
+    reached the store and the changelog *writes* but not the changelog topic's schema, and
+    recovery and standby replicas read the changelog with JSON: every worker whose local
+    store was behind the changelog stalled in recovery ("'utf-8' codec can't decode byte
+    0xc3"). Setting it here, before registration, gives the store, the changelog writes,
+    recovery and standbys one codec.
+    """
+
+    #: Faust codec name of the table's values (registered by ``register_faust_codecs``).
+    VALUE_CODEC = "avro-key-state"
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.value_serializer = self.VALUE_CODEC
+
+
+def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
+    """The table partitions this worker owns as active (standby copies excluded)."""
+    return frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
+
+
+async def _count_restored_record(app: faust.App, event: Any) -> None:
+    """Counts a changelog record read into the local store, as an active or a standby replica.
+
+    Active restores are the cost of a takeover; with standby replicas the new owner has
+    already read its partitions as a standby, so a failover adds (almost) no active ones.
+    """
+    replica = "active" if event.message.tp in app.tables.recovery.active_tps else "standby"
+    metrics.observe_restored_record(replica)
+
+
+@dataclass
+class Pipeline:
+    """The Faust app and the parts tests and commands reach for."""
+
+    settings: Settings
+    app: faust.App
+    topics: TopicNames
+    key_to_state: Any
+    processor: InputProcessor
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """A Faust app with the pipeline's topics, table, agent and deadline timer."""
+    register_faust_codecs()
+    names = TopicNames.for_prefix(settings.topic_prefix)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_urls,
+        store=settings.table_store,
+        datadir=str(settings.data_dir),
+        # faust-streaming's exactly_once has open defects (#517, #323): at-least-once plus
+        # idempotence in the domain (last applied offset, seen signal and report ids).
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        # Hot copies of each table partition on other workers: a failover resumes at once.
+        table_standby_replicas=settings.table_standby_replicas,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=settings.commit_interval_s,
+        # A crashed worker's partitions move to the others only after this long (the bulk
+        # of a failover: standby replicas make the recovery after it near-instant).
+        broker_session_timeout=settings.session_timeout_s,
+        # Kafka's rule of thumb: at most a third of the session, so one lost heartbeat is no failover.
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        web_enabled=False,
+        web_bind=settings.web_bind,
+        web_port=settings.web_port,
+    )
+    inputs_topic = app.topic(names.inputs, key_serializer="raw", value_serializer="raw",
+                             partitions=settings.topic_partitions)
+    output_topics = {
+        name: app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions)
+        for name in (names.commands, names.updates, names.dead_letters)
+    }
+    # Keys are the raw key bytes of position-inputs, so the changelog is co-partitioned with it.
+    key_to_state = app.tables.add(KeyStateTable(
+        app,
+        name="key_to_state",
+        beacon=app.tables.beacon,
+        partitions=settings.topic_partitions,
+        key_type=bytes,  # faust maps key_type=bytes to the "raw" serializer
+        on_changelog_event=functools.partial(_count_restored_record, app),
+    ))
+
+    async def send(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
+        # Straight to the app's producer (same connection, acks and idempotence): Faust's
+        # Topic.send wraps each record in futures and callbacks that halve the agent's rate.
+        # The key's partition is the Java client's murmur2 of the raw bytes, as for the inputs.
+        return await app.producer.send(topic, key, value, None, None, headers)
+
+    deadlines = DeadlineIndex()
+
+    def load(key: bytes) -> KeyState | None:
+        record = key_to_state.get(key)
+        return serde.key_state_from_record(record) if record is not None else None
+
+    def store(key: bytes, state: KeyState) -> None:
+        record = serde.key_state_to_record(state)
+        key_to_state[key] = record  # a new value every time: in-place mutation writes no changelog
+        deadlines.note(record)
+
+    processor = InputProcessor(settings=settings, topics=names, send=send, load=load, store=store)
+
+    # One actor for all of the worker's partitions, each partition's inputs in offset order.
+    # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets
+    # (faust-streaming #606). Inputs are applied one at a time: take_events batching lost
+    # inputs across rebalances (events skipped for a stale generation are acked) and, with
+    # isolated_partitions, a revoked actor's cancellation counted as a crash (three stop the worker).
+    known: dict[bytes, KeyState | None] = {}
+    changelog_name = key_to_state.changelog_topic.get_topic_name()
+
+    def table_applied_through() -> dict[int, int]:
+        owned = active_partitions(app, changelog_name)
+        return applied_through(
+            (partition, record["last_offset"]) for partition, record in (
+                (partition_for_key(key, settings.topic_partitions), record) for key, record in list(key_to_state.items()))
+            if partition in owned)
+
+    applied = AppliedOffsets(table_applied_through)
+    log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
+
+    @app.on_partitions_revoked.connect
+    async def forget_known_states(app: faust.App, revoked: set, **kwargs: Any) -> None:
+        """A revoked partition may be written by another worker before it comes back: read the table afresh."""
+        known.clear()
+        applied.forget()
+
+    async def apply_records(records: Sequence[ConsumedRecord]) -> None:
+        if len(known) > KNOWN_STATES:
+            known.clear()
+        try:
+            await processor.apply_batch(records, known)
+        except BaseException:
+            known.clear()  # a state decided but maybe not stored: read the table again
+            raise
+        applied.applied(records[-1].partition, records[-1].offset)
+
+    async def fill_hole(tp: Any, start: int, end: int) -> None:
+        # Faust went past inputs the agent never applied (see streams.worker.gaps): read them from the log.
+        logger.warning("position-inputs[%d]: offsets %d..%d were never applied; reading them from the log",
+                       tp.partition, start, end - 1)
+        metrics.observe_input_gap(end - start)
+        async for records in log_reader.read(tp.partition, start, end):
+            await apply_records([ConsumedRecord(
+                topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+                value=record.value, timestamp_ms=record.timestamp) for record in records])
+
+    @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
+    async def apply_inputs(stream: faust.StreamT) -> None:
+        """Applies every input of the worker's partitions, each partition in offset order, none skipped."""
+        # noack: an event is acked here, once applied (its outputs acknowledged, its state stored).
+        async for event in stream.noack().events():
+            message = event.message
+            if message.tp not in app.consumer.assignment():
+                continue  # fetched before a rebalance took the partition away: its new owner applies it
+            hole = applied.hole_before(message.partition, message.offset)
+            if hole is not None:
+                await fill_hole(message.tp, *hole)
+            await apply_records([ConsumedRecord(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
+            )])
+            await stream.ack(event)
+
+    edge = None
+    if settings.exchange_edge_enabled:
+        from streams.exchange.edge import ExchangeEdge
+
+        async def publish_input(event: InputEvent) -> None:
+            await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
+
+        edge = ExchangeEdge(settings, key_to_state.changelog_topic.get_topic_name(), publish_input)
+
+        @app.task
+        async def start_exchange_edge() -> None:
+            """Starts the edge with the worker; the app stops it on shutdown."""
+            await app.add_runtime_dependency(edge)
+        _add_exchange_agents(app, settings, names, edge, inputs_topic, output_topics)
+
+    @app.timer(interval=settings.deadline_scan_interval_s)
+    async def emit_due_deadlines() -> None:
+        """Publishes a deadline input for every in-flight position of this worker's partitions past its deadline."""
+        now_ms = int(time.time() * 1000)  # the clock lives here, at the edge, never in decide()
+        owned = active_partitions(app, key_to_state.changelog_topic.get_topic_name())
+        if owned != deadlines.partitions:
+            if app.rebalancing or not app.tables.recovery.completed.is_set():
+                return  # the table of the new assignment is not there yet
+            # Standby copies are another worker's to time out (a memory store iterates them too).
+            deadlines.rebuild([record for key, record in list(key_to_state.items())
+                               if partition_for_key(key, settings.topic_partitions) in owned], owned)
+        for event in deadlines.due(now_ms):
+            if partition_for_key(event.key.encode(), settings.topic_partitions) in owned:
+                await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
+
+    register_web(app, settings, key_to_state)  # positions views, HTML page, /metrics, /health, /ready
+
+    return Pipeline(settings=settings, app=app, topics=names, key_to_state=key_to_state, processor=processor)
+
+
+__all__ = ["KeyStateTable", "Pipeline", "active_partitions", "build_pipeline"]

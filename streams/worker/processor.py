@@ -1,0 +1,273 @@
+"""Applies consumed inputs to their keys' states: decode, decide, send the outputs durably, then store.
+
+``InputProcessor`` is the agent's work without Faust: it takes plain records and callables
+(``send``, ``load``, ``store``), so its control flow is unit-tested on plain functions, and
+replay and diff fold the log through the very same code. Nothing it meets escapes as an
+exception: undecodable bytes and inputs ``decide`` refuses as malformed become dead letters
+with the reason; a failed send is retried until Kafka takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from streams.wire import codec, serde
+from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, decide
+from streams.settings import Settings
+from streams.topics import TopicNames
+from streams.web import metrics
+
+logger = logging.getLogger(__name__)
+
+SEND_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: Decoded states the agent keeps between runs (cleared, not evicted one by one, past this).
+KNOWN_STATES = 100_000
+
+
+@dataclass(frozen=True)
+class ConsumedRecord:
+    """The parts of a consumed Kafka record the processor needs (no Faust types below here)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+Headers = list[tuple[str, bytes]]
+Send = Callable[[str, bytes, bytes, Headers], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record the agent sends for an input: its topic, key, value and input headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+#: Kafka headers on every output of an input: which input it was decided for, so a decision
+#: diff (``streams diff``) can put each recorded command beside the input that produced it.
+INPUT_PARTITION_HEADER = "pipeline-input-partition"
+INPUT_OFFSET_HEADER = "pipeline-input-offset"
+
+
+def input_headers(partition: int, offset: int) -> Headers:
+    """The headers naming the input ``partition``/``offset`` an output was decided for."""
+    return [(INPUT_PARTITION_HEADER, str(partition).encode()), (INPUT_OFFSET_HEADER, str(offset).encode())]
+
+
+def input_of(headers: Any) -> tuple[int, int] | None:
+    """``(partition, offset)`` of the input an output record was decided for; None without the headers."""
+    found = {name: value for name, value in (headers or ())}
+    try:
+        return int(found[INPUT_PARTITION_HEADER]), int(found[INPUT_OFFSET_HEADER])
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass
+class InputProcessor:
+    """Applies one consumed input to its key's state: decode, decide, send, then store.
+
+    ``send(topic, key, value, headers)`` returns an awaitable that resolves once Kafka has
+    the record; ``load``/``store`` read and write the key's state (the caller's table). Kept free of Faust
+    so the control flow is testable with plain callables.
+
+    Each input is decided with the policy recorded in it (its producer's), or, for inputs
+    written before policies were recorded, with the settings' policy; ``policy_overrides``
+    (field -> value) change those fields on top (a decision diff trying another policy).
+    """
+
+    settings: Settings
+    topics: TopicNames
+    send: Send
+    load: Callable[[bytes], KeyState | None]
+    store: Callable[[bytes, KeyState], None]
+    policy_overrides: Mapping[str, Any] | None = None
+    applied_inputs: int = 0
+    dead_letters: int = 0
+    _default_policy: Policy = field(init=False)
+    _overridden: dict[Policy, Policy] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._default_policy = self.settings.policy()
+
+    def policy_for(self, event: InputEvent) -> Policy:
+        """The policy ``event`` is decided with (see the class docstring)."""
+        recorded = event.policy or self._default_policy
+        if not self.policy_overrides:
+            return recorded
+        overridden = self._overridden.get(recorded)
+        if overridden is None:
+            overridden = self._overridden[recorded] = dataclasses.replace(recorded, **self.policy_overrides)
+        return overridden
+
+    async def apply(self, record: ConsumedRecord) -> Decision | None:
+        """Applies one record; returns the decision, or None when it went to the dead letters."""
+        return (await self.apply_batch([record]))[0]
+
+    async def apply_batch(self, records: Sequence[ConsumedRecord], known: dict[bytes, KeyState | None] | None = None,
+                          enter_partition: Callable[[int], None] | None = None) -> list[Decision | None]:
+        """Applies a run of records in order; one decision (or None: a dead letter) per record.
+
+        Each record is decided against the state the records before it produced (an
+        in-memory overlay of the table), then every output of the run is sent and awaited
+        together, and only then are the states stored. The crash rule is the one of a single
+        input: no state is stored, and (the caller acks after this returns) no offset is
+        committed, before Kafka has acknowledged the outputs that state implies. A crash in
+        between replays the run: the same decisions, the same client order ids.
+
+        ``known`` (optional) are decoded states the caller keeps from run to run, the one
+        writer of those keys: a key found there is not read back from the table and decoded
+        again. They become the run's overlay; the caller drops them if this raises.
+        ``enter_partition(p)`` is called before the table is read or written for a key of
+        partition ``p`` (Faust's table works on the current event's partition).
+        """
+        overlay: dict[bytes, KeyState | None] = {} if known is None else known
+        to_store: dict[bytes, tuple[int, KeyState]] = {}
+        outputs: list[Output] = []
+        decisions: list[Decision | None] = []
+        for record in records:
+            if enter_partition is not None and record.key not in overlay:
+                enter_partition(record.partition)
+            decision = self._decide(record, overlay, to_store, outputs)
+            decisions.append(decision)
+        await self._send_durably(outputs)
+        for key, (partition, state) in to_store.items():
+            if enter_partition is not None:
+                enter_partition(partition)
+            self.store(key, state)
+        self.applied_inputs += sum(1 for decision in decisions if decision is not None)
+        return decisions
+
+    def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None],
+                to_store: dict[bytes, tuple[int, KeyState]], outputs: list[Output]) -> Decision | None:
+        headers = input_headers(record.partition, record.offset)
+        try:
+            key, event = self._decode(record)
+            # An input's time is the log's: the broker stamps position-inputs records as they
+            # are appended (LogAppendTime), one clock for every producer whatever its host's,
+            # kept with the record so a replay decides at the same times.
+            event = dataclasses.replace(event, ts=record.timestamp_ms)
+            state = overlay[record.key] if record.key in overlay else self.load(record.key)
+            decision = decide(state, AppliedInput(record.offset, event), self.policy_for(event))
+            metrics.observe_input(event)
+            metrics.observe_decision(decision)
+            encoded = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
+            position = decision.state.position
+            if decision.position_changed and position is not None:
+                encoded.append((self.topics.updates, serde.encode_position_update(key, record.offset, position)))
+            if decision.audit is not None:
+                encoded.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
+        except (codec.DecodeError, DomainError, InvalidInputRecord) as error:
+            outputs.append(self._dead_letter(record, error, headers))
+            return None
+        except Exception as error:  # noqa: BLE001 - a bug must not make Faust skip the input silently
+            logger.error("input %s[%d]@%d could not be applied:\n%s", record.topic, record.partition,
+                         record.offset, traceback.format_exc())
+            outputs.append(self._dead_letter(record, error, headers))
+            return None
+        outputs.extend(Output(topic, record.key, value, headers) for topic, value in encoded)
+        redelivered = state is not None and record.offset <= state.last_offset
+        if decision.state is not state or redelivered:
+            # A redelivered input changes nothing, but its state is written again: a kill
+            # between the local store write and the changelog flush left the changelog (and
+            # so the standbys and the next owner) without it; rewriting converges them.
+            overlay[record.key] = decision.state
+            to_store[record.key] = (record.partition, decision.state)
+        return decision
+
+    def _decode(self, record: ConsumedRecord) -> tuple[str, InputEvent]:
+        if record.key is None:
+            raise InvalidInputRecord("record has no key; inputs are keyed by SYMBOL@exchange")
+        if record.value is None:
+            raise InvalidInputRecord("record has no value")
+        try:
+            key = record.key.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInputRecord(f"key is not UTF-8: {record.key[:64]!r}") from error
+        event = serde.decode_input(record.value)
+        if event.key != key:
+            raise InvalidInputRecord(f"record key {key!r} differs from the input's own key {event.key!r}")
+        return key, event
+
+    async def _send_durably(self, outputs: list[Output]) -> None:
+        """Sends every output and waits for Kafka's acknowledgements, retrying until all came.
+
+        Only what Kafka did not acknowledge is sent again: an output acknowledged in an
+        attempt that failed for another one is never repeated, so a partial failure puts no
+        second PlaceEntry on position-commands. (An output Kafka wrote but whose
+        acknowledgement was lost can still appear twice; the executor looks an order up by
+        its client id before placing it, so that changes nothing at the exchange.)
+        """
+        unacknowledged = list(range(len(outputs)))
+        attempt = 0
+        while unacknowledged:
+            failed: list[int] = []
+            errors: list[BaseException] = []
+            handed: list[tuple[int, Any]] = []
+            for index in unacknowledged:
+                output = outputs[index]
+                try:
+                    handed.append((index, await self.send(output.topic, output.key, output.value, output.headers)))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
+                    failed.append(index)
+                    errors.append(error)
+            for index, acknowledgement in handed:
+                try:
+                    await acknowledgement
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+                    failed.append(index)
+                    errors.append(error)
+            unacknowledged = sorted(failed)
+            if unacknowledged:
+                delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
+                logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
+                               len(unacknowledged), len(outputs), errors[0], delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _dead_letter(self, record: ConsumedRecord, error: BaseException, headers: Headers) -> Output:
+        letter = serde.DeadLetter(
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            key=record.key,
+            value=record.value,
+            error_type=type(error).__name__,
+            reason=str(error) or type(error).__name__,
+            ts=record.timestamp_ms,
+        )
+        logger.warning("dead letter from %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
+                       letter.error_type, letter.reason)
+        self.dead_letters += 1
+        metrics.observe_dead_letter("agent", letter.error_type)
+        return Output(self.topics.dead_letters, record.key or b"", serde.encode_dead_letter(letter), headers)
+
+
+class InvalidInputRecord(ValueError):
+    """A record on ``position-inputs`` that is not an input at all (no key, wrong key, no value)."""
+
+
+def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
+    """``event`` carrying the policy of this process: the state machine decides it with that, in any replay."""
+    return dataclasses.replace(event, policy=settings.policy())
+
+
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "Headers", "InputProcessor",
+           "InvalidInputRecord", "Output", "input_headers", "input_of", "with_policy"]
