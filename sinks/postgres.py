@@ -64,7 +64,7 @@ from streams.heartbeat import beat_while_running
 from streams.domain import Position
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
-from streams.web import metrics
+from streams.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 

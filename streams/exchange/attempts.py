@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.wire import codec
 from streams.topics import topic_partitions
-from streams.web import health, metrics
+from streams.telemetry import health, metrics
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import aiohttp
 import mode
 
 from streams.exchange.attempts import KafkaAttemptLedger
-from streams.exchange.ccxt_client import create_binanceusdm
+from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.clock import ExchangeClock
 from streams.exchange.executor import OrderExecutor, PlacementTiming
 from streams.exchange.gateway import CcxtGateway, ExchangeGateway

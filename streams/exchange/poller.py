@@ -29,7 +29,7 @@ from streams.wire import codec
 from streams.domain import ExchangeSnapshot, InputEvent, Status
 from streams.exchange.gateway import ExchangeEdgeError, ExchangeGateway
 from streams.topics import topic_partitions
-from streams.web import health, metrics
+from streams.telemetry import health, metrics
 
 logger = logging.getLogger(__name__)
 

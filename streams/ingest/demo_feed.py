@@ -43,7 +43,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from streams.web.logfmt import configure_logging
+from streams.telemetry.logging import configure_logging
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_INTERVAL_S", "DEMO_FEED_HEADER", "DemoStep", "demo_script", "DemoFeed", "main"]
 

@@ -42,7 +42,7 @@ from websockets.uri import parse_uri
 
 from streams.wire import serde
 from streams.domain import Policy, Signal
-from streams.ingest.backoff import Backoff, sleep_unless_stopped
+from streams.edge.backoff import Backoff, sleep_unless_stopped
 from streams.ingest.demo_feed import DEMO_FEED_HEADER
 from streams.ingest.exceptions import (
     DemoFeedOnProduction,
@@ -54,12 +54,12 @@ from streams.ingest.exceptions import (
 )
 from streams.ingest.publish import Delivery, KafkaPublisher, Publisher
 from streams.ingest.symbols import SymbolDirectory, binance_directory
-from streams.exchange.ccxt_client import is_production_url
+from streams.edge.ccxt_client import is_production_url
 from streams.heartbeat import beat_while_running
 from streams.ingest.validation import parse_frame, to_input_event, validate_signal
 from streams.settings import Settings, SettingsError
 from streams.topics import TopologyError
-from streams.web.logfmt import configure_logging
+from streams.telemetry.logging import configure_logging
 
 __all__ = ["FeedStats", "SymbolSource", "SignalFeedClient", "display_url", "run_ingest", "main"]
 
@@ -289,8 +289,7 @@ class SignalFeedClient:
                            what: str) -> None:
         logger.warning("refused %s from %s: %s [%s]; frame: %s", what, self.source, reason, refusal.code,
                        _excerpt(raw))
-        letter = serde.DeadLetter(source_topic=self.source, source_partition=-1, source_offset=-1, key=None,
-                                  value=raw, error_type=refusal.code, reason=reason, ts=self._wall_clock_ms())
+        letter = serde.DeadLetter.of(self.source, -1, -1, None, raw, refusal.code, self._wall_clock_ms(), reason)
         await self._send(self._publisher.topics.dead_letters, key, serde.encode_dead_letter(letter))
         self.stats.bump("dead_letters")
 

@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams.ingest.backoff import Backoff, sleep_unless_stopped
+from streams.edge.backoff import Backoff, retry_until_ready
 from streams.ingest.exceptions import PublishFailed
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -75,16 +75,7 @@ class KafkaPublisher:
 
     async def start_until_ready(self, stop: asyncio.Event, backoff: Backoff) -> bool:
         """Retries ``start`` with backoff until it succeeds (True) or ``stop`` is set (False)."""
-        while not stop.is_set():
-            try:
-                await self.start()
-                return True
-            except PublishFailed as error:
-                delay = backoff.next_delay()
-                logger.warning("%s; retrying in %.1fs", error, delay)
-                if await sleep_unless_stopped(stop, delay):
-                    break
-        return False
+        return await retry_until_ready(self.start, PublishFailed, stop, backoff, logger)
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         """Writes one record and waits until every in-sync replica has it."""

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import ccxt.async_support as ccxt
 
-from streams.exchange.ccxt_client import create_binanceusdm, is_production_url
-from streams.ingest.backoff import Backoff, sleep_unless_stopped
+from streams.edge.ccxt_client import create_binanceusdm, is_production_url
+from streams.edge.backoff import Backoff, retry_until_ready
 from streams.ingest.exceptions import SymbolsUnavailable
 from streams.settings import Settings
 
@@ -75,16 +75,7 @@ class SymbolDirectory:
         At start the exchange may not answer yet (the worker that runs the built-in emulator
         may start after the ingest): waiting is right, giving up is not.
         """
-        while not stop.is_set():
-            try:
-                await self.load()
-                return True
-            except SymbolsUnavailable as error:
-                delay = backoff.next_delay()
-                logger.warning("%s; retrying in %.1fs", error, delay)
-                if await sleep_unless_stopped(stop, delay):
-                    break
-        return False
+        return await retry_until_ready(self.load, SymbolsUnavailable, stop, backoff, logger)
 
     async def refresh(self, exchange: str) -> bool:
         """Reloads ``exchange``'s symbols if the last load is older than the interval; True if it did.

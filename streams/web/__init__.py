@@ -1,7 +1,7 @@
 """The worker's web server (positions views, HTML page, health, readiness) and the pipeline's metrics.
 
 ``register_web(app, settings, table)`` is called once by ``streams.worker.app.build_pipeline``;
-``streams.web.metrics`` holds the Prometheus metrics any module may count into. The server
+``streams.telemetry.metrics`` holds the Prometheus metrics any module may count into. The server
 module is imported only when registering, so a process that only counts (the sink, the
 ingest) does not load the web stack.
 """

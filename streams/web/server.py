@@ -63,7 +63,7 @@ from streams.settings import Settings
 from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
 from streams.web.history_page import render_history_page
 from streams.topics import TopicNames
-from streams.web import health, metrics
+from streams.telemetry import health, metrics
 from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
 from streams.web.page import render_page
 from streams.web.render import position_to_json
@@ -328,7 +328,7 @@ class PositionsWebServer(Service):
         """200 once assigned and recovered, 503 (with the reason) before and during rebalances.
 
         Also 503 while a background part of the worker fails and retries (the exchange
-        poller, the order-attempt ledger: ``streams.web.health``), naming it in ``failing``:
+        poller, the order-attempt ledger: ``streams.telemetry.health``), naming it in ``failing``:
         such a failure must be seen, not leave the worker quietly doing nothing.
         """
         ready, reason = self.readiness()
@@ -492,7 +492,7 @@ def register_web(app: Any, settings: Settings, table: Any) -> PositionsWebServer
     - installs Faust's Prometheus sensor and, with ``LOG_FORMAT=json``, JSON log lines;
     - registers the server with ``app.web_server`` and starts it with the producer.
     """
-    from streams.web.logfmt import faust_logging_config
+    from streams.telemetry.logging import faust_logging_config
 
     app.conf.web_host = advertised_url(settings).host
     app.conf.canonical_url = str(advertised_url(settings))

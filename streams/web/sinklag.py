@@ -20,7 +20,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.web import metrics
+from streams.telemetry import metrics
 
 __all__ = ["SinkLagProbe"]
 

@@ -83,6 +83,14 @@ class DeadLetter:
     reason: str
     ts: int
 
+    @classmethod
+    def of(cls, source_topic: str, source_partition: int, source_offset: int, key: bytes | None,
+           value: bytes | None, error: BaseException | str, ts: int, reason: str | None = None) -> DeadLetter:
+        """The dead letter of a record: ``error`` gives the type (a refusal code may stand for it) and the reason."""
+        error_type = error if isinstance(error, str) else type(error).__name__
+        return cls(source_topic, source_partition, source_offset, key, value, error_type,
+                   reason if reason is not None else (str(error) or error_type), ts)
+
 
 # --------------------------------------------------------------------------- generic mapping
 

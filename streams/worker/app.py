@@ -15,7 +15,6 @@ dead-letter topic with the reason; a failed send is retried until Kafka takes it
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -27,23 +26,27 @@ import faust
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
+from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.domain import InputEvent, KeyState
 from streams.worker.deadlines import DeadlineIndex
-from streams.worker.processor import (
-    KNOWN_STATES,
-    SEND_RETRY_BACKOFF_S,
-    ConsumedRecord,
-    Headers,
-    InputProcessor,
-    with_policy,
-)
+from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, with_policy
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
 from streams.settings import Settings
 from streams.topics import TopicNames
-from streams.web import metrics, register_web
+from streams.telemetry import metrics
+from streams.web import register_web
 from streams.web.routing import partition_for_key
 
 logger = logging.getLogger(__name__)
+
+#: Retries of an execution report Kafka did not acknowledge.
+REPORT_BACKOFF = Backoff(0.1, 5.0)
+
+
+async def _acknowledged(sending: Any) -> Any:
+    """Awaits a Faust send (a coroutine resolving to the delivery future) and then the delivery."""
+    return await (await sending)
+
 
 def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, edge: Any, inputs_topic: Any,
                          output_topics: dict) -> None:
@@ -60,9 +63,8 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
             try:
                 command = serde.decode_command(message.value)
             except codec.DecodeError as error:
-                letter = serde.DeadLetter(message.topic, message.partition, message.offset, message.key,
-                                          message.value, type(error).__name__, str(error),
-                                          int(message.timestamp * 1000))
+                letter = serde.DeadLetter.of(message.topic, message.partition, message.offset, message.key,
+                                             message.value, error, int(message.timestamp * 1000))
                 await output_topics[names.dead_letters].send(key=message.key or b"",
                                                              value=serde.encode_dead_letter(letter))
                 metrics.observe_dead_letter("executor", type(error).__name__)
@@ -75,20 +77,10 @@ def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, 
                 metrics.observe_exchange_error(report.payload.error_code)
             # Acknowledged before this command's offset can be committed; retried, never raised
             # (an agent that raises makes Faust skip the event silently).
-            attempt = 0
-            while True:
-                try:
-                    await (await inputs_topic.send(key=report.key.encode(),
-                                                   value=serde.encode_input(with_policy(report, settings))))
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never drop the report
-                    delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
-                    logger.warning("report for %s not acknowledged (%s); retrying in %.1fs",
-                                   command.command_id, error, delay)
-                    attempt += 1
-                    await asyncio.sleep(delay)
+            await retry_until_acknowledged(
+                lambda: _acknowledged(inputs_topic.send(key=report.key.encode(),
+                                                        value=serde.encode_input(with_policy(report, settings)))),
+                REPORT_BACKOFF, f"report for {command.command_id}", logger)
 
     @app.timer(interval=settings.sync_interval_s, on_leader=True)
     async def poll_exchange_positions() -> None:

@@ -22,7 +22,7 @@ from streams.wire import codec, serde
 from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, decide
 from streams.settings import Settings
 from streams.topics import TopicNames
-from streams.web import metrics
+from streams.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -243,16 +243,8 @@ class InputProcessor:
                 await asyncio.sleep(delay)
 
     def _dead_letter(self, record: ConsumedRecord, error: BaseException, headers: Headers) -> Output:
-        letter = serde.DeadLetter(
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            key=record.key,
-            value=record.value,
-            error_type=type(error).__name__,
-            reason=str(error) or type(error).__name__,
-            ts=record.timestamp_ms,
-        )
+        letter = serde.DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value, error,
+                                     record.timestamp_ms)
         logger.warning("dead letter from %s[%d]@%d: %s: %s", record.topic, record.partition, record.offset,
                        letter.error_type, letter.reason)
         self.dead_letters += 1

@@ -19,7 +19,7 @@ import pytest
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
 from streams.domain import AppliedInput, InputEvent, Policy, Side, Signal, SignalAction, Status, decide
 from streams.exchange.attempts import KafkaAttemptLedger
-from streams.exchange.ccxt_client import create_binanceusdm
+from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.clock import ExchangeClock, host_clock_ms
 from streams.exchange.executor import OrderExecutor, PlacementTiming
 from streams.exchange.gateway import CcxtGateway

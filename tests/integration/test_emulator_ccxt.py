@@ -20,7 +20,7 @@ import pytest
 
 from emulator import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator, default_symbols
 from emulator.binance_usdm import CLIENT_ID_UNIQUE_FOREVER
-from streams.exchange.ccxt_client import PRODUCTION_URL, create_binanceusdm, exchange_error_code
+from streams.edge.ccxt_client import PRODUCTION_URL, create_binanceusdm, exchange_error_code
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from streams.domain import (
     Status,
 )
 from streams.exchange.attempts import KafkaAttemptLedger
-from streams.exchange.ccxt_client import create_binanceusdm
+from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.edge import ExchangeEdge
 from streams.exchange.executor import OrderExecutor
 from streams.exchange.gateway import CcxtGateway

@@ -20,7 +20,7 @@ import pytest
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
 from streams.domain import OrderRole, PlaceEntry, QueryOrder, ReportOutcome, Side
 from streams.exchange.attempts import KafkaAttemptLedger
-from streams.exchange.ccxt_client import create_binanceusdm
+from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.executor import OrderExecutor, PlacementTiming
 from streams.exchange.gateway import CcxtGateway
 from streams.settings import Settings

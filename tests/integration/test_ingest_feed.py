@@ -23,7 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from emulator import BinanceUsdmEmulator, default_symbols
 from streams.wire import serde
 from streams.domain import InputEvent, Side, Signal, SignalAction
-from streams.ingest.backoff import Backoff
+from streams.edge.backoff import Backoff
 from streams.ingest.demo_feed import DemoFeed
 from streams.ingest.feed import SignalFeedClient
 from streams.ingest.publish import KafkaPublisher

@@ -20,10 +20,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
 from streams.wire import codec, serde
 from streams.domain import InputEvent
-from streams.exchange.ccxt_client import create_binanceusdm
+from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.gateway import CcxtGateway
 from streams.exchange.poller import PositionPoller, TrackedKeys
-from streams.web import health, metrics
+from streams.telemetry import health, metrics
 from tests.unit.domain_builders import feed_active
 
 pytestmark = pytest.mark.integration

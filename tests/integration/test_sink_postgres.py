@@ -22,7 +22,7 @@ from sinks.postgres import PostgresWriter, write_batch
 from sinks.rows import BatchRows, merge_updates
 from streams.wire import serde
 from streams.domain import Position, ReportOutcome, Status
-from streams.web import metrics
+from streams.telemetry import metrics
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
     RunningSink,
     UpdateStream,

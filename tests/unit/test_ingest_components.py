@@ -12,7 +12,7 @@ import pytest
 from emulator.binance_usdm import REAL_SYMBOLS
 from streams.wire import serde
 from streams.domain import SignalAction
-from streams.ingest.backoff import Backoff
+from streams.edge.backoff import Backoff
 from streams.ingest.demo_feed import demo_script
 from streams.ingest.exceptions import IngestError, InvalidFrame, InvalidSignal, PublishFailed, SymbolsUnavailable
 from streams.ingest.feed import SignalFeedClient, display_url
@@ -454,7 +454,7 @@ def test_ingest_without_a_signal_feed_refuses_the_production_exchange_however_it
     ("https://binance.com.evil.example", False), ("http://emulator:6070", False),
 ])
 def test_is_production_url_compares_parsed_hosts(url, production):
-    from streams.exchange.ccxt_client import is_production_url
+    from streams.edge.ccxt_client import is_production_url
 
     assert is_production_url(url) is production
 

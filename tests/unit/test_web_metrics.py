@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from streams.settings import Settings, SettingsError
-from streams.web import metrics
-from streams.web.logfmt import JsonFormatter, faust_logging_config
+from streams.telemetry import metrics
+from streams.telemetry.logging import JsonFormatter, faust_logging_config
 from tests.unit.domain_builders import Feed, feed_active, feed_pending_entry
 
 BASE_ENV = {"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"}

@@ -23,7 +23,7 @@ from yarl import URL
 from streams.wire import serde
 from streams.domain import KeyState
 from streams.settings import Settings
-from streams.web import health
+from streams.telemetry import health
 from streams.web import server as web_server
 from streams.web.auth import PEER_SIGNATURE_HEADER, peer_signature_headers
 from streams.web.routing import ROUTED_HEADER, partition_for_key

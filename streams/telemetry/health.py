@@ -4,7 +4,7 @@ A part that runs on its own (the exchange poller's follower of the tracked keys,
 order-attempt ledger's follower, the position poll) reports here when it fails and when it
 works again; ``GET /ready`` answers 503 with the reasons while any is failing, so a failure
 that would otherwise leave the worker quietly doing nothing is visible. Process-wide, like
-the Prometheus registry in ``streams.web.metrics``.
+the Prometheus registry in ``streams.telemetry.metrics``.
 """
 
 from __future__ import annotations
