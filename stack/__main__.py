@@ -9,6 +9,7 @@ from stack import localstack
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command on the stack of ``StackPaths.from_environment()``; 1 on a ``StackError``."""
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
     parser.add_argument("command", choices=["start", "stop", "purge", "status", "env"])
     args = parser.parse_args(argv)
