@@ -17,6 +17,7 @@ from streams.settings import Settings
 
 
 def main() -> int:
+    """Runs the sink until it is stopped; the exit status (0 or 1) as the module docstring says."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     try:

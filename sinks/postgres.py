@@ -30,6 +30,10 @@ lands, the refused one is dead-lettered with the live row that holds its key and
 
 Several sinks may run in the one group: a key lives on one partition, so two sinks never
 write the same position or race on the (symbol, exchange) index.
+
+This module is the consumer loop (batches, offsets, dead letters, ``/metrics``). The
+statements and the one-transaction writes are in ``sinks.sql``, the connection and its
+retries in ``sinks.writer``, the counters in ``sinks.stats``.
 """
 
 from __future__ import annotations
@@ -40,25 +44,19 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
-import asyncpg
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sinks.exceptions import (
-    DatabaseError,
-    DatabaseUnavailableError,
-    IntegrityViolationError,
-    SinkError,
-)
-from sinks.migrate import Migration, migrate
-from sinks.retry import backoff_delay, is_transient
-from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchMerger, BatchRows
+from sinks.retry import backoff_delay
+from sinks.rows import BatchMerger
+from sinks.sql import RefusedRow, WriteResult, write_batch
+from sinks.stats import SinkStats
+from sinks.writer import PostgresWriter, StopRequested, wait_unless_stopped
 from streams.wire import serde
 from streams.heartbeat import beat_while_running
 from streams.domain import Position
@@ -68,6 +66,8 @@ from streams.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
+# PostgresWriter, SinkStats, WriteResult and write_batch live in sinks.writer, sinks.stats and
+# sinks.sql; they stay importable from here, where callers have always found them.
 __all__ = [
     "PostgresSink",
     "PostgresWriter",
@@ -77,186 +77,7 @@ __all__ = [
     "write_batch",
 ]
 
-CONNECT_TIMEOUT_S = 10.0
-#: A statement that takes longer is abandoned and the batch retried on a new connection
-#: (a hung server must look like an outage, not block the sink forever).
-COMMAND_TIMEOUT_S = 60.0
-#: While waiting out an outage, the consumer is polled at least this often so the group
-#: coordinator does not evict it (max.poll.interval) and the health line keeps coming.
-KEEP_ALIVE_INTERVAL_S = 1.0
 IDLE_POLL_MS = 500
-
-_TEMP_TABLES = """
-CREATE TEMP TABLE IF NOT EXISTS sink_positions (LIKE monitoring.positions) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS sink_events (LIKE monitoring.position_events) ON COMMIT DELETE ROWS;
-"""
-
-
-def _merge_positions_sql() -> str:
-    columns = ", ".join(POSITION_COLUMNS)
-    updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in POSITION_COLUMNS if column != "id")
-    # ORDER BY version: one key's old position leaves the partial unique index (closed)
-    # before its next one enters it; see sinks.rows. The WHERE is the version guard.
-    return (
-        f"INSERT INTO monitoring.positions AS stored ({columns}) "
-        f"SELECT {columns} FROM sink_positions ORDER BY version, id "
-        f"ON CONFLICT (id) DO UPDATE SET {updates} "
-        "WHERE stored.version < EXCLUDED.version"
-    )
-
-
-def _insert_events_sql() -> str:
-    columns = ", ".join(EVENT_COLUMNS)
-    return (
-        f"INSERT INTO monitoring.position_events ({columns}) SELECT {columns} FROM sink_events "
-        "ON CONFLICT (key, input_offset) DO NOTHING"
-    )
-
-
-MERGE_POSITIONS_SQL = _merge_positions_sql()
-INSERT_EVENTS_SQL = _insert_events_sql()
-
-
-@dataclass(frozen=True)
-class RefusedRow:
-    """A position row the one-live-position index refused, beside the live row that holds the key."""
-
-    row: dict
-    existing: dict | None
-    error: str
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What one batch's transaction changed."""
-
-    positions_upserted: int  # rows inserted or replaced by a newer version
-    events_inserted: int  # audit rows new to the table
-    refused: tuple[RefusedRow, ...] = ()  # rows the unique live-position index refused (dead letters)
-
-
-def _row_count(status: str) -> int:
-    # asyncpg returns the command tag, e.g. "INSERT 0 42".
-    return int(status.rsplit(" ", 1)[-1])
-
-
-async def write_batch(connection: asyncpg.Connection, rows: BatchRows) -> WriteResult:
-    """Writes one batch in one transaction (one attempt); the session's temp tables must exist.
-
-    Raises ``DatabaseUnavailableError`` (retry), ``IntegrityViolationError`` or
-    ``DatabaseError`` (do not).
-    """
-    try:
-        async with connection.transaction():
-            positions = events = 0
-            if rows.positions:
-                await connection.copy_records_to_table("sink_positions", records=rows.positions,
-                                                       columns=POSITION_COLUMNS)
-                positions = _row_count(await connection.execute(MERGE_POSITIONS_SQL))
-            if rows.events:
-                await connection.copy_records_to_table("sink_events", records=rows.events, columns=EVENT_COLUMNS)
-                events = _row_count(await connection.execute(INSERT_EVENTS_SQL))
-        return WriteResult(positions, events)
-    except Exception as error:  # noqa: BLE001 - classified and wrapped below, nothing swallowed
-        wrapped = _wrap(error, "writing a batch")
-        if wrapped is error:
-            raise
-        raise wrapped from error
-
-
-_LIVE_ROW_OF_KEY_SQL = (
-    "SELECT * FROM monitoring.positions WHERE symbol = $1 AND exchange = $2 "
-    "AND status NOT IN ('closed', 'rolled_back')"
-)
-
-
-async def write_batch_isolating_conflicts(connection: asyncpg.Connection, rows: BatchRows) -> WriteResult:
-    """Writes one batch row by row, keeping every row but those the live-position index refuses.
-
-    The slow path, taken only after ``write_batch`` met an integrity violation: each
-    position row is merged under its own savepoint (the same guarded merge, in version
-    order), a refused one is rolled back alone and returned with the live row that holds
-    its key. One transaction, as ``write_batch``: the offsets move after it commits.
-    """
-    refused: list[RefusedRow] = []
-    try:
-        async with connection.transaction():
-            positions = events = 0
-            for row in rows.positions:
-                try:
-                    async with connection.transaction():  # a savepoint
-                        await connection.copy_records_to_table("sink_positions", records=[row],
-                                                               columns=POSITION_COLUMNS)
-                        positions += _row_count(await connection.execute(MERGE_POSITIONS_SQL))
-                        await connection.execute("DELETE FROM sink_positions")
-                except asyncpg.IntegrityConstraintViolationError as error:
-                    refused_row = dict(zip(POSITION_COLUMNS, row))
-                    existing = await connection.fetchrow(_LIVE_ROW_OF_KEY_SQL, refused_row["symbol"],
-                                                         refused_row["exchange"])
-                    refused.append(RefusedRow(refused_row, dict(existing) if existing else None, str(error)))
-            if rows.events:
-                await connection.copy_records_to_table("sink_events", records=rows.events, columns=EVENT_COLUMNS)
-                events = _row_count(await connection.execute(INSERT_EVENTS_SQL))
-        return WriteResult(positions, events, tuple(refused))
-    except Exception as error:  # noqa: BLE001 - classified and wrapped below, nothing swallowed
-        wrapped = _wrap(error, "writing a batch row by row")
-        if wrapped is error:
-            raise
-        raise wrapped from error
-
-
-def _wrap(error: Exception, doing: str) -> Exception:
-    """``error`` as the package's exception of its kind; a ``SinkError`` or a non-driver error as it is."""
-    if isinstance(error, SinkError):
-        return error
-    if is_transient(error):
-        return DatabaseUnavailableError(f"PostgreSQL unavailable while {doing}: {type(error).__name__}: {error}")
-    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
-        return IntegrityViolationError(f"PostgreSQL refused a row while {doing}: {error}")
-    if isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError)):
-        return DatabaseError(f"PostgreSQL error while {doing}: {type(error).__name__}: {error}")
-    return error
-
-
-@dataclass
-class SinkStats:
-    """Counters and positions of the sink, for logs now and metrics later.
-
-    Partition numbers are those of ``position-updates`` (co-partitioned with
-    ``position-inputs``, so a version, the input offset, belongs to the same partition).
-    """
-
-    records_written: int = 0  # update records whose batch is durable (offsets then committed)
-    positions_upserted: int = 0  # position rows inserted or replaced by a newer version
-    events_inserted: int = 0  # audit rows new to the table
-    batches: int = 0
-    retries: int = 0  # failed attempts to reach or write PostgreSQL
-    reconnects: int = 0  # successful connections after a failure
-    undecodable: int = 0  # update records that could not be decoded (sent to dead letters)
-    refused: int = 0  # position rows the one-live-position index refused (sent to dead letters)
-    commit_failures: int = 0  # Kafka offset commits that failed (rows were written: replay only)
-    last_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last written update offset
-    last_versions: dict[int, int] = field(default_factory=dict)  # partition -> newest input offset written
-    lag: dict[int, int] = field(default_factory=dict)  # partition -> update records not yet written
-    last_batch_s: float = 0.0  # duration of the last transaction, retries included
-    waiting_since: float | None = None  # monotonic time PostgreSQL became unreachable, if it is
-
-    @property
-    def total_lag(self) -> int:
-        """Update records on the assigned partitions not yet written."""
-        return sum(self.lag.values())
-
-    def summary(self) -> str:
-        """One log line: what was written, how far behind, how many retries."""
-        waiting = "" if self.waiting_since is None else \
-            f", WAITING for PostgreSQL for {time.monotonic() - self.waiting_since:.0f}s"
-        return (
-            f"{self.records_written} records written in {self.batches} batches "
-            f"({self.positions_upserted} position upserts, {self.events_inserted} audit rows), "
-            f"lag {self.total_lag} {_by_partition(self.lag)}, last offsets {_by_partition(self.last_offsets)}, "
-            f"last versions {_by_partition(self.last_versions)}, retries {self.retries}, "
-            f"reconnects {self.reconnects}, undecodable {self.undecodable}, refused {self.refused}{waiting}"
-        )
 
 
 def _row_json(row: dict) -> str:
@@ -264,153 +85,20 @@ def _row_json(row: dict) -> str:
                        for name, value in row.items()}, sort_keys=True)
 
 
-def _by_partition(values: dict[int, int]) -> str:
-    return "{" + ", ".join(f"p{partition}={value}" for partition, value in sorted(values.items())) + "}"
-
-
-class _StopRequested(Exception):
-    """Raised inside the retry loops when the sink is asked to stop while waiting."""
-
-
-class PostgresWriter:
-    """One connection to PostgreSQL, (re)opened on demand, migrated on first connect.
-
-    ``write`` retries a batch until it is durable: on a transient error the connection is
-    dropped, the writer waits (capped exponential backoff, calling ``while_waiting`` at
-    least every second) and tries again on a new connection.
-    """
-
-    def __init__(self, database_url: str, *, max_backoff_s: float, stats: SinkStats | None = None,
-                 application_name: str = "position-pipeline-sink",
-                 migrations: Sequence[Migration] | None = None) -> None:
-        self.database_url = database_url
-        self.max_backoff_s = max_backoff_s
-        self.stats = stats if stats is not None else SinkStats()
-        self.application_name = application_name
-        self._migrations = migrations
-        self._connection: asyncpg.Connection | None = None
-        self._migrated = False
-
-    async def _connect(self) -> asyncpg.Connection:
-        """A new connection with the schema migrated (first time) and the temp tables created."""
-        connection = None
-        try:
-            connection = await asyncpg.connect(
-                self.database_url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S,
-                server_settings={"application_name": self.application_name},
-            )
-            if not self._migrated:
-                applied = await migrate(connection, self._migrations)
-                if applied:
-                    logger.info("migrated monitoring schema: applied %s", applied)
-                self._migrated = True
-            await connection.execute(_TEMP_TABLES)
-            return connection
-        except BaseException as error:
-            if connection is not None:
-                connection.terminate()
-            wrapped = _wrap(error, "connecting") if isinstance(error, Exception) else error
-            if wrapped is error:
-                raise
-            raise wrapped from error
-
-    async def connection(self) -> asyncpg.Connection:
-        """The open connection, or a new one (one attempt, no retry)."""
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await self._connect()
-        return self._connection
-
-    async def close(self) -> None:
-        """Closes the connection, if any."""
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._connection.close(), timeout=5)
-            self._connection.terminate()
-            self._connection = None
-
-    async def ready(self, stopping: asyncio.Event,
-                    while_waiting: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Connects and migrates, waiting out an unreachable PostgreSQL; raises on fatal errors."""
-        await self._with_retries(self.connection, "connecting", stopping, while_waiting)
-
-    async def write(self, rows: BatchRows, stopping: asyncio.Event,
-                    while_waiting: Callable[[], Awaitable[None]] | None = None) -> WriteResult:
-        """Writes ``rows`` in one transaction, retrying until durable (or the sink stops).
-
-        A batch the live-position index refuses is written again row by row: every other
-        row lands and the refused ones come back in ``WriteResult.refused``; the sink never
-        stops (and never crash-loops) on data another position already holds.
-        """
-
-        async def attempt() -> WriteResult:
-            connection = await self.connection()
-            try:
-                return await write_batch(connection, rows)
-            except IntegrityViolationError as violation:
-                logger.warning("batch refused by a constraint (%s): writing it row by row", violation)
-                return await write_batch_isolating_conflicts(connection, rows)
-
-        return await self._with_retries(attempt, f"writing {len(rows.positions)} positions and "
-                                                 f"{len(rows.events)} audit rows", stopping, while_waiting)
-
-    async def _with_retries(self, operation, doing: str, stopping: asyncio.Event,
-                            while_waiting: Callable[[], Awaitable[None]] | None):
-        attempt = 0
-        while True:
-            if stopping.is_set() and attempt:
-                raise _StopRequested()
-            try:
-                result = await operation()
-            except DatabaseUnavailableError as error:
-                await self._drop_connection()
-                if self.stats.waiting_since is None:
-                    self.stats.waiting_since = time.monotonic()
-                delay = backoff_delay(attempt, cap_s=self.max_backoff_s)
-                attempt += 1
-                self.stats.retries += 1
-                logger.warning("%s failed (attempt %d): %s; retrying in %.1fs, holding the batch and the offsets",
-                               doing, attempt, error, delay)
-                await _wait(delay, stopping, while_waiting)
-                continue
-            if attempt:
-                self.stats.reconnects += 1
-                waited = time.monotonic() - (self.stats.waiting_since or time.monotonic())
-                logger.info("PostgreSQL reachable again after %d failed attempts (%.1fs); %s done",
-                            attempt, waited, doing)
-            self.stats.waiting_since = None
-            return result
-
-    async def _drop_connection(self) -> None:
-        if self._connection is not None:
-            self._connection.terminate()  # no goodbye: the socket is likely dead already
-            self._connection = None
-
-
-async def _wait(delay_s: float, stopping: asyncio.Event,
-                while_waiting: Callable[[], Awaitable[None]] | None) -> None:
-    deadline = time.monotonic() + delay_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=min(remaining, KEEP_ALIVE_INTERVAL_S))
-        if stopping.is_set():
-            raise _StopRequested()
-        if while_waiting is not None:
-            await while_waiting()
-
-
 class _RebalanceListener(ConsumerRebalanceListener):
+    """Commits what the sink wrote before its partitions move to another member."""
+
     def __init__(self, sink: PostgresSink) -> None:
         self._sink = sink
 
     async def on_partitions_revoked(self, revoked) -> None:
+        """Commits the written, not yet committed offsets of the partitions leaving us."""
         # Offsets of written rows not committed yet (a failed commit) go in before the
         # partitions move, so the next owner rewrites as little as possible.
         await self._sink._commit_written(only=set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
+        """Logs the partitions this sink now writes."""
         logger.info("postgres sink assigned %s", sorted(tp.partition for tp in assigned))
 
 
@@ -450,7 +138,7 @@ class PostgresSink:
             # Migrations run at start, before joining the group: a sink that cannot reach
             # its database holds no partitions.
             await self.writer.ready(self._stopping, self._maybe_log_health)
-        except _StopRequested:
+        except StopRequested:
             await self.writer.close()
             return
         self._consumer = AIOKafkaConsumer(
@@ -471,7 +159,7 @@ class PostgresSink:
                     await self._process(records)
                 await self._maybe_log_health()
             await self._commit_written()
-        except _StopRequested:
+        except StopRequested:
             logger.info("postgres sink stopping while waiting for PostgreSQL; the held batch stays uncommitted")
         finally:
             with contextlib.suppress(Exception):
@@ -646,7 +334,7 @@ class PostgresSink:
                 delay = backoff_delay(attempt, cap_s=self.settings.sink_max_backoff_s)
                 attempt += 1
                 logger.warning("dead letter not accepted by Kafka (%s); retrying in %.1fs", send_error, delay)
-                await _wait(delay, self._stopping, None)
+                await wait_unless_stopped(delay, self._stopping, None)
 
     # ------------------------------------------------------------------ health
 

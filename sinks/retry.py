@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import asyncpg
 
+from streams.edge.backoff import Backoff
+
 __all__ = ["INITIAL_BACKOFF_S", "backoff_delay", "is_transient"]
 
 INITIAL_BACKOFF_S = 0.1
@@ -40,10 +42,9 @@ def is_transient(error: BaseException) -> bool:
 
 def backoff_delay(attempt: int, *, cap_s: float, initial_s: float = INITIAL_BACKOFF_S,
                   rng: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): doubling, capped, jittered.
+    """Seconds to wait before retry number ``attempt`` (0-based): the edges' one ``Backoff``.
 
-    The jitter keeps the upper half of the delay and randomises the rest, so several sink
-    replicas do not all knock on a restarted server at the same instant.
+    Doubling, capped, with equal jitter, so several sink replicas do not all knock on a
+    restarted server at the same instant.
     """
-    ceiling = min(cap_s, initial_s * (2 ** min(attempt, 32)))
-    return ceiling / 2 + rng() * ceiling / 2
+    return Backoff(initial_s, max(cap_s, initial_s), rng=rng).delay(attempt)

@@ -9,6 +9,7 @@ from stack import localstack
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command on the stack of ``StackPaths.from_environment()``; 1 on a ``StackError``."""
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
     parser.add_argument("command", choices=["start", "stop", "purge", "status", "env"])
     args = parser.parse_args(argv)
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "start":
             endpoints = localstack.ensure_running()
             print("\n".join(endpoints.env_lines()))
-            print(f"[stack] running; `eval \"$(make -s stack)\"` exports these, `make stack-stop` ends it",
+            print("[stack] running; `eval \"$(make -s stack)\"` exports these, `make stack-stop` ends it",
                   file=sys.stderr)
         elif args.command == "stop":
             localstack.stop()

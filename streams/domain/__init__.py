@@ -15,7 +15,8 @@ from streams.domain.commands import (
     PlaceStopLoss,
     QueryOrder,
 )
-from streams.domain.decide import decide, stop_loss_price
+from streams.domain.decide import decide
+from streams.domain.verdicts import stop_loss_price
 from streams.domain.exceptions import (
     DomainError,
     InvalidValueError,

@@ -42,7 +42,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from streams.domain import (
@@ -57,6 +57,7 @@ from streams.domain import (
     QueryOrder,
     ReportOutcome,
 )
+from streams.edge.backoff import Backoff
 from streams.exchange.attempts import AttemptKind, AttemptLedger, Claim, LedgerUnavailable
 from streams.exchange.gateway import (
     CredentialsRejected,
@@ -87,13 +88,14 @@ _MAX_RATE_LIMIT_WAITS = 10
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How many rounds of the protocol one command gets, and the pause after a failed one."""
+    """How many rounds of the protocol one command gets, and the pause after a failed one (the edges' ``Backoff``)."""
 
     attempts: int = 5
-    backoff_s: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.2, 4.0))
 
     def delay(self, attempt: int) -> float:
-        return self.backoff_s[min(attempt, len(self.backoff_s) - 1)]
+        """The pause after failed round ``attempt`` (0-based)."""
+        return self.backoff.delay(attempt)
 
 
 @dataclass(frozen=True)

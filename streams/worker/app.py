@@ -34,7 +34,7 @@ from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
-from streams.web import register_web
+from streams.web.faust_hooks import register_web
 from streams.web.routing import partition_for_key
 
 logger = logging.getLogger(__name__)
@@ -265,11 +265,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
     edge = None
     if settings.exchange_edge_enabled:
         from streams.exchange.edge import ExchangeEdge
+        from streams.worker.paper_exchange import EmbeddedEmulator
 
         async def publish_input(event: InputEvent) -> None:
             await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
 
-        edge = ExchangeEdge(settings, key_to_state.changelog_topic.get_topic_name(), publish_input)
+        edge = ExchangeEdge(settings, key_to_state.changelog_topic.get_topic_name(), publish_input,
+                            paper_exchange=EmbeddedEmulator(settings.emulator_port))
 
         @app.task
         async def start_exchange_edge() -> None:

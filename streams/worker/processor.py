@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from streams.edge.backoff import Backoff
 from streams.wire import codec, serde
 from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, decide
 from streams.settings import Settings
@@ -26,7 +27,8 @@ from streams.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
-SEND_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: Pauses before sending again what Kafka did not acknowledge.
+SEND_BACKOFF = Backoff(0.1, 5.0)
 #: Decoded states the agent keeps between runs (cleared, not evicted one by one, past this).
 KNOWN_STATES = 100_000
 
@@ -236,7 +238,7 @@ class InputProcessor:
                     errors.append(error)
             unacknowledged = sorted(failed)
             if unacknowledged:
-                delay = SEND_RETRY_BACKOFF_S[min(attempt, len(SEND_RETRY_BACKOFF_S) - 1)]
+                delay = SEND_BACKOFF.delay(attempt)
                 logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
                                len(unacknowledged), len(outputs), errors[0], delay)
                 attempt += 1
@@ -261,5 +263,5 @@ def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
     return dataclasses.replace(event, policy=settings.policy())
 
 
-__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "ConsumedRecord", "Headers", "InputProcessor",
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "SEND_BACKOFF", "ConsumedRecord", "Headers", "InputProcessor",
            "InvalidInputRecord", "Output", "input_headers", "input_of", "with_policy"]

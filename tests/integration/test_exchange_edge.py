@@ -28,7 +28,7 @@ from streams.domain import (
 )
 from streams.exchange.attempts import KafkaAttemptLedger
 from streams.edge.ccxt_client import create_binanceusdm
-from streams.exchange.edge import ExchangeEdge
+from streams.worker.paper_exchange import EmbeddedEmulator
 from streams.exchange.executor import OrderExecutor
 from streams.exchange.gateway import CcxtGateway
 from streams.settings import Settings
@@ -285,10 +285,10 @@ async def test_a_second_worker_on_the_host_trades_on_the_emulator_the_first_one_
     shared_url = await first.start()
     settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "DATABASE_URL": "postgresql://u@h:1/d",
                                   "EMULATOR_PORT": str(first.port)})
-    edge = ExchangeEdge(settings, "unused-changelog", publish=None)
+    second = EmbeddedEmulator(settings.emulator_port)
     try:
         # Act
-        url = await edge._start_or_share_emulator()
+        url = await second.start()
         client = create_binanceusdm(url, DEFAULT_API_KEY, DEFAULT_API_SECRET)
         try:
             await client.create_order("APTUSDT", "market", "buy", 1.0, params={"newClientOrderId": "shared-1"})
@@ -298,5 +298,5 @@ async def test_a_second_worker_on_the_host_trades_on_the_emulator_the_first_one_
         await first.stop()
 
     # Assert: one book for both workers; the second started no emulator of its own
-    assert url == shared_url and edge._emulator is None
+    assert url == shared_url and second._emulator is None
     assert [order["client_order_id"] for order in first.orders()] == ["shared-1"]

@@ -20,6 +20,7 @@ from streams.domain import (
     ReportOutcome,
     Side,
 )
+from streams.edge.backoff import Backoff
 from streams.exchange.attempts import AttemptKind, Claim, LedgerRecord, LedgerUnavailable
 from streams.exchange.executor import OrderExecutor, PlacementTiming, RetryPolicy
 from streams.exchange.gateway import (
@@ -130,7 +131,7 @@ def run(command, *, ledger: MemoryLedger | None = None, clock: Clock | None = No
     ledger = ledger or MemoryLedger()
     gateway = ScriptedGateway(clock, **answers)
     executor = OrderExecutor({"binance": gateway}, clock_ms=clock, ledger=ledger, timing=TIMING,
-                             retry=RetryPolicy(attempts=3, backoff_s=(0.0,)), sleep=clock.sleep)
+                             retry=RetryPolicy(attempts=3, backoff=Backoff(1e-9, 1e-9)), sleep=clock.sleep)
     event = asyncio.run(executor.execute(command))
     return event.payload, gateway, ledger, clock
 

@@ -16,6 +16,7 @@ import asyncio
 from decimal import Decimal
 
 from streams.wire import serde
+from streams.edge.backoff import Backoff
 from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
 from streams.domain import InputEvent, KeyState, PlaceEntry, Side, Signal, SignalAction
 from streams.settings import Settings
@@ -174,7 +175,7 @@ def _commands(sent: list[tuple[str, bytes]]) -> list:
 
 def test_send_durably_partial_failure_resends_only_the_unacknowledged_output(monkeypatch):
     # Arrange: the command is acknowledged, the position update is not (once).
-    monkeypatch.setattr("streams.worker.processor.SEND_RETRY_BACKOFF_S", (0.0,))
+    monkeypatch.setattr("streams.worker.processor.SEND_BACKOFF", Backoff(1e-9, 1e-9))
     kafka, table = FlakyKafka(fail_ack_of_topic=TOPICS.updates), {}
 
     # Act
@@ -191,7 +192,7 @@ def test_send_durably_partial_failure_resends_only_the_unacknowledged_output(mon
 
 def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(monkeypatch):
     # Arrange: handing the command to the producer fails once; the updates go through.
-    monkeypatch.setattr("streams.worker.processor.SEND_RETRY_BACKOFF_S", (0.0,))
+    monkeypatch.setattr("streams.worker.processor.SEND_BACKOFF", Backoff(1e-9, 1e-9))
     kafka, table = FlakyKafka(fail_ack_of_topic="none", fail_send_of_topic=TOPICS.commands), {}
 
     # Act
