@@ -45,11 +45,8 @@ class _CommandHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class PlaceEntry(_CommandHeader):
-    """Place the market order that opens the position."""
-
-    kind: ClassVar[str] = "place_entry"
-    role: ClassVar[OrderRole] = OrderRole.ENTRY
+class _OrderCommand(_CommandHeader):
+    """An order the position places: its client id, side and quantity."""
 
     client_order_id: str
     side: Side
@@ -60,7 +57,15 @@ class PlaceEntry(_CommandHeader):
 
 
 @dataclass(frozen=True, slots=True)
-class PlaceStopLoss(_CommandHeader):
+class PlaceEntry(_OrderCommand):
+    """Place the market order that opens the position."""
+
+    kind: ClassVar[str] = "place_entry"
+    role: ClassVar[OrderRole] = OrderRole.ENTRY
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceStopLoss(_OrderCommand):
     """Place a reduce-only stop-market order.
 
     `stop_price` is raw (from the entry price and the pct); the executor rounds it to the
@@ -70,29 +75,19 @@ class PlaceStopLoss(_CommandHeader):
     kind: ClassVar[str] = "place_stop_loss"
     role: ClassVar[OrderRole] = OrderRole.STOP_LOSS
 
-    client_order_id: str
-    side: Side
-    quantity: Decimal
     stop_price: Decimal
 
     def __post_init__(self) -> None:
-        require_finite_decimal(self, "quantity", self.quantity, optional=False)
+        _OrderCommand.__post_init__(self)  # zero-argument super() fails in a slots dataclass
         require_finite_decimal(self, "stop_price", self.stop_price, optional=False)
 
 
 @dataclass(frozen=True, slots=True)
-class ClosePosition(_CommandHeader):
+class ClosePosition(_OrderCommand):
     """Close the position with a reduce-only market order."""
 
     kind: ClassVar[str] = "close_position"
     role: ClassVar[OrderRole] = OrderRole.CLOSE
-
-    client_order_id: str
-    side: Side
-    quantity: Decimal
-
-    def __post_init__(self) -> None:
-        require_finite_decimal(self, "quantity", self.quantity, optional=False)
 
 
 @dataclass(frozen=True, slots=True)

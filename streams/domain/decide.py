@@ -245,23 +245,14 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
     position = step.state.position
     if position is None or report.position_id != position.id:
         current = position.id if position is not None else "none"
-        verdict = _unchanged(
-            step,
-            AuditDecision.IGNORED,
-            f"late report for position {report.position_id}; the key's position is {current}",
-        )
-        return replace(verdict, exchange_ts=report.ts)
+        return _ignored_report(step, report,
+                               f"late report for position {report.position_id}; the key's position is {current}")
     seen = report_key(report.client_order_id, report.outcome)
     if seen in position.seen_reports:
         return _unchanged(step, AuditDecision.DUPLICATE, f"report {seen} already applied")
     if position.status.is_terminal:
-        verdict = _unchanged(
-            step,
-            AuditDecision.IGNORED,
-            f"late report for ended position {position.id} ({position.status}): "
-            f"{report.role} {report.outcome}",
-        )
-        return replace(verdict, exchange_ts=report.ts)
+        return _ignored_report(step, report, f"late report for ended position {position.id} ({position.status}): "
+                                             f"{report.role} {report.outcome}")
     order = position.order_for(report.role)
     is_current = order is not None and order.client_order_id == report.client_order_id
     # The current stop keeps the table's meaning (its fill closes the position); any other
@@ -271,15 +262,15 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
         return replace(_judge_order_to_cancel(step, position, report, seen), exchange_ts=report.ts)
     if not is_current:
         awaited = order.client_order_id if order is not None else "none"
-        verdict = _unchanged(
-            step,
-            AuditDecision.IGNORED,
-            f"report for {report.role} order {report.client_order_id}, "
-            f"but position {position.id} awaits {awaited}",
-        )
-        return replace(verdict, exchange_ts=report.ts)
+        return _ignored_report(step, report, f"report for {report.role} order {report.client_order_id}, "
+                                             f"but position {position.id} awaits {awaited}")
     verdict = _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen)
     return replace(verdict, exchange_ts=report.ts)
+
+
+def _ignored_report(step: _Step, report: ExecutionReport, reason: str) -> _Verdict:
+    """The key's state unchanged but for the exchange's time the report brings."""
+    return replace(_unchanged(step, AuditDecision.IGNORED, reason), exchange_ts=report.ts)
 
 
 def _effective_outcome(report: ExecutionReport) -> ReportOutcome:

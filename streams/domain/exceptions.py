@@ -6,6 +6,8 @@ An exception from this package means the caller broke a precondition, so the edg
 called it should dead-letter the input with the message and carry on.
 """
 
+__all__ = ["DomainError", "InvalidValueError", "KeyMismatchError", "TransitionTableError"]
+
 
 class DomainError(Exception):
     """Root of every error raised by `streams.domain`."""

@@ -33,14 +33,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from streams.wire import serde
 from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
 from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
-from streams.topics import TopicNames, topic_partitions
+from streams.ops.log import from_start
+from streams.topics import TopicNames
 
 __all__ = ["DecisionDiff", "DiffError", "Difference", "InputDecision", "diff_decisions", "policy_overrides"]
 
@@ -178,15 +178,10 @@ def load_policy_file(path: Path) -> dict[str, str]:
 async def _read_all(bootstrap: str, topic: str, on_record, progress_label: str | None = None,
                     progress: bool = False) -> int:
     """Calls ``on_record(partition, record)`` for every record of ``topic``, partition by partition, in order."""
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-    if not partitions:
-        raise DiffError(f"topic {topic!r} does not exist")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
+    async with from_start(bootstrap, topic) as log:
+        consumer, partitions, ends = log.consumer, log.partitions, log.ends
+        if not partitions:
+            raise DiffError(f"topic {topic!r} does not exist")
         starts = await consumer.beginning_offsets(partitions)
         bar = tqdm(total=sum(ends[tp] - starts[tp] for tp in partitions), unit="record", desc=progress_label,
                    disable=not progress)
@@ -203,8 +198,6 @@ async def _read_all(bootstrap: str, topic: str, on_record, progress_label: str |
                             bar.update(1)
         bar.close()
         return count
-    finally:
-        await consumer.stop()
 
 
 @dataclass

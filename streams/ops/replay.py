@@ -42,6 +42,7 @@ from streams.wire import codec, serde
 from streams.domain import KeyState
 from streams.worker.processor import ConsumedRecord, InputProcessor
 from streams.settings import Settings
+from streams.ops.log import from_start
 from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
 
 logger = logging.getLogger(__name__)
@@ -226,19 +227,11 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
 
 async def _changelog_keys(bootstrap_servers: str, topic: str) -> dict[bytes, int]:
     """Every key the current table holds, with its partition (tombstoned keys excluded)."""
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap_servers, topic)]
-    if not partitions:
-        return {}
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
-    await reader.start()
-    try:
-        reader.assign(partitions)
-        await reader.seek_to_beginning(*partitions)
-        ends = await reader.end_offsets(partitions)
+    async with from_start(bootstrap_servers, topic) as log:
         keys: dict[bytes, int] = {}
-        remaining = {tp for tp in partitions if ends[tp] > 0}
+        remaining = {tp for tp in log.partitions if log.ends[tp] > 0}
         while remaining:
-            batch = await reader.getmany(*remaining, timeout_ms=1000)
+            batch = await log.consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batch.items():
                 for record in records:
                     if record.value is None:
@@ -246,11 +239,9 @@ async def _changelog_keys(bootstrap_servers: str, topic: str) -> dict[bytes, int
                     else:
                         keys[record.key] = tp.partition
             for tp in list(remaining):
-                if await reader.position(tp) >= ends[tp]:
+                if await log.consumer.position(tp) >= log.ends[tp]:
                     remaining.discard(tp)
         return keys
-    finally:
-        await reader.stop()
 
 
 async def _truncate_sink(database_url: str) -> None:

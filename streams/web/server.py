@@ -165,19 +165,17 @@ class PositionsWebServer(Service):
     def build_application(self) -> web.Application:
         """The aiohttp application: middlewares and routes (separate so tests can serve it alone)."""
         application = web.Application(middlewares=[self._auth_middleware])
-        application.router.add_get("/", self.page)
-        application.router.add_get("/positions.html", self.page)
-        application.router.add_get("/positions/", self.positions)
-        application.router.add_get("/positions", self.positions)
-        application.router.add_get("/positions/{key}/history/", self.history)
-        application.router.add_get("/positions/{key}/history", self.history)
-        application.router.add_get("/positions/{key}/history.html", self.history_page)
-        application.router.add_get("/positions/{key}/", self.position)
-        application.router.add_get("/positions/{key}", self.position)
-        application.router.add_get("/_node/positions/", self.node_positions)
-        application.router.add_get("/metrics", self.metrics)
-        application.router.add_get("/health", self.health)
-        application.router.add_get("/ready", self.ready)
+        routes = {
+            "/": self.page, "/positions.html": self.page, "/positions/": self.positions,
+            "/positions/{key}/history/": self.history, "/positions/{key}/history.html": self.history_page,
+            "/positions/{key}/": self.position, "/_node/positions/": self.node_positions,
+            "/metrics": self.metrics, "/health": self.health, "/ready": self.ready,
+        }
+        for path, handler in routes.items():
+            application.router.add_get(path, handler)
+        # The JSON views answer without their trailing slash too (as curl users type them).
+        for path in ("/positions/", "/positions/{key}/history/", "/positions/{key}/"):
+            application.router.add_get(path.rstrip("/"), routes[path])
         return application
 
     async def on_start(self) -> None:

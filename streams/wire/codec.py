@@ -34,10 +34,10 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
+from streams.wire import errors
+from streams.wire.errors import *  # noqa: F403 - the codec's errors are part of its interface
 from streams.wire.errors import (
-    CodecError,
     CorruptPayload,
-    DecodeError,
     InvalidRecord,
     NotSingleObjectEncoded,
     SchemaDefinitionError,
@@ -60,15 +60,7 @@ __all__ = [
     "MARKER",
     "HEADER_LENGTH",
     "NAMESPACE",
-    "CodecError",
-    "SchemaDefinitionError",
-    "UnknownRecordType",
-    "InvalidRecord",
-    "DecodeError",
-    "NotSingleObjectEncoded",
-    "UnknownSchemaFingerprint",
-    "SchemaMismatch",
-    "CorruptPayload",
+    *errors.__all__,
     "WriterSchema",
     "SchemaRegistry",
     "default_registry",
