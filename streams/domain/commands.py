@@ -15,6 +15,7 @@ from streams.domain.model import (
     InputKind,
     KeyState,
     OrderRole,
+    RefusalCode,
     ReportOutcome,
     Side,
     Status,
@@ -135,6 +136,8 @@ class AuditRecord:
     order_role: OrderRole | None = None
     #: The exchange's answer for a reported order; None for an order placed.
     order_outcome: ReportOutcome | None = None
+    #: Why a refused input was refused, as a stable code (None unless the decision is ``refused``).
+    refusal_code: RefusalCode | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         client_order_id=client_order_id,
         order_role=order_role,
         order_outcome=order_outcome,
+        refusal_code=verdict.refusal_code,
     )
     return Decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
@@ -349,13 +350,13 @@ def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = N
             position_id=position.id if position is not None else "none",
             status=position.status if position is not None else "free",
         )
-        return _unchanged(step, target.decision, reason)
+        return _unchanged(step, target.decision, reason, target.code)
     if position is None:
         effect = _EFFECTS_ON_FREE_KEY[trigger](step, target)
     else:
         effect = _EFFECTS_ON_POSITION[trigger](step, position, target)
     if isinstance(effect, _Refusal):
-        return _unchanged(step, effect.decision, effect.reason)
+        return _unchanged(step, effect.decision, effect.reason, effect.code)
     effect = _held_or_released(effect)
     after = _stamp(step, position, effect, seen_report)
     changed = after != position

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from streams.domain.exceptions import TransitionTableError
 from streams.domain.ids import position_id, report_key
 from streams.domain.model import (
+    RefusalCode,
     AuditDecision,
     Deadline,
     ExchangeSnapshot,
@@ -75,7 +76,8 @@ def _open_position(step: _Step, target: Status) -> _Effect | _Refusal:
         problem = f"stop_loss_pct {pct} is not in (0, 100)"
     else:
         return _open_with(step, signal, side, quantity, target)
-    return _Refusal(AuditDecision.REFUSED, f"open signal {signal.signal_id} refused: {problem}")
+    return _Refusal(AuditDecision.REFUSED, f"open signal {signal.signal_id} refused: {problem}",
+                    RefusalCode.INVALID_SIGNAL)
 
 
 def _open_with(step: _Step, signal: Signal, side: Side, quantity: Decimal, target: Status) -> _Effect:

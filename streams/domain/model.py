@@ -16,6 +16,7 @@ from streams.domain.exceptions import InvalidValueError
 __all__ = [
     "AppliedInput",
     "AuditDecision",
+    "RefusalCode",
     "Deadline",
     "ExchangeSnapshot",
     "ExecutionReport",
@@ -129,6 +130,15 @@ class AuditDecision(StrEnum):
     REFUSED = "refused"  # a signal that cannot be carried out (open while open, nothing to close)
     IGNORED = "ignored"  # nothing to do: stale, late, not due, or the exchange agrees already
     DUPLICATE = "duplicate"  # a signal id or an execution report seen before
+
+
+class RefusalCode(StrEnum):
+    """Why a signal was refused, as a stable code: metrics and pages count these, people read the reason."""
+
+    ALREADY_OPEN = "already_open"  # an open while the key has a live position
+    ALREADY_CLOSING = "already_closing"  # a close while one is under way or already requested
+    NOTHING_TO_CLOSE = "nothing_to_close"  # a close on a key without a live position
+    INVALID_SIGNAL = "invalid_signal"  # an open the state machine cannot carry out (no side, quantity <= 0, ...)
 
 
 def require_finite_decimal(owner: object, name: str, value: object, *, optional: bool) -> None:

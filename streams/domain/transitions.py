@@ -26,7 +26,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from streams.domain.exceptions import TransitionTableError
-from streams.domain.model import AuditDecision, OrderRole, ReportOutcome, Status
+from streams.domain.model import AuditDecision, OrderRole, RefusalCode, ReportOutcome, Status
 
 __all__ = [
     "CANCEL_CONFIRMED_BY",
@@ -229,12 +229,15 @@ class NoOp:
 
     decision: AuditDecision
     reason: str
+    #: For a refusal, its stable code (metrics and pages use it; the reason is for people).
+    code: RefusalCode | None = None
 
 
 def _rows(
-    statuses: Iterable[Status | None], triggers: Iterable[Trigger], decision: AuditDecision, reason: str
+    statuses: Iterable[Status | None], triggers: Iterable[Trigger], decision: AuditDecision, reason: str,
+    code: RefusalCode | None = None,
 ) -> dict[tuple[Status | None, Trigger], NoOp]:
-    return {(status, trigger): NoOp(decision, reason) for status in statuses for trigger in triggers}
+    return {(status, trigger): NoOp(decision, reason, code) for status in statuses for trigger in triggers}
 
 
 def _role_triggers(role: OrderRole, *outcomes: ReportOutcome) -> tuple[Trigger, ...]:
@@ -249,9 +252,10 @@ _ENTRY = (_PE, _EP)
 NO_OPS: Mapping[tuple[Status | None, Trigger], NoOp] = MappingProxyType(
     {
         # Signals that cannot be carried out.
-        **_rows(_LIVE, [_T.OPEN], _REFUSED, "position {position_id} already {status}"),
-        **_rows([FREE], [_T.CLOSE], _REFUSED, "no open position to close"),
-        **_rows([_CLG], [_T.CLOSE], _REFUSED, "position {position_id} already closing"),
+        **_rows(_LIVE, [_T.OPEN], _REFUSED, "position {position_id} already {status}", RefusalCode.ALREADY_OPEN),
+        **_rows([FREE], [_T.CLOSE], _REFUSED, "no open position to close", RefusalCode.NOTHING_TO_CLOSE),
+        **_rows([_CLG], [_T.CLOSE], _REFUSED, "position {position_id} already closing",
+                RefusalCode.ALREADY_CLOSING),
         # Snapshots that change nothing.
         **_rows(
             [FREE], [_T.SNAPSHOT_FLAT], _IGNORED,
@@ -321,8 +325,10 @@ WHEN_CLOSE_REQUESTED: Mapping[tuple[Status | None, Trigger], Status | NoOp] = Ma
         (_PE, _T.SNAPSHOT_POSITION): _CLG,
         (_EP, _T.SNAPSHOT_POSITION): _CLG,
         # ... and a second close signal has nothing left to ask for.
-        (_PE, _T.CLOSE): NoOp(_REFUSED, "close already requested for position {position_id}"),
-        (_EP, _T.CLOSE): NoOp(_REFUSED, "close already requested for position {position_id}"),
+        (_PE, _T.CLOSE): NoOp(_REFUSED, "close already requested for position {position_id}",
+                              RefusalCode.ALREADY_CLOSING),
+        (_EP, _T.CLOSE): NoOp(_REFUSED, "close already requested for position {position_id}",
+                              RefusalCode.ALREADY_CLOSING),
     }
 )
 

@@ -14,6 +14,7 @@ from streams.domain.commands import CancelOrder, ClosePosition, Command, PlaceEn
 from streams.domain.exceptions import TransitionTableError
 from streams.domain.ids import client_order_id, command_id, report_key, role_of_client_order_id
 from streams.domain.model import (
+    RefusalCode,
     AuditDecision,
     Deadline,
     ExchangeSnapshot,
@@ -90,6 +91,7 @@ class _Verdict:
     commands: tuple[Command, ...] = ()
     remember_signal_id: str | None = None
     exchange_ts: int | None = None
+    refusal_code: RefusalCode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +109,11 @@ class _Refusal:
 
     decision: AuditDecision
     reason: str
+    code: RefusalCode | None = None
 
 
-def _unchanged(step: _Step, decision: AuditDecision, reason: str) -> _Verdict:
-    return _Verdict(decision=decision, reason=reason, position=step.state.position)
+def _unchanged(step: _Step, decision: AuditDecision, reason: str, code: RefusalCode | None = None) -> _Verdict:
+    return _Verdict(decision=decision, reason=reason, position=step.state.position, refusal_code=code)
 
 
 # --- command builders ----------------------------------------------------------------------

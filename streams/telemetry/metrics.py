@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge
 
 from streams.domain import (
+    RefusalCode,
     AuditDecision,
     Deadline,
     Decision,
@@ -149,28 +150,16 @@ REFUSAL_CATEGORIES = (
     "other",
 )
 
-# Fragments of the state machine's refusal sentences (streams/domain/transitions.py and
-# decide.py) and the ingest's refusal codes (streams/ingest/validation.py), first match
-# wins: "close already requested" must be tried before "already" alone.
-_REFUSAL_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("close already requested", "already_closing"),
-    ("already closing", "already_closing"),
-    ("no open position", "nothing_to_close"),
-    ("nothing_to_close", "nothing_to_close"),
-    ("unknown_symbol", "unknown_symbol"),
-    ("unknown symbol", "unknown_symbol"),
-    ("frame", "invalid_frame"),
-    ("json", "invalid_frame"),
-    ("already", "already_open"),
-    ("open signal", "invalid_signal"),
-    ("missing_field", "invalid_signal"),
-    ("invalid_field", "invalid_signal"),
-    ("unknown_action", "invalid_signal"),
-    ("unknown_exchange", "invalid_signal"),
-    ("unknown_side", "invalid_signal"),
-    ("non_positive_quantity", "invalid_signal"),
-    ("stop_loss_out_of_range", "invalid_signal"),
-)
+#: Refusal codes -> category: the state machine's ``RefusalCode`` and the ingest's validation
+#: codes (streams/ingest/validation.py). Codes, never the reason sentences: rewording a reason
+#: for people must not move a time series.
+_REFUSAL_CATEGORY_OF_CODE: dict[str, str] = {
+    **{code.value: code.value for code in RefusalCode},
+    "unknown_symbol": "unknown_symbol",
+    **dict.fromkeys(("invalid_json", "invalid_frame", "not_an_object"), "invalid_frame"),
+    **dict.fromkeys(("missing_field", "invalid_field", "unknown_action", "unknown_exchange", "unknown_side",
+                     "non_positive_quantity", "stop_loss_out_of_range"), "invalid_signal"),
+}
 
 _INPUT_KIND_OF_PAYLOAD = {
     Signal: "signal",
@@ -207,13 +196,9 @@ _error_types = _BoundedLabels(limit=40)
 _SOURCES = frozenset({"agent", "ingest", "executor", "sink"})
 
 
-def refusal_category(reason: str) -> str:
-    """The bounded category of a refusal, from its sentence or its code (see ``REFUSAL_CATEGORIES``)."""
-    text = reason.lower()
-    for fragment, category in _REFUSAL_PATTERNS:
-        if fragment in text:
-            return category
-    return "other"
+def refusal_category(code: str | None) -> str:
+    """The bounded category of a refusal code (see ``REFUSAL_CATEGORIES``); an unknown code is ``other``."""
+    return _REFUSAL_CATEGORY_OF_CODE.get(code or "", "other")
 
 
 def _source(source: str) -> str:
@@ -237,12 +222,13 @@ def observe_decision(decision: Decision) -> None:
         return
     DECISIONS.labels(decision=AuditDecision(audit.decision).value, kind=audit.input_kind.value).inc()
     if audit.decision == AuditDecision.REFUSED:
-        REFUSALS.labels(reason=refusal_category(audit.reason), source="agent").inc()
+        code = audit.refusal_code.value if audit.refusal_code is not None else None
+        REFUSALS.labels(reason=refusal_category(code), source="agent").inc()
 
 
-def observe_refusal(reason: str, source: str = "ingest") -> None:
-    """Counts a refused signal outside the state machine (``reason`` is a code or a sentence)."""
-    REFUSALS.labels(reason=refusal_category(reason), source=_source(source)).inc()
+def observe_refusal(code: str, source: str = "ingest") -> None:
+    """Counts a refused signal outside the state machine by its refusal code."""
+    REFUSALS.labels(reason=refusal_category(code), source=_source(source)).inc()
 
 
 def observe_dead_letter(source: str, error_type: str) -> None:

@@ -97,6 +97,7 @@ AUDIT = {
     "key": "APTUSDT@binance", "offset": 1237, "event_id": "ev-9", "position_id": None,
     "input_kind": "signal", "decision": "refused", "reason": "position APTUSDT@binance/1234 already active",
     "ts": 1761173443000, "status_after": "active", "client_order_id": None, "order_role": None, "order_outcome": None,
+    "refusal_code": "already_open",
 }
 COMMAND_HEAD = {
     "command_id": "APTUSDT@binance/1234/PlaceEntry/ppe1-abcdefghijklmnop", "key": "APTUSDT@binance",
@@ -290,6 +291,7 @@ AUDITS = st.fixed_dictionaries({
     "decision": TEXT, "reason": TEXT, "ts": LONGS,
     "status_after": _opt(st.sampled_from(["pending_entry", "active", "closed"])), "client_order_id": _opt(TEXT),
     "order_role": _opt(st.sampled_from(["entry", "stop_loss", "close"])), "order_outcome": _opt(TEXT),
+    "refusal_code": _opt(TEXT),
 })
 UPDATES = st.fixed_dictionaries({
     "key": TEXT, "offset": LONGS,

@@ -22,23 +22,31 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.parametrize(("reason", "category"), [
-    ("position APTUSDT@binance/3 already active", "already_open"),
-    ("position APTUSDT@binance/3 already pending_entry", "already_open"),
-    ("position APTUSDT@binance/3 already closing", "already_closing"),
-    ("close already requested for position APTUSDT@binance/3", "already_closing"),
-    ("no open position to close", "nothing_to_close"),
-    ("open signal sig-9 refused: quantity -1 is not > 0", "invalid_signal"),
+@pytest.mark.parametrize(("code", "category"), [
+    ("already_open", "already_open"),
+    ("already_closing", "already_closing"),
+    ("nothing_to_close", "nothing_to_close"),
+    ("invalid_signal", "invalid_signal"),
     ("unknown_symbol", "unknown_symbol"),
     ("non_positive_quantity", "invalid_signal"),
     ("stop_loss_out_of_range", "invalid_signal"),
     ("invalid_json", "invalid_frame"),
     ("invalid_frame", "invalid_frame"),
     ("something nobody foresaw", "other"),
+    (None, "other"),
 ])
-def test_refusal_reasons_map_to_a_few_categories(reason, category):
-    assert metrics.refusal_category(reason) == category
+def test_refusal_codes_map_to_a_few_categories(code, category):
+    assert metrics.refusal_category(code) == category
     assert category in metrics.REFUSAL_CATEGORIES
+
+
+def test_every_refusal_of_the_state_machine_has_a_code_and_its_own_category():
+    # The reason is for people: rewording it must not move a metric.
+    from streams.domain import NO_OPS, AuditDecision, RefusalCode
+
+    refused = [no_op for no_op in NO_OPS.values() if no_op.decision is AuditDecision.REFUSED]
+    assert refused and all(no_op.code is not None for no_op in refused)
+    assert all(metrics.refusal_category(code.value) == code.value for code in RefusalCode)
 
 
 def test_observe_decision_counts_decisions_and_refusals_by_category():
