@@ -6,9 +6,10 @@ from "the data or the schema is wrong, stop".
 """
 
 from __future__ import annotations
+from streams.domain.exceptions import PipelineError
 
 
-class SinkError(Exception):
+class SinkError(PipelineError):
     """Root of every error raised by the ``sinks`` package."""
 
 

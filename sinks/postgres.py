@@ -61,7 +61,7 @@ from streams.wire import serde
 from streams.heartbeat import beat_while_running
 from streams.domain import Position
 from streams.settings import Settings
-from streams.topics import TopicNames, ensure_topics
+from streams.topics import TopicNames, ensure_topics, sink_group
 from streams.telemetry import metrics
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class PostgresSink:
                  health_interval_s: float = 30.0, application_name: str = "position-pipeline-sink") -> None:
         self.settings = settings
         self.topics = topics or TopicNames.for_prefix(settings.topic_prefix)
-        self.group_id = f"{settings.app_id}-postgres-sink"
+        self.group_id = sink_group(settings)
         self.health_interval_s = health_interval_s
         self.stats = SinkStats()
         self.writer = PostgresWriter(settings.database_url, max_backoff_s=settings.sink_max_backoff_s,

@@ -7,7 +7,6 @@ variables first, then the pipeline's own tuning knobs).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,13 +14,14 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from streams.domain import SIGNAL_ID_RETENTION_MIN_MS, Policy
+from streams.domain import SIGNAL_ID_RETENTION_MIN_MS, Policy, is_stop_loss_pct
+from streams.domain.exceptions import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_STACK_ENV_FILE = REPO_ROOT / ".stack" / "env"
 
 
-class SettingsError(ValueError):
+class SettingsError(PipelineError, ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
@@ -46,6 +46,22 @@ def _number(env: Mapping[str, str], name: str, default: str, kind: type) -> obje
     except (ValueError, ArithmeticError) as error:
         raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from error
     return value
+
+
+def _read(env: Mapping[str, str], name: str, kind: str, default: object) -> object:
+    """The value of variable ``name`` as the field's type ``kind`` (a string: annotations are postponed)."""
+    if kind == "bool":
+        return _flag(env, name, bool(default))
+    if kind in ("str | None", "Path | None"):
+        raw = env.get(name)
+        if not raw:
+            return default
+        return Path(raw) if kind == "Path | None" else raw
+    if kind == "str":
+        return env.get(name, default)
+    if kind == "Path":
+        return Path(env.get(name, default))
+    return _number(env, name, str(default), {"int": int, "float": float, "Decimal": Decimal}[kind])
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -98,63 +114,64 @@ class Settings:
     # The contract's variables (../shared/CONTRACT.md, section 1).
     kafka_bootstrap_servers: str
     database_url: str
-    signals_ws_url: str | None = None
-    binance_futures_url: str | None = None
-    binance_api_key: str | None = field(default=None, repr=False)
-    binance_api_secret: str | None = field(default=None, repr=False)
-    sync_interval_s: float = 30.0
-    default_stop_loss_pct: Decimal = Decimal("2")
-    web_port: int = 6066
-    web_bind: str = "127.0.0.1"
+    signals_ws_url: str | None = field(default=None, metadata={"env": "SIGNALS_WS_URL"})
+    binance_futures_url: str | None = field(default=None, metadata={"env": "BINANCE_FUTURES_URL"})
+    binance_api_key: str | None = field(default=None, repr=False, metadata={"env": "BINANCE_API_KEY"})
+    binance_api_secret: str | None = field(default=None, repr=False, metadata={"env": "BINANCE_API_SECRET"})
+    sync_interval_s: float = field(default=30.0, metadata={"env": "SYNC_INTERVAL_S"})
+    default_stop_loss_pct: Decimal = field(default=Decimal("2"), metadata={"env": "DEFAULT_STOP_LOSS_PCT"})
+    web_port: int = field(default=6066, metadata={"env": "WEB_PORT"})
+    web_bind: str = field(default="127.0.0.1", metadata={"env": "WEB_BIND"})
     # The web server (streams/web): the host name other workers reach this one by (default:
     # WEB_BIND when it names one address, else the machine's host name), the optional bearer
     # token every route then requires, and the log format (text or json lines).
-    web_host: str | None = None
-    web_auth_token: str | None = field(default=None, repr=False)
-    log_format: str = "text"
+    web_host: str | None = field(default=None, metadata={"env": "WEB_HOST"})
+    web_auth_token: str | None = field(default=None, repr=False, metadata={"env": "WEB_AUTH_TOKEN"})
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
 
     # The pipeline's own knobs.
-    app_id: str = "position-pipeline"
-    topic_prefix: str = ""
-    topic_partitions: int = 12
-    topic_replication_factor: int = 1
-    table_store: str = "rocksdb://"
-    data_dir: Path = REPO_ROOT / ".stack" / "pipeline"
-    entry_timeout_s: float = 30.0
-    stop_loss_timeout_s: float = 30.0
-    close_timeout_s: float = 30.0
-    deadline_scan_interval_s: float = 1.0
+    app_id: str = field(default="position-pipeline", metadata={"env": "PIPELINE_APP_ID"})
+    topic_prefix: str = field(default="", metadata={"env": "PIPELINE_TOPIC_PREFIX"})
+    topic_partitions: int = field(default=12, metadata={"env": "PIPELINE_TOPIC_PARTITIONS"})
+    topic_replication_factor: int = field(default=1, metadata={"env": "PIPELINE_TOPIC_REPLICATION_FACTOR"})
+    table_store: str = field(default="rocksdb://", metadata={"env": "PIPELINE_TABLE_STORE"})
+    data_dir: Path = field(default=REPO_ROOT / ".stack" / "pipeline", metadata={"env": "PIPELINE_DATA_DIR"})
+    entry_timeout_s: float = field(default=30.0, metadata={"env": "PIPELINE_ENTRY_TIMEOUT_S"})
+    stop_loss_timeout_s: float = field(default=30.0, metadata={"env": "PIPELINE_STOP_LOSS_TIMEOUT_S"})
+    close_timeout_s: float = field(default=30.0, metadata={"env": "PIPELINE_CLOSE_TIMEOUT_S"})
+    deadline_scan_interval_s: float = field(default=1.0, metadata={"env": "PIPELINE_DEADLINE_SCAN_INTERVAL_S"})
     # How long a signal id is remembered after its first delivery (the contract: >= 7 days).
-    signal_id_retention_s: float = SIGNAL_ID_RETENTION_MIN_MS / 1000
+    signal_id_retention_s: float = field(default=SIGNAL_ID_RETENTION_MIN_MS / 1000,
+                                         metadata={"env": "PIPELINE_SIGNAL_ID_RETENTION_S"})
     # Binance refuses a signed request whose timestamp is more than recvWindow old (-1021).
     # Every request carries this recvWindow; an order attempt stamped T can therefore no
     # longer execute once recvWindow + the clock margin has passed since T, and only then
     # may the executor place an order a lookup did not find (streams/exchange/executor.py).
     # The margin covers Binance accepting timestamps up to 1 s ahead of its clock, clock
     # skew between executor hosts and the time a request spends inside the exchange.
-    exchange_recv_window_ms: int = 5000
-    exchange_clock_margin_ms: int = 3000
-    commit_interval_s: float = 2.8
-    session_timeout_s: float = 10.0
+    exchange_recv_window_ms: int = field(default=5000, metadata={"env": "PIPELINE_EXCHANGE_RECV_WINDOW_MS"})
+    exchange_clock_margin_ms: int = field(default=3000, metadata={"env": "PIPELINE_EXCHANGE_CLOCK_MARGIN_MS"})
+    commit_interval_s: float = field(default=2.8, metadata={"env": "PIPELINE_COMMIT_INTERVAL_S"})
+    session_timeout_s: float = field(default=10.0, metadata={"env": "PIPELINE_SESSION_TIMEOUT_S"})
     # retention.ms of position-inputs when the pipeline creates it: -1 keeps every input, so
     # a replay from the log start knows every position ever opened.
-    inputs_retention_ms: int = -1
+    inputs_retention_ms: int = field(default=-1, metadata={"env": "PIPELINE_INPUTS_RETENTION_MS"})
     # The PostgreSQL sink (sinks/postgres.py): records per transaction, how long a partial
     # batch waits for more, and the ceiling of its retry backoff while PostgreSQL is down.
-    sink_batch_size: int = 1000
-    sink_linger_s: float = 0.2
-    sink_max_backoff_s: float = 30.0
-    sink_metrics_port: int = 6068
-    exchange_edge_enabled: bool = True
-    table_standby_replicas: int = 1
-    heartbeat_file: Path | None = None
-    emulator_port: int = 6070
+    sink_batch_size: int = field(default=1000, metadata={"env": "PIPELINE_SINK_BATCH_SIZE"})
+    sink_linger_s: float = field(default=0.2, metadata={"env": "PIPELINE_SINK_LINGER_S"})
+    sink_max_backoff_s: float = field(default=30.0, metadata={"env": "PIPELINE_SINK_MAX_BACKOFF_S"})
+    sink_metrics_port: int = field(default=6068, metadata={"env": "PIPELINE_SINK_METRICS_PORT"})
+    exchange_edge_enabled: bool = field(default=True, metadata={"env": "PIPELINE_EXCHANGE_EDGE"})
+    table_standby_replicas: int = field(default=1, metadata={"env": "PIPELINE_TABLE_STANDBY_REPLICAS"})
+    heartbeat_file: Path | None = field(default=None, metadata={"env": "PIPELINE_HEARTBEAT_FILE"})
+    emulator_port: int = field(default=6070, metadata={"env": "EMULATOR_PORT"})
     # The signal ingest (streams/ingest): the built-in demo feed it plays when SIGNALS_WS_URL
     # is unset (its port, 0 = any free one, and the pause between its frames), and the
     # ceiling of its reconnect/retry backoff.
-    demo_feed_port: int = 6071
-    demo_feed_interval_s: float = 1.5
-    ingest_max_backoff_s: float = 30.0
+    demo_feed_port: int = field(default=6071, metadata={"env": "DEMO_FEED_PORT"})
+    demo_feed_interval_s: float = field(default=1.5, metadata={"env": "DEMO_FEED_INTERVAL_S"})
+    ingest_max_backoff_s: float = field(default=30.0, metadata={"env": "PIPELINE_INGEST_MAX_BACKOFF_S"})
 
     def __repr__(self) -> str:
         shown = []
@@ -175,56 +192,19 @@ class Settings:
             or "127.0.0.1:9092"
         database = env.get("DATABASE_URL") or _local_stack_value("DATABASE_URL", env) \
             or "postgresql://postgres@127.0.0.1:5432/positions"
-        settings = cls(
-            kafka_bootstrap_servers=kafka,
-            database_url=database,
-            signals_ws_url=env.get("SIGNALS_WS_URL") or None,
-            binance_futures_url=env.get("BINANCE_FUTURES_URL") or None,
-            binance_api_key=env.get("BINANCE_API_KEY") or None,
-            binance_api_secret=env.get("BINANCE_API_SECRET") or None,
-            sync_interval_s=_number(env, "SYNC_INTERVAL_S", "30", float),
-            default_stop_loss_pct=_number(env, "DEFAULT_STOP_LOSS_PCT", "2", Decimal),
-            web_port=_number(env, "WEB_PORT", "6066", int),
-            web_bind=env.get("WEB_BIND", "127.0.0.1"),
-            web_host=env.get("WEB_HOST") or None,
-            web_auth_token=env.get("WEB_AUTH_TOKEN") or None,
-            log_format=env.get("LOG_FORMAT", "text").lower(),
-            app_id=env.get("PIPELINE_APP_ID", "position-pipeline"),
-            topic_prefix=env.get("PIPELINE_TOPIC_PREFIX", ""),
-            topic_partitions=_number(env, "PIPELINE_TOPIC_PARTITIONS", "12", int),
-            topic_replication_factor=_number(env, "PIPELINE_TOPIC_REPLICATION_FACTOR", "1", int),
-            table_store=env.get("PIPELINE_TABLE_STORE", "rocksdb://"),
-            data_dir=Path(env.get("PIPELINE_DATA_DIR", REPO_ROOT / ".stack" / "pipeline")),
-            entry_timeout_s=_number(env, "PIPELINE_ENTRY_TIMEOUT_S", "30", float),
-            stop_loss_timeout_s=_number(env, "PIPELINE_STOP_LOSS_TIMEOUT_S", "30", float),
-            close_timeout_s=_number(env, "PIPELINE_CLOSE_TIMEOUT_S", "30", float),
-            deadline_scan_interval_s=_number(env, "PIPELINE_DEADLINE_SCAN_INTERVAL_S", "1", float),
-            signal_id_retention_s=_number(env, "PIPELINE_SIGNAL_ID_RETENTION_S",
-                                          str(SIGNAL_ID_RETENTION_MIN_MS // 1000), float),
-            exchange_recv_window_ms=_number(env, "PIPELINE_EXCHANGE_RECV_WINDOW_MS", "5000", int),
-            exchange_clock_margin_ms=_number(env, "PIPELINE_EXCHANGE_CLOCK_MARGIN_MS", "3000", int),
-            commit_interval_s=_number(env, "PIPELINE_COMMIT_INTERVAL_S", "2.8", float),
-            session_timeout_s=_number(env, "PIPELINE_SESSION_TIMEOUT_S", "10", float),
-            inputs_retention_ms=_number(env, "PIPELINE_INPUTS_RETENTION_MS", "-1", int),
-            sink_batch_size=_number(env, "PIPELINE_SINK_BATCH_SIZE", "1000", int),
-            sink_linger_s=_number(env, "PIPELINE_SINK_LINGER_S", "0.2", float),
-            sink_max_backoff_s=_number(env, "PIPELINE_SINK_MAX_BACKOFF_S", "30", float),
-            sink_metrics_port=_number(env, "PIPELINE_SINK_METRICS_PORT", "6068", int),
-            exchange_edge_enabled=_flag(env, "PIPELINE_EXCHANGE_EDGE", True),
-            table_standby_replicas=_number(env, "PIPELINE_TABLE_STANDBY_REPLICAS", "1", int),
-            heartbeat_file=Path(env["PIPELINE_HEARTBEAT_FILE"]) if env.get("PIPELINE_HEARTBEAT_FILE") else None,
-            emulator_port=_number(env, "EMULATOR_PORT", "6070", int),
-            demo_feed_port=_number(env, "DEMO_FEED_PORT", "6071", int),
-            demo_feed_interval_s=_number(env, "DEMO_FEED_INTERVAL_S", "1.5", float),
-            ingest_max_backoff_s=_number(env, "PIPELINE_INGEST_MAX_BACKOFF_S", "30", float),
-        )
-        settings = dataclasses.replace(settings, **overrides)
-        settings.validate()
-        return settings
+        values: dict[str, object] = {"kafka_bootstrap_servers": kafka, "database_url": database}
+        for item in fields(cls):
+            if "env" in item.metadata:
+                values[item.name] = _read(env, item.metadata["env"], item.type, item.default)
+        values["log_format"] = str(values["log_format"]).lower()
+        return cls(**{**values, **overrides})
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Refuses values the pipeline cannot run with, naming the variable."""
-        if not 0 < self.default_stop_loss_pct < 100:
+        if not is_stop_loss_pct(self.default_stop_loss_pct):
             raise SettingsError(f"DEFAULT_STOP_LOSS_PCT must be between 0 and 100, got {self.default_stop_loss_pct}")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT must be text or json, got {self.log_format!r}")

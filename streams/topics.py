@@ -20,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
+from streams.domain.exceptions import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 ORDER_ATTEMPTS_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
-class TopologyError(RuntimeError):
+class TopologyError(PipelineError, RuntimeError):
     """A topic exists with a partition count other than the pipeline's."""
 
 
@@ -120,6 +121,11 @@ async def ensure_topics(settings: Settings, names: TopicNames | None = None) -> 
                 )
     finally:
         await admin.close()
+
+
+def sink_group(settings: Settings) -> str:
+    """The PostgreSQL sink's consumer group on ``position-updates`` (the web's sink-lag gauge reads it too)."""
+    return f"{settings.app_id}-postgres-sink"
 
 
 def table_changelog_topic(settings: Settings) -> str:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from streams.domain.exceptions import TransitionTableError
 from streams.domain.ids import position_id, report_key
 from streams.domain.model import (
+    is_stop_loss_pct,
     RefusalCode,
     AuditDecision,
     Deadline,
@@ -72,7 +73,7 @@ def _open_position(step: _Step, target: Status) -> _Effect | _Refusal:
         problem = "no quantity"
     elif quantity <= 0:
         problem = f"quantity {quantity} is not > 0"
-    elif pct is not None and not 0 < pct < 100:
+    elif pct is not None and not is_stop_loss_pct(pct):
         problem = f"stop_loss_pct {pct} is not in (0, 100)"
     else:
         return _open_with(step, signal, side, quantity, target)

@@ -6,10 +6,20 @@ An exception from this package means the caller broke a precondition, so the edg
 called it should dead-letter the input with the message and carry on.
 """
 
-__all__ = ["DomainError", "InvalidValueError", "KeyMismatchError", "TransitionTableError"]
+__all__ = ["DomainError", "InvalidValueError", "KeyMismatchError", "PipelineError", "TransitionTableError"]
 
 
-class DomainError(Exception):
+class PipelineError(Exception):
+    """Root of every error the project raises on purpose; each package has one subclass as its own root.
+
+    Defined here, in the innermost package, because every other package may import it and
+    this one imports nothing: ``DomainError``, ``CodecError`` (wire), ``SettingsError``,
+    ``TopologyError``, ``ExchangeError`` (exchange), ``IngestError``, ``WebError``,
+    ``OpsError`` (replay, diff), ``InvalidInputRecord`` (worker) and ``SinkError``.
+    """
+
+
+class DomainError(PipelineError):
     """Root of every error raised by `streams.domain`."""
 
 

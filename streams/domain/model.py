@@ -17,6 +17,7 @@ __all__ = [
     "AppliedInput",
     "AuditDecision",
     "RefusalCode",
+    "is_stop_loss_pct",
     "Deadline",
     "ExchangeSnapshot",
     "ExecutionReport",
@@ -139,6 +140,11 @@ class RefusalCode(StrEnum):
     ALREADY_CLOSING = "already_closing"  # a close while one is under way or already requested
     NOTHING_TO_CLOSE = "nothing_to_close"  # a close on a key without a live position
     INVALID_SIGNAL = "invalid_signal"  # an open the state machine cannot carry out (no side, quantity <= 0, ...)
+
+
+def is_stop_loss_pct(pct: Decimal) -> bool:
+    """The one rule for a stop-loss distance: a percentage strictly between 0 and 100."""
+    return Decimal(0) < pct < Decimal(100)
 
 
 def require_finite_decimal(owner: object, name: str, value: object, *, optional: bool) -> None:
@@ -284,7 +290,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         require_finite_decimal(self, "default_stop_loss_pct", self.default_stop_loss_pct, optional=False)
-        if not 0 < self.default_stop_loss_pct < 100:
+        if not is_stop_loss_pct(self.default_stop_loss_pct):
             raise InvalidValueError(
                 f"Policy.default_stop_loss_pct must be in (0, 100), got {self.default_stop_loss_pct}"
             )

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.wire import codec
 from streams.topics import topic_partitions
 from streams.telemetry import health, metrics
+from streams.exchange.errors import ExchangeError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class AttemptKind(StrEnum):
     FENCE = "fence"  # close the id: no placement of it is sent after this record
 
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(ExchangeError):
     """The ledger could not record or confirm a claim: nothing may be sent."""
 
 

@@ -58,6 +58,7 @@ from streams.domain import (
     ReportOutcome,
 )
 from streams.edge.backoff import Backoff
+from streams.exchange.errors import ExchangeError
 from streams.exchange.attempts import AttemptKind, AttemptLedger, Claim, LedgerUnavailable
 from streams.exchange.gateway import (
     CredentialsRejected,
@@ -122,7 +123,7 @@ class PlacementTiming:
         return self.recv_window_ms // 2
 
 
-class PlacementUnresolved(Exception):
+class PlacementUnresolved(ExchangeError):
     """Every round ended without an answer: the outcome is unknown, nothing more is sent now."""
 
 

@@ -21,6 +21,7 @@ import ccxt.async_support as ccxt
 
 from streams.domain import Side
 from streams.exchange.ratelimit import ExchangeRateLimiter
+from streams.exchange.errors import ExchangeError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ WEIGHT_MARKETS = 1
 WEIGHT_TIME = 1
 
 
-class ExchangeEdgeError(Exception):
+class ExchangeEdgeError(ExchangeError):
     """Root of the exchange edge's errors; ``exchange`` names the exchange, never a secret."""
 
     def __init__(self, exchange: str, message: str, code: int | None = None) -> None:

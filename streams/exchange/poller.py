@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.wire import codec
+from streams.wire import codec, serde
 from streams.domain import ExchangeSnapshot, InputEvent, Status
 from streams.exchange.gateway import ExchangeEdgeError, ExchangeGateway
 from streams.topics import topic_partitions
@@ -128,7 +128,7 @@ class TrackedKeys:
             live.pop(name, None)
             return
         try:
-            state = codec.decode("KeyState", value)
+            state = codec.decode(serde.KEY_STATE_RECORD, value)
         except codec.DecodeError as error:
             logger.warning("changelog record for %s not decodable, ignored: %s", name, error)
             return

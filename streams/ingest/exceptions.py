@@ -7,12 +7,13 @@ person reads in the log.
 """
 
 from __future__ import annotations
+from streams.domain.exceptions import PipelineError
 
 __all__ = ["IngestError", "RefusedInput", "InvalidFrame", "InvalidSignal", "SymbolsUnavailable", "PublishFailed",
            "DemoFeedOnProduction"]
 
 
-class IngestError(Exception):
+class IngestError(PipelineError):
     """Root of every error raised by ``streams.ingest``."""
 
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Collection
 from decimal import Decimal
 from typing import Any
 
-from streams.domain import InputEvent, Policy, Side, Signal, SignalAction, key_for
+from streams.domain import InputEvent, Policy, Side, Signal, SignalAction, is_stop_loss_pct, key_for
 from streams.ingest.exceptions import InvalidFrame, InvalidSignal
 
 __all__ = [
@@ -203,7 +203,7 @@ def validate_signal(item: Any, is_known_symbol: SymbolCheck,
         raw_pct = item.get("stop_loss_pct")
         if raw_pct is not None:
             stop_loss_pct = fields.decimal("stop_loss_pct", raw_pct)
-            if not 0 < stop_loss_pct < 100:
+            if not is_stop_loss_pct(stop_loss_pct):
                 raise fields.refuse("stop_loss_out_of_range",
                                     f"'stop_loss_pct' must be > 0 and < 100, got {_shown(raw_pct)}")
 

@@ -41,11 +41,12 @@ from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
 from streams.ops.log import from_start
 from streams.topics import TopicNames
+from streams.ops.errors import OpsError
 
 __all__ = ["DecisionDiff", "DiffError", "Difference", "InputDecision", "diff_decisions", "policy_overrides"]
 
 
-class DiffError(ValueError):
+class DiffError(OpsError, ValueError):
     """The diff cannot run as asked (a malformed policy override, a missing topic)."""
 
 

@@ -44,11 +44,12 @@ from streams.worker.processor import ConsumedRecord, InputProcessor
 from streams.settings import Settings
 from streams.ops.log import from_start
 from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
+from streams.ops.errors import OpsError
 
 logger = logging.getLogger(__name__)
 
 
-class ReplayRefused(RuntimeError):
+class ReplayRefused(OpsError, RuntimeError):
     """The replay would race a running worker or has nothing valid to start from."""
 
 
@@ -201,7 +202,7 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
         sends = []
         for key, (partition, state) in states.items():
             sends.append(await producer.send(changelog, key=key, partition=partition,
-                                             value=codec.encode("KeyState", serde.key_state_to_record(state))))
+                                             value=codec.encode(serde.KEY_STATE_RECORD, serde.key_state_to_record(state))))
             if state.position is not None:
                 summary.statuses[state.position.status.value] += 1
         for key, partition in old_keys.items():

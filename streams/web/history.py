@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from streams.web.errors import WebError
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "HistoryUnavailable", "PositionHistory", "parse_limit"]
 
@@ -43,7 +44,7 @@ ORDER BY input_offset
 """
 
 
-class HistoryUnavailable(RuntimeError):
+class HistoryUnavailable(WebError, RuntimeError):
     """PostgreSQL did not answer, or its schema is older than this worker (the sink migrates it)."""
 
 

@@ -62,7 +62,7 @@ from streams.wire import serde
 from streams.settings import Settings
 from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
 from streams.web.history_page import render_history_page
-from streams.topics import TopicNames
+from streams.topics import TopicNames, sink_group
 from streams.telemetry import health, metrics
 from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
 from streams.web.page import render_page
@@ -78,6 +78,7 @@ from streams.web.routing import (
     partitions_by_owner,
     same_node,
 )
+from streams.web.errors import WebError
 
 __all__ = ["IncompleteAnswer", "PositionsWebServer", "advertised_url"]
 
@@ -93,7 +94,7 @@ _WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class IncompleteAnswer(RuntimeError):
+class IncompleteAnswer(WebError, RuntimeError):
     """Some partitions of the table had no worker answering for them.
 
     ``positions`` holds what the partitions that did answer have (a rebalance under way, a
@@ -146,7 +147,7 @@ class PositionsWebServer(Service):
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         # The sink's consumer group (sinks/postgres.py) on position-updates.
-        self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, f"{settings.app_id}-postgres-sink",
+        self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, sink_group(settings),
                                      TopicNames.for_prefix(settings.topic_prefix).updates)
         super().__init__(**kwargs)
 

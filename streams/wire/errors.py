@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from streams.domain.exceptions import PipelineError
+
 __all__ = [
     "CodecError",
     "SchemaDefinitionError",
@@ -15,7 +17,7 @@ __all__ = [
 ]
 
 
-class CodecError(Exception):
+class CodecError(PipelineError):
     """Root of every error this module raises."""
 
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Mapping
 from faust.serializers import codecs as faust_codecs
 
 from streams.wire.codec import default_registry
+from streams.wire.serde import KEY_STATE_RECORD
 
 __all__ = [
     "AvroRecordCodec",
@@ -59,7 +60,7 @@ class PositionUpdateCodec(AvroRecordCodec):
 class KeyStateCodec(AvroRecordCodec):
     """Codec of ``KeyState`` (the Faust table value and its changelog)."""
 
-    record_name = "KeyState"
+    record_name = KEY_STATE_RECORD
 
 
 class DeadLetterCodec(AvroRecordCodec):

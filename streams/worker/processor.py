@@ -24,6 +24,7 @@ from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyS
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
+from streams.domain.exceptions import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class InputProcessor:
         return Output(self.topics.dead_letters, record.key or b"", serde.encode_dead_letter(letter), headers)
 
 
-class InvalidInputRecord(ValueError):
+class InvalidInputRecord(PipelineError, ValueError):
     """A record on ``position-inputs`` that is not an input at all (no key, wrong key, no value)."""
 
 

@@ -93,3 +93,20 @@ def test_no_product_module_is_longer_than_the_limit():
     # Assert
     assert modules
     assert too_long == {}
+
+
+def test_every_package_error_root_derives_from_the_project_root():
+    from sinks.exceptions import SinkError
+    from streams.domain import DomainError, PipelineError
+    from streams.exchange.errors import ExchangeError
+    from streams.ingest.exceptions import IngestError
+    from streams.ops.errors import OpsError
+    from streams.settings import SettingsError
+    from streams.topics import TopologyError
+    from streams.web.errors import WebError
+    from streams.wire.errors import CodecError
+    from streams.worker.processor import InvalidInputRecord
+
+    roots = (DomainError, CodecError, SettingsError, TopologyError, ExchangeError, IngestError, WebError,
+             OpsError, InvalidInputRecord, SinkError)
+    assert all(issubclass(root, PipelineError) for root in roots)
