@@ -93,9 +93,12 @@ async def test_postgres_stopped_mid_stream_and_started_again_loses_nothing(
         await asyncio.to_thread(localstack.ensure_postgres, paths)
         await sink.wait_written(len(stream.updates), timeout_s=90)
 
-        # Assert 2: caught up, every offset committed.
-        assert sum((await committed_offsets(kafka_bootstrap, group, topics.updates)).values()) \
-            == len(stream.updates)
+        # Assert 2: caught up, every offset committed (the commit follows the write it records).
+        async def all_committed() -> bool:
+            return sum((await committed_offsets(kafka_bootstrap, group, topics.updates)).values()) \
+                == len(stream.updates)
+
+        await wait_until(all_committed, 30, "every written offset committed")
         assert sink.stats.reconnects >= 1 and sink.stats.waiting_since is None
 
     # Assert 3: complete and correct: every position's final state, every audit row.
