@@ -4,7 +4,7 @@ Prints the base URL on the first line of stdout (``http://127.0.0.1:<port>``), s
 can read it with ``--port 0``. Point the pipeline at it with ``BINANCE_FUTURES_URL`` and the
 emulator's key pair (``--api-key``/``--api-secret``, by default ``DEFAULT_API_KEY`` /
 ``DEFAULT_API_SECRET`` of ``emulator.binance_usdm``); drive it through
-``<base URL>/_emulator/`` (see ``emulator.binance_usdm``).
+``<base URL>/_emulator/`` (see ``docs/emulator.md``).
 """
 
 from __future__ import annotations
