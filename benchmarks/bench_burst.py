@@ -13,57 +13,79 @@ import asyncio
 import os
 import tempfile
 import time
-import uuid
+from decimal import Decimal
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
+from benchmarks.harness import PARTITIONS, Worker, deployment, endpoints, read_topic
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
-from stack import localstack
-from streams.domain import Side, Status
-from tests.integration.pipeline_harness import InputSender, PipelineWorker, UpdatesTap
+from streams.domain import InputEvent, Position, Side, Signal, SignalAction, Status
+from streams.wire import serde
 
 SYMBOLS = int(os.environ.get("BURST_SYMBOLS", "200"))
-PARTITIONS = 12
 
 
-async def run(bootstrap: str) -> None:
+def open_signal(index: int, now_ms: int) -> InputEvent:
+    symbol = f"BENCH{index}USDT"
+    return InputEvent(event_id=f"signal:burst-{index}", key=f"{symbol}@binance", ts=now_ms,
+                      payload=Signal(signal_id=f"burst-{index}", action=SignalAction.OPEN, symbol=symbol,
+                                     exchange="binance", side=Side.BUY, quantity=Decimal("1"),
+                                     stop_loss_pct=Decimal("2.5"), ts=now_ms))
+
+
+async def active_positions(bootstrap: str, topic: str) -> int:
+    """How many keys' newest position on ``topic`` (position-updates) is active."""
+    newest: dict[str, Position] = {}
+    for records in (await read_topic(bootstrap, topic)).values():
+        for record in records:
+            update = serde.decode_update(record.value)
+            if isinstance(update, Position):
+                newest[f"{update.symbol}@{update.exchange}"] = update
+    return sum(1 for position in newest.values() if position.status is Status.ACTIVE)
+
+
+async def run(bootstrap: str, database_url: str) -> None:
     exchange = BinanceUsdmEmulator()
     base_url = await exchange.start()
-    app_id = f"burst-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as scratch:
-        worker = PipelineWorker(bootstrap, app_id, Path(scratch) / "data", Path(scratch) / "worker.log", extra_env={
-            "PIPELINE_EXCHANGE_EDGE": "on", "BINANCE_FUTURES_URL": base_url, "BINANCE_API_KEY": DEFAULT_API_KEY,
-            "BINANCE_API_SECRET": DEFAULT_API_SECRET, "SYNC_INTERVAL_S": "30",
-            "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
-            # Production deadlines: the harness's short test deadlines would fire while
-            # stop-losses wait, correctly, for the next 10 s order window.
-            "PIPELINE_ENTRY_TIMEOUT_S": "30", "PIPELINE_STOP_LOSS_TIMEOUT_S": "30", "PIPELINE_CLOSE_TIMEOUT_S": "30"})
-        await worker.start()
-        updates = await UpdatesTap(bootstrap, worker.topics.updates).start()
-        inputs = await InputSender(bootstrap, worker.topics.inputs).start()
-        keys = [f"BENCH{index}USDT@binance" for index in range(SYMBOLS)]
-        try:
-            started = time.monotonic()
-            await asyncio.gather(*(inputs.open(f"BENCH{index}USDT", Side.BUY, "1", signal_id=f"burst-{index}")
-                                   for index in range(SYMBOLS)))
-            await updates.wait_for(
-                lambda: all((p := updates.latest(key)) is not None and p.status == Status.ACTIVE for key in keys),
-                timeout_s=300, what=f"{SYMBOLS} active positions; log:\n{worker.log_tail(2000)}")
-            elapsed = time.monotonic() - started
-        finally:
-            await inputs.stop()
-            await updates.stop()
-            worker.stop()
-            await exchange.stop()
+    async with deployment(bootstrap, database_url, "bench-burst") as deployed:
+        with tempfile.TemporaryDirectory() as scratch:
+            worker = Worker(deployed, Path(scratch) / "data", Path(scratch) / "worker.log", extra_env={
+                "PIPELINE_EXCHANGE_EDGE": "on", "BINANCE_FUTURES_URL": base_url, "BINANCE_API_KEY": DEFAULT_API_KEY,
+                "BINANCE_API_SECRET": DEFAULT_API_SECRET, "SYNC_INTERVAL_S": "30",
+                # Production deadlines: shorter ones would fire while stop-losses wait,
+                # correctly, for the next 10 s order window.
+                "PIPELINE_ENTRY_TIMEOUT_S": "30", "PIPELINE_STOP_LOSS_TIMEOUT_S": "30",
+                "PIPELINE_CLOSE_TIMEOUT_S": "30"})
+            await worker.start()
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+            await producer.start()
+            try:
+                started = time.monotonic()
+                now_ms = int(time.time() * 1000)
+                await asyncio.gather(*(producer.send_and_wait(deployed.topics.inputs, key=event.key.encode(),
+                                                              value=serde.encode_input(event))
+                                       for event in (open_signal(index, now_ms) for index in range(SYMBOLS))))
+                deadline = time.monotonic() + 300
+                while (active := await active_positions(bootstrap, deployed.topics.updates)) < SYMBOLS:
+                    _ = worker.ready  # raises if the worker died
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{active} of {SYMBOLS} positions active after 300 s:\n{worker.log_tail()}")
+                    await asyncio.sleep(1.0)
+                elapsed = time.monotonic() - started
+            finally:
+                await producer.stop()
+                worker.stop()
+                await exchange.stop()
     orders = exchange.orders()
     refused = [r for r in exchange.requests() if r["status"] in (418, 429)]
     print(f"burst: {SYMBOLS} signals on {SYMBOLS} symbols -> {SYMBOLS} protected positions in {elapsed:.1f}s "
-          f"({len(orders)} orders at the exchange, {len(refused)} requests refused for rate limits; "
-          f"one worker, {PARTITIONS} partitions, emulator enforcing Binance USD-M limits)")
+          f"(at most 1 s of polling in it; {len(orders)} orders at the exchange, {len(refused)} requests refused "
+          f"for rate limits; one worker, {PARTITIONS} partitions, emulator enforcing Binance USD-M limits)")
 
 
 def main() -> None:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or localstack.ensure_running().kafka_bootstrap_servers
-    asyncio.run(run(bootstrap))
+    asyncio.run(run(*endpoints()))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 It is the pipeline's exchange in paper trading (the embedded default of ``make run``) and
 in tests. The real ccxt client talks to it unchanged; only the host differs
-(``streams.exchange.ccxt_client.create_binanceusdm``).
+(``streams.edge.ccxt_client.create_binanceusdm``).
 
 The manual (endpoints, semantics, authentication, rate limits, faults and the
 ``/_emulator/`` control API) is ``docs/emulator.md``. This module holds the server,

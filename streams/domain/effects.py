@@ -14,6 +14,7 @@ from types import MappingProxyType
 from streams.domain.exceptions import TransitionTableError
 from streams.domain.ids import position_id, report_key
 from streams.domain.model import (
+    OrderRef,
     is_stop_loss_pct,
     RefusalCode,
     AuditDecision,
@@ -81,34 +82,27 @@ def _open_position(step: _Step, target: Status) -> _Effect | _Refusal:
                     RefusalCode.INVALID_SIGNAL)
 
 
+def _new_position(step: _Step, target: Status, *, symbol: str, exchange: str, side: Side, quantity: Decimal,
+                  requested_quantity: Decimal | None, entry_price: Decimal | None, stop_loss_pct: Decimal,
+                  source: PositionSource, signal_id: str | None, entry_order: OrderRef | None) -> Position:
+    """A position born at this step: its id and version from the step's offset, nothing closed or pending."""
+    return Position(
+        id=position_id(step.key, step.offset), symbol=symbol, exchange=exchange, side=side, quantity=quantity,
+        requested_quantity=requested_quantity, entry_price=entry_price, stop_loss_pct=stop_loss_pct,
+        stop_loss_price=None, status=target, source=source, signal_id=signal_id, opened_at=step.now,
+        closed_at=None, updated_at=step.now, deadline_at=None, close_requested=False, entry_order=entry_order,
+        stop_order=None, close_order=None, seen_reports=(), version=step.offset,
+    )
+
+
 def _open_with(step: _Step, signal: Signal, side: Side, quantity: Decimal, target: Status) -> _Effect:
     new_id = position_id(step.key, step.offset)
     pct = signal.stop_loss_pct
     entry = _new_order(new_id, OrderRole.ENTRY, 1, side, quantity)
-    opened = Position(
-        id=new_id,
-        symbol=signal.symbol,
-        exchange=signal.exchange,
-        side=side,
-        quantity=quantity,
-        requested_quantity=quantity,
-        entry_price=None,
-        stop_loss_pct=pct if pct is not None else step.policy.default_stop_loss_pct,
-        stop_loss_price=None,
-        status=target,
-        source=PositionSource.SIGNAL,
-        signal_id=signal.signal_id,
-        opened_at=step.now,
-        closed_at=None,
-        updated_at=step.now,
-        deadline_at=None,
-        close_requested=False,
-        entry_order=entry,
-        stop_order=None,
-        close_order=None,
-        seen_reports=(),
-        version=step.offset,
-    )
+    opened = _new_position(step, target, symbol=signal.symbol, exchange=signal.exchange, side=side,
+                           quantity=quantity, requested_quantity=quantity, entry_price=None,
+                           stop_loss_pct=pct if pct is not None else step.policy.default_stop_loss_pct,
+                           source=PositionSource.SIGNAL, signal_id=signal.signal_id, entry_order=entry)
     return _Effect(
         position=opened,
         commands=(_place_entry(step, opened, entry),),
@@ -124,30 +118,10 @@ def _adopt(step: _Step, target: Status) -> _Effect | _Refusal:
             "snapshot shows a position without an entry price; cannot protect it to adopt it",
         )
     new_id = position_id(step.key, step.offset)
-    adopted = Position(
-        id=new_id,
-        symbol=snapshot.symbol,
-        exchange=snapshot.exchange,
-        side=snapshot.side,
-        quantity=snapshot.quantity,
-        requested_quantity=None,
-        entry_price=snapshot.entry_price,
-        stop_loss_pct=step.policy.default_stop_loss_pct,
-        stop_loss_price=None,
-        status=target,
-        source=PositionSource.EXCHANGE,
-        signal_id=None,
-        opened_at=step.now,
-        closed_at=None,
-        updated_at=step.now,
-        deadline_at=None,
-        close_requested=False,
-        entry_order=None,
-        stop_order=None,
-        close_order=None,
-        seen_reports=(),
-        version=step.offset,
-    )
+    adopted = _new_position(step, target, symbol=snapshot.symbol, exchange=snapshot.exchange, side=snapshot.side,
+                            quantity=snapshot.quantity, requested_quantity=None, entry_price=snapshot.entry_price,
+                            stop_loss_pct=step.policy.default_stop_loss_pct, source=PositionSource.EXCHANGE,
+                            signal_id=None, entry_order=None)
     note = (
         f"adopted {new_id} from the exchange: "
         f"{snapshot.side} {snapshot.quantity} at {snapshot.entry_price}"

@@ -155,6 +155,14 @@ _STATUS = {"closed": "filled", "open": "accepted", "canceled": "canceled", "canc
            "expired": "canceled", "rejected": "rejected"}
 
 
+def _by_client_id(client_order_id: str, conditional: bool) -> dict[str, Any]:
+    """ccxt parameters naming an order by its client id; ``trigger`` for a conditional (algo) order."""
+    params: dict[str, Any] = {"clientOrderId": client_order_id}
+    if conditional:
+        params["trigger"] = True
+    return params
+
+
 class CcxtGateway:
     """An ``ExchangeGateway`` over a ccxt async client, rate limited to the exchange's limits."""
 
@@ -276,18 +284,14 @@ class CcxtGateway:
 
     async def fetch_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
         unified = await self.unified_symbol(symbol)
-        params: dict[str, Any] = {"clientOrderId": client_order_id}
-        if conditional:
-            params["trigger"] = True
+        params = _by_client_id(client_order_id, conditional)
         order = await self._call(WEIGHT_QUERY_ORDER, 0, f"fetch order {client_order_id}",
                                  lambda: self._client.fetch_order(None, unified, params))
         return self._order_state(order, client_order_id)
 
     async def cancel_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
         unified = await self.unified_symbol(symbol)
-        params: dict[str, Any] = {"clientOrderId": client_order_id}
-        if conditional:
-            params["trigger"] = True
+        params = _by_client_id(client_order_id, conditional)
         order = await self._call(WEIGHT_CANCEL_ORDER, 0, f"cancel order {client_order_id}",
                                  lambda: self._client.cancel_order(None, unified, params))
         # Binance's cancel answer for an algo order carries no status: the cancel succeeded.
