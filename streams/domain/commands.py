@@ -44,10 +44,23 @@ class _CommandHeader:
     symbol: str
     exchange: str
 
+    #: The command's name on the wire (a subclass keyword, as the role of an order it places).
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, *, kind: str | None = None, role: OrderRole | None = None, **kwargs: object) -> None:
+        # ``class PlaceEntry(_OrderCommand, kind=..., role=...)``: what a command is, said where it is named.
+        super(_CommandHeader, cls).__init_subclass__(**kwargs)  # zero-argument super() fails in a slots dataclass
+        if kind is not None:
+            cls.kind = kind
+        if role is not None:
+            cls.role = role
+
 
 @dataclass(frozen=True, slots=True)
 class _OrderCommand(_CommandHeader):
     """An order the position places: its client id, side and quantity."""
+
+    role: ClassVar[OrderRole]
 
     client_order_id: str
     side: Side
@@ -58,23 +71,17 @@ class _OrderCommand(_CommandHeader):
 
 
 @dataclass(frozen=True, slots=True)
-class PlaceEntry(_OrderCommand):
+class PlaceEntry(_OrderCommand, kind="place_entry", role=OrderRole.ENTRY):
     """Place the market order that opens the position."""
-
-    kind: ClassVar[str] = "place_entry"
-    role: ClassVar[OrderRole] = OrderRole.ENTRY
 
 
 @dataclass(frozen=True, slots=True)
-class PlaceStopLoss(_OrderCommand):
+class PlaceStopLoss(_OrderCommand, kind="place_stop_loss", role=OrderRole.STOP_LOSS):
     """Place a reduce-only stop-market order.
 
     `stop_price` is raw (from the entry price and the pct); the executor rounds it to the
     market's precision and reports the placed price back.
     """
-
-    kind: ClassVar[str] = "place_stop_loss"
-    role: ClassVar[OrderRole] = OrderRole.STOP_LOSS
 
     stop_price: Decimal
 
@@ -84,28 +91,21 @@ class PlaceStopLoss(_OrderCommand):
 
 
 @dataclass(frozen=True, slots=True)
-class ClosePosition(_OrderCommand):
+class ClosePosition(_OrderCommand, kind="close_position", role=OrderRole.CLOSE):
     """Close the position with a reduce-only market order."""
-
-    kind: ClassVar[str] = "close_position"
-    role: ClassVar[OrderRole] = OrderRole.CLOSE
 
 
 @dataclass(frozen=True, slots=True)
-class CancelOrder(_CommandHeader):
+class CancelOrder(_CommandHeader, kind="cancel_order"):
     """Cancel an order of the position (the resting stop-loss)."""
-
-    kind: ClassVar[str] = "cancel_order"
 
     client_order_id: str
     role: OrderRole
 
 
 @dataclass(frozen=True, slots=True)
-class QueryOrder(_CommandHeader):
+class QueryOrder(_CommandHeader, kind="query_order"):
     """Ask the exchange what became of an order; the answer comes back as a report."""
-
-    kind: ClassVar[str] = "query_order"
 
     client_order_id: str
     role: OrderRole

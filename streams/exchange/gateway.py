@@ -283,19 +283,22 @@ class CcxtGateway:
         return self._order_state(order, client_order_id)
 
     async def fetch_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
-        unified = await self.unified_symbol(symbol)
-        params = _by_client_id(client_order_id, conditional)
-        order = await self._call(WEIGHT_QUERY_ORDER, 0, f"fetch order {client_order_id}",
-                                 lambda: self._client.fetch_order(None, unified, params))
+        order = await self._by_client_id("fetch_order", WEIGHT_QUERY_ORDER, symbol, client_order_id, conditional)
         return self._order_state(order, client_order_id)
 
     async def cancel_order(self, symbol: str, client_order_id: str, conditional: bool) -> OrderState:
-        unified = await self.unified_symbol(symbol)
-        params = _by_client_id(client_order_id, conditional)
-        order = await self._call(WEIGHT_CANCEL_ORDER, 0, f"cancel order {client_order_id}",
-                                 lambda: self._client.cancel_order(None, unified, params))
+        order = await self._by_client_id("cancel_order", WEIGHT_CANCEL_ORDER, symbol, client_order_id, conditional)
         # Binance's cancel answer for an algo order carries no status: the cancel succeeded.
         return self._order_state(order, client_order_id, status_if_missing="canceled")
+
+    async def _by_client_id(self, method: str, weight: int, symbol: str, client_order_id: str,
+                            conditional: bool) -> dict:
+        """Calls ccxt's ``method`` (fetch_order, cancel_order) for the order with this client id."""
+        unified = await self.unified_symbol(symbol)
+        params = _by_client_id(client_order_id, conditional)
+        call = getattr(self._client, method)
+        return await self._call(weight, 0, f"{method.replace('_', ' ')} {client_order_id}",
+                                lambda: call(None, unified, params))
 
     async def fetch_positions(self) -> list[ExchangePosition]:
         await self._ensure_markets()

@@ -45,6 +45,7 @@ worker joins its group and recovers. The table-backed routes answer 503 until th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -144,8 +145,9 @@ class PositionsWebServer(Service):
         self.faust_registry = faust_registry
         # Histories are read from the sink's tables: every worker answers the same.
         self.position_history = PositionHistory(settings.database_url)
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        # What on_start opened, closed in reverse order by on_stop.
+        self._opened = contextlib.AsyncExitStack()
         # The sink's consumer group (sinks/postgres.py) on position-updates.
         self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, sink_group(settings),
                                      TopicNames.for_prefix(settings.topic_prefix).updates)
@@ -181,24 +183,22 @@ class PositionsWebServer(Service):
 
     async def on_start(self) -> None:
         """Binds ``WEB_BIND``:``WEB_PORT`` and starts serving."""
+        self._opened.push_async_callback(self.position_history.close)
+        self._opened.push_async_callback(self.sink_lag.close)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
-        self._runner = web.AppRunner(self.build_application(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.app.conf.web_bind, self.app.conf.web_port)
+        self._opened.push_async_callback(self._session.close)
+        runner = web.AppRunner(self.build_application(), access_log=None)
+        await runner.setup()
+        self._opened.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, self.app.conf.web_bind, self.app.conf.web_port)
         await site.start()
         logger.info("web server on http://%s:%s (advertised as %s)", self.app.conf.web_bind,
                     self.app.conf.web_port, self.web_url)
 
     async def on_stop(self) -> None:
-        """Stops serving and closes the connections to peers."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        await self.sink_lag.close()
-        await self.position_history.close()
+        """Stops serving, then closes the peers' connections, the sink-lag probe and the history pool."""
+        await self._opened.aclose()
+        self._session = None
 
     # ------------------------------------------------------------------ worker state
 
