@@ -231,6 +231,16 @@ class UpdatesTap(TopicTap):
     def latest(self, key: str) -> Position | None:
         return self._latest.get(key)
 
+    async def wait_audited(self, bootstrap: str, inputs_topic: str, timeout_s: float = 60.0) -> None:
+        """Until every input now on ``inputs_topic`` has its audit record here (one per applied input).
+
+        The marker that the agent is done with what was sent, instead of a pause that hopes so.
+        """
+        inputs = {(record.key.decode(), record.offset)
+                  for records in (await read_topic(bootstrap, inputs_topic)).values() for record in records}
+        await self.wait_for(lambda: inputs <= {(audit.key, audit.offset) for audit in self.audits()}, timeout_s,
+                            f"the audit records of {len(inputs)} inputs")
+
 
 class CommandsTap(TopicTap):
     """``position-commands``, decoded (once, on arrival) into domain commands."""

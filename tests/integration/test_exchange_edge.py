@@ -8,7 +8,6 @@ and what the pipeline decided.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -195,12 +194,16 @@ async def test_poller_failed_fetch_publishes_nothing_never_flat(edge):
     # Arrange: a live position, then every position fetch fails.
     await edge.inputs.open("APTUSDT", Side.BUY, "61.8", signal_id="sig-fetch-fail")
     await edge.wait_status(Status.ACTIVE)
+    def failed_fetches() -> int:
+        return sum(1 for entry in edge.exchange.requests(path="/fapi/v3/positionRisk") if entry["status"] == 503)
+
     edge.exchange.add_fault("http_error", count=None, method="GET", path="/fapi/v3/positionRisk", status=503)
-    await asyncio.sleep(1.5)  # a cycle already under way may still publish
+    # The marker: a fetch has failed, so a cycle that began before the fault is over.
+    await edge.raw_inputs.wait_for(lambda: failed_fetches() >= 1, what="the first failed fetch")
     failing_since_ms = int(time.time() * 1000)
 
-    # Act
-    await asyncio.sleep(3.5)
+    # Act: three more cycles fail
+    await edge.raw_inputs.wait_for(lambda: failed_fetches() >= 4, what="three more failed fetches")
     failing_until_ms = int(time.time() * 1000)
     edge.exchange.clear_faults()
     await edge.raw_inputs.wait_for(lambda: any(s.fetched_at > failing_until_ms for s in edge.snapshots()),
@@ -208,8 +211,7 @@ async def test_poller_failed_fetch_publishes_nothing_never_flat(edge):
 
     # Assert: nothing was published while fetching failed, and the position is still active.
     assert [s for s in edge.snapshots() if failing_since_ms <= s.fetched_at <= failing_until_ms] == []
-    failed_fetches = [r for r in edge.exchange.requests(path="/fapi/v3/positionRisk") if r["status"] == 503]
-    assert len(failed_fetches) >= 2
+    assert failed_fetches() >= 4
     assert edge.updates.latest(KEY).status == Status.ACTIVE
 
 

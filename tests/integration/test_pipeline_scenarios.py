@@ -266,7 +266,7 @@ async def test_replaying_a_keys_inputs_from_offset_zero_reproduces_the_table_sta
     await harness.inputs.snapshot("APTUSDT", Side.BUY, "61.0", "10.00")
     await harness.inputs.send(close_signal("sig-r2"))
     await harness.wait_status(Status.CLOSED)
-    await asyncio.sleep(1.0)  # let the last audit records land
+    await harness.updates.wait_audited(harness.bootstrap, harness.worker.topics.inputs)
 
     # Act: fold decide() over the key's inputs exactly as they are in the log, each at the
     # log's time for it (the broker's append time, as the agent takes it).

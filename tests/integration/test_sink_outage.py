@@ -81,7 +81,8 @@ async def test_postgres_stopped_mid_stream_and_started_again_loses_nothing(
         await wait_until(lambda: sink.stats.retries >= 3, 60, "the sink to retry")
         written_while_down = sink.stats.records_written
         committed_while_down = await committed_offsets(kafka_bootstrap, group, topics.updates)
-        await asyncio.sleep(2)
+        retries_then = sink.stats.retries
+        await wait_until(lambda: sink.stats.retries >= retries_then + 2, 60, "two more failed attempts")
 
         # Assert 1: nothing more is written or committed while the server is down.
         assert sink.stats.records_written == written_while_down < len(stream.updates)

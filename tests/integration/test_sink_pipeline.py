@@ -154,7 +154,7 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
         # ADOPTUSDT: found on the exchange, adopted and protected.
         await inputs.snapshot("ADOPTUSDT", Side.BUY, "3.25", "101.5")
         await wait_status("ADOPTUSDT@binance", Status.ACTIVE)
-        await asyncio.sleep(1.0)  # the last audit records
+        await updates.wait_audited(kafka_bootstrap, worker.topics.inputs)
 
         expected_positions = {p.id: p for p in updates.positions()}.values()
         expected_audits = updates.audits()

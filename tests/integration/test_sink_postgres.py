@@ -9,7 +9,6 @@ a stopped and restarted PostgreSQL is ``test_sink_outage.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 
 import asyncpg
@@ -307,7 +306,13 @@ async def test_offsets_are_not_committed_while_the_batch_is_not_durable(
         await blocking.start()
         await blocker.execute("LOCK TABLE monitoring.positions IN ACCESS EXCLUSIVE MODE")
         await publish_updates(kafka_bootstrap, topics.updates, stream.updates[half:])
-        await asyncio.sleep(3)
+
+        async def sink_waits_for_the_lock() -> bool:
+            return await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'") >= 1
+
+        await wait_until(sink_waits_for_the_lock, 30, "the sink's write to wait for the lock")
 
         # Assert: consumed, not written, so not committed.
         assert await committed_offsets(kafka_bootstrap, group, topics.updates) == before
