@@ -336,3 +336,59 @@ def test_decide_follows_the_table_covers_every_transition_row():
     # Assert
     assert unreached == set()
 
+
+
+# --- docs/state-machine.md says what the table does ----------------------------------------
+
+
+def _documented_moves() -> tuple[set[tuple[object, object, object]], set[tuple[object, object]]]:
+    """(from, trigger, to) the doc's table states, and every (from, trigger) it mentions at all."""
+    import re
+    from pathlib import Path
+
+    from streams.domain import FREE, REPORT_TRIGGERS, Status, Trigger
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "state-machine.md").read_text(encoding="utf-8")
+    table = text.split("### The table", 1)[1].split("\n\n", 2)[1]
+    live = [status for status in Status if not status.is_terminal]
+    moves, mentioned = set(), set()
+    for line in table.splitlines()[2:]:
+        origin, triggers, target = (cell.strip() for cell in line.strip("|").split("|")[:3])
+        if "late report" in triggers:
+            continue
+        froms = live if origin == "any live" else [
+            FREE if name == "free" else Status(name) for name in re.findall(r"`(\w+)`|\b(free)\b", origin)
+            for name in [next(part for part in name if part)]]
+        named = [Trigger(name) for name in re.findall(r"`(\w+)`", triggers)]
+        if "any report" in triggers:
+            named += list(REPORT_TRIGGERS.values())
+        to_names = re.findall(r"`(\w+)`", target.split(",")[0])
+        for origin_status in froms:
+            for trigger in named:
+                mentioned.add((origin_status, trigger))
+                if target.startswith("unchanged"):
+                    moves.add((origin_status, trigger, origin_status))
+                elif target == "free":
+                    moves.add((origin_status, trigger, FREE))
+                elif to_names:
+                    moves.add((origin_status, trigger, Status(to_names[0])))
+    return moves, mentioned
+
+
+def test_the_documented_table_states_every_transition_of_the_code():
+    from streams.domain import TRANSITIONS
+
+    moves, _ = _documented_moves()
+    missing = {(origin, trigger, target) for (origin, trigger), target in TRANSITIONS.items()
+               if (origin, trigger, target) not in moves}
+    assert missing == set()
+
+
+def test_every_move_the_documented_table_states_is_in_the_code():
+    from streams.domain import NO_OPS, TRANSITIONS
+
+    moves, _ = _documented_moves()
+    wrong = {(origin, trigger, target) for origin, trigger, target in moves
+             if TRANSITIONS.get((origin, trigger)) != target
+             and not (target == origin and (origin, trigger) in NO_OPS)}
+    assert moves and wrong == set()
