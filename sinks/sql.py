@@ -6,7 +6,7 @@ audit rows go the same way into ``monitoring.position_events``. Nothing here ret
 reconnects: that is ``sinks.writer``'s job. Failures come out as the package's exceptions
 (``sinks.exceptions``), sorted by whether a retry can help.
 
-The statements are module constants, never built from input; ``tests/unit/test_sql_statements.py``
+The statements are module constants, never built from input; ``tests/unit/sinks/test_sql_statements.py``
 holds the reviewed list.
 """
 

@@ -15,7 +15,7 @@ position holds instead of `active` or `closed` while one of its orders (a replac
 stop of a position that ends) awaits the exchange's confirmation that it is gone, and which
 status it takes once the last is confirmed; `CANCEL_CONFIRMED_BY` names the answers that
 confirm it.
-`tests/unit/test_transitions.py` proves the tables total, disjoint and free of dead ends.
+`tests/unit/domain/test_transitions.py` proves the tables total, disjoint and free of dead ends.
 """
 
 from __future__ import annotations

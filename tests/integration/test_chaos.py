@@ -39,7 +39,7 @@ from tests.integration.pipeline_harness import (
     read_topic,
     wait_until_applied,
 )
-from tests.integration.test_sink_pipeline import start_sink_process
+from tests.integration.sinks.test_sink_pipeline import start_sink_process
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ import yaml
 
 from streams.web.auth import OPEN_PATHS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 K8S = REPO_ROOT / "k8s"
 BASE = K8S / "base"
 PRODUCTION = K8S / "overlays" / "production"

@@ -35,7 +35,7 @@ from streams.domain import (
     decide,
     stop_loss_price,
 )
-from tests.unit.domain_builders import (
+from tests.unit.domain.domain_builders import (
     ENTRY_PRICE,
     FEEDS_BY_STATUS,
     KEY,

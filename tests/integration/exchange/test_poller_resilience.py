@@ -24,7 +24,7 @@ from streams.edge.ccxt_client import create_binanceusdm
 from streams.exchange.gateway import CcxtGateway
 from streams.exchange.poller import PositionPoller, TrackedKeys
 from streams.telemetry import health, metrics
-from tests.unit.domain_builders import feed_active
+from tests.unit.domain.domain_builders import feed_active
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ stack the other tests use is left alone.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

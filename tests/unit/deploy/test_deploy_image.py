@@ -26,7 +26,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 COMPILERS = ("build-essential", "gcc", "g++", "clang", "make ", "cmake")

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from streams.web.page import render_page
 from streams.web.render import CONTRACT_COLUMNS, decimal_text, iso_utc, live_positions, position_to_json
-from tests.unit.domain_builders import feed_active, feed_closed, feed_pending_entry, feed_rolled_back
+from tests.unit.domain.domain_builders import feed_active, feed_closed, feed_pending_entry, feed_rolled_back
 
 
 def test_position_json_has_every_contract_column_in_the_contracts_formats():

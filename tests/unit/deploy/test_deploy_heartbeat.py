@@ -16,7 +16,7 @@ import yaml
 
 from streams import heartbeat
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _probe(command: list[str], path: Path) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ from tests.integration.pipeline_harness import (
     wait_until_applied,
 )
 from tests.integration.sink_support import end_offsets
-from tests.integration.test_sink_pipeline import exchange_script
+from tests.integration.sinks.test_sink_pipeline import exchange_script
 
 pytestmark = pytest.mark.integration
 

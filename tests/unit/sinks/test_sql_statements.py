@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PRODUCT_PACKAGES = ("streams", "sinks", "stack", "emulator")
 DATABASE_CALLS = frozenset({"execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare", "cursor",
                             "copy_records_to_table", "copy_to_table", "copy_from_query", "copy_from_table"})

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from streams.settings import Settings, SettingsError
 from streams.telemetry import metrics
 from streams.telemetry.logging import JsonFormatter, faust_logging_config
-from tests.unit.domain_builders import Feed, feed_active, feed_pending_entry
+from tests.unit.domain.domain_builders import Feed, feed_active, feed_pending_entry
 
 BASE_ENV = {"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"}
 

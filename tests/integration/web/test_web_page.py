@@ -38,8 +38,8 @@ from streams.domain import (
 )
 from tests.integration.pipeline_harness import PARTITIONS, InputSender, ScriptedExchange, now_ms
 from tests.integration.sink_support import fresh_database  # noqa: F401 - a fixture
-from tests.integration.test_sink_pipeline import start_sink_process
-from tests.integration.test_web_endpoint import start_web_worker, wait_for_positions, wait_until
+from tests.integration.sinks.test_sink_pipeline import start_sink_process
+from tests.integration.web.test_web_endpoint import start_web_worker, wait_for_positions, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 A scripted gateway, an in-memory attempt ledger and a clock that only moves when the
 executor sleeps: the decisions the executor makes from each answer, and the order of its
 calls. The real ccxt client, the emulator and the ledger on Kafka are in
-tests/integration/test_executor_placement.py.
+tests/integration/exchange/test_executor_placement.py.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from tests.integration.pipeline_harness import TopicTap, free_port
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 3
 TIMEOUT_S = 30.0
 

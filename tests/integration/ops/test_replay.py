@@ -41,7 +41,7 @@ from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a
     positions_by_id,
     wait_until,
 )
-from tests.integration.test_sink_pipeline import close_signal, exchange_script, start_sink_process
+from tests.integration.sinks.test_sink_pipeline import close_signal, exchange_script, start_sink_process
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ from tests.integration.sink_support import created_database
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SYMBOL = "APTUSDT"
 
 

@@ -21,7 +21,7 @@ from tests.integration.pipeline_harness import free_port
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 3
 TIMEOUT_S = 60.0
 PUBLISHED = re.compile(r"key=(?P<key>\S+) topic=(?P<topic>\S+) partition=(?P<partition>\d+) offset=(?P<offset>\d+)")

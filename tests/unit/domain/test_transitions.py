@@ -37,7 +37,7 @@ from streams.domain.transitions import (
     table_status,
     terminal_statuses,
 )
-from tests.unit.domain_builders import (
+from tests.unit.domain.domain_builders import (
     ENTRY_PRICE,
     FEEDS_BY_STATUS,
     KEY,
@@ -348,7 +348,7 @@ def _documented_moves() -> tuple[set[tuple[object, object, object]], set[tuple[o
 
     from streams.domain import FREE, REPORT_TRIGGERS, Status, Trigger
 
-    text = (Path(__file__).resolve().parents[2] / "docs" / "state-machine.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[3] / "docs" / "state-machine.md").read_text(encoding="utf-8")
     table = text.split("### The table", 1)[1].split("\n\n", 2)[1]
     live = [status for status in Status if not status.is_terminal]
     moves, mentioned = set(), set()

@@ -28,7 +28,7 @@ from streams.web import server as web_server
 from streams.web.auth import PEER_SIGNATURE_HEADER, peer_signature_headers
 from streams.web.routing import ROUTED_HEADER, partition_for_key
 from streams.web.server import PositionsWebServer
-from tests.unit.domain_builders import feed_active, feed_closed, feed_pending_entry
+from tests.unit.domain.domain_builders import feed_active, feed_closed, feed_pending_entry
 
 PARTITIONS = 4
 CHANGELOG = "app-key_to_state-changelog"

@@ -24,7 +24,7 @@ from streams.edge.ccxt_client import PRODUCTION_URL, create_binanceusdm, exchang
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 APT = "APT/USDT:USDT"
 ETH = "ETH/USDT:USDT"
 

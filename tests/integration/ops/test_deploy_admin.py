@@ -15,7 +15,7 @@ from streams.topics import TopicNames, inputs_retention_ms, topic_partitions
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _create_topics(bootstrap: str, prefix: str, partitions: int, **env_overrides: str) -> subprocess.CompletedProcess:

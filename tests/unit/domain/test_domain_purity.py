@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-DOMAIN = pathlib.Path(__file__).resolve().parents[2] / "streams" / "domain"
+DOMAIN = pathlib.Path(__file__).resolve().parents[3] / "streams" / "domain"
 
 ALLOWED_IMPORTS = {
     "__future__",
