@@ -1,6 +1,6 @@
 """Domain values <-> Avro records <-> bytes, for every topic and the table.
 
-The domain (``streams.domain``) knows nothing of Avro; the codec (``streams.codec``) knows
+The domain (``streams.domain``) knows nothing of Avro; the codec (``streams.wire.codec``) knows
 nothing of the domain. This module maps one to the other by the dataclasses' own type hints,
 so a field added to both a dataclass and its schema needs no code here:
 
