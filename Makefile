@@ -59,6 +59,7 @@ bench: $(STAMP) ## benchmarks: decide() decisions/s, the agent's inputs/s on the
 	$(PY) -m benchmarks.bench_burst
 	$(PY) -m benchmarks.bench_sink
 	$(PY) -m benchmarks.bench_replay
+	$(PY) -m benchmarks.bench_history
 
 browser: ## Debian's headless Chromium for the page's screenshot test (never a downloaded browser)
 	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \

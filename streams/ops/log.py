@@ -15,8 +15,9 @@ __all__ = ["TopicFromStart", "from_start"]
 class TopicFromStart:
     """A group-less consumer assigned to every partition of a topic, positioned at its start."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+    def __init__(self, consumer: AIOKafkaConsumer | None, partitions: list[TopicPartition],
                  ends: dict[TopicPartition, int]) -> None:
+        #: None when the topic does not exist (then there are no partitions to read).
         self.consumer = consumer
         #: Every partition of the topic (none when it does not exist).
         self.partitions = partitions
@@ -28,12 +29,16 @@ class TopicFromStart:
 async def from_start(bootstrap_servers: str, topic: str) -> AsyncIterator[TopicFromStart]:
     """``topic`` read from the first offset of each partition; nothing is committed anywhere."""
     partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap_servers, topic)]
+    if not partitions:
+        # No consumer at all: aiokafka's stop() of one that never had an assignment raises
+        # CancelledError, which a Faust command takes for a cancellation and exits silently.
+        yield TopicFromStart(None, [], {})
+        return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        if partitions:
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-        yield TopicFromStart(consumer, partitions, await consumer.end_offsets(partitions) if partitions else {})
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        yield TopicFromStart(consumer, partitions, await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()

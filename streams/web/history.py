@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from streams.web.errors import WebError
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "HistoryUnavailable", "PositionHistory", "parse_limit"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "HistoryUnavailable", "PositionHistory", "json_value", "parse_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,15 @@ ORDER BY opened_at DESC, version DESC
 LIMIT $2
 """
 
+#: The keys of an event in the answer, in the order ``_EVENTS`` selects them (after position_id).
+EVENT_KEYS = ("at", "kind", "decision", "reason", "status_after", "client_order_id", "role", "outcome", "offset",
+              "event_id")
+
+# The time is formatted by PostgreSQL (ISO UTC, milliseconds, Z, as every view writes it):
+# 10,000 events shaped in Python from datetimes took longer than their query.
 _EVENTS = """
-SELECT position_id, input_offset, time, kind, decision, reason, status_after, client_order_id, order_role,
-       order_outcome, event_id
+SELECT position_id, to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), kind, decision, reason,
+       status_after, client_order_id, order_role, order_outcome, input_offset, event_id
 FROM monitoring.position_events
 WHERE key = $1 AND position_id = ANY($2::text[])
 ORDER BY input_offset
@@ -57,27 +63,13 @@ def parse_limit(text: str | None) -> int:
     return int(text)
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A database value as the JSON views write it: ISO UTC times with milliseconds, plain decimal digits."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, Decimal):
         return format(value, "f")  # plain digits, as /positions/ writes them
     return value
-
-
-def _event_json(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "at": _json_value(row["time"]),
-        "kind": row["kind"],
-        "decision": row["decision"],
-        "reason": row["reason"],
-        "status_after": row["status_after"],
-        "client_order_id": row["client_order_id"],
-        "role": row["order_role"],
-        "outcome": row["order_outcome"],
-        "offset": row["input_offset"],
-        "event_id": row["event_id"],
-    }
 
 
 class PositionHistory:
@@ -88,7 +80,8 @@ class PositionHistory:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
-    async def _connections(self) -> asyncpg.Pool:
+    async def connections(self) -> asyncpg.Pool:
+        """The pool, opened at the first call; ``HistoryUnavailable`` when PostgreSQL does not answer."""
         if self._pool is None:
             try:
                 self._pool = await asyncpg.create_pool(self._database_url, min_size=0, max_size=self._pool_size,
@@ -99,7 +92,7 @@ class PositionHistory:
 
     async def read(self, key: str, limit: int = DEFAULT_LIMIT) -> dict[str, Any] | None:
         """``{"key", "positions": [... each with "events"]}``, newest position first; None when the key never had one."""
-        pool = await self._connections()
+        pool = await self.connections()
         try:
             async with pool.acquire() as connection:
                 positions = await connection.fetch(_POSITIONS, key, limit)
@@ -113,9 +106,9 @@ class PositionHistory:
             raise HistoryUnavailable(f"PostgreSQL is unavailable: {type(error).__name__}: {error}") from error
         by_position: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in positions}
         for row in events:
-            by_position[row["position_id"]].append(_event_json(row))
+            by_position[row[0]].append(dict(zip(EVENT_KEYS, row[1:])))
         return {"key": key, "positions": [
-            {**{name: _json_value(value) for name, value in row.items()}, "events": by_position[row["id"]]}
+            {**{name: json_value(value) for name, value in row.items()}, "events": by_position[row["id"]]}
             for row in positions
         ]}
 

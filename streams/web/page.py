@@ -43,6 +43,7 @@ header { background:var(--bg); color:#f8fafc; padding:16px 28px; display:flex; a
   justify-content:space-between; gap:16px; }
 header h1 { font-size:18px; margin:0; font-weight:600; letter-spacing:.2px; }
 header .sub { color:#94a3b8; font-size:12px; margin-top:2px; }
+header .sub a.ended { color:#93c5fd; margin-left:8px; }
 .conn { display:flex; align-items:center; gap:8px; font-size:12px; color:#cbd5e1; white-space:nowrap; }
 .dot { width:9px; height:9px; border-radius:50%; background:#22c55e; box-shadow:0 0 0 3px rgba(34,197,94,.25); }
 .dot.stale { background:#ef4444; box-shadow:0 0 0 3px rgba(239,68,68,.25); }
@@ -248,7 +249,8 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
 <body>
 <header>
   <div><h1>{html.escape(title)}</h1>
-  <div class="sub">Open and in-flight positions from the key_to_state table of every worker. Read-only.</div></div>
+  <div class="sub">Open and in-flight positions from the key_to_state table of every worker. Read-only.
+  <a class="ended" href="positions/closed.html">Positions ended in the last 24 h</a></div></div>
   <div class="conn"><span id="dot" class="dot{' stale' if error else ''}"></span><span id="refreshed">rendered {rendered_at}</span></div>
 </header>
 <main>

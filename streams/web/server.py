@@ -12,6 +12,7 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 | ``GET /positions/`` | JSON array of every live position, from every worker |
 | ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
 | ``GET /positions/{SYMBOL}@{exchange}/history/`` | the key's positions newest first (closed ones too), each with its events; from PostgreSQL (``?limit=N``, default 50); 404 if the key never had one |
+| ``GET /positions/closed/`` (``.html``) | positions that ended in the last ``?hours=`` (24), newest first, ``?symbol=`` narrows; from PostgreSQL |
 | ``GET /positions/{SYMBOL}@{exchange}/history.html`` | the same as an HTML timeline (linked from the page) |
 | ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
 | ``GET /health`` | 200 while the process serves |
@@ -61,6 +62,7 @@ from yarl import URL
 
 from streams.wire import serde
 from streams.settings import Settings
+from streams.web.closed import parse_closed_query, read_closed, render_closed_page
 from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
 from streams.web.history_page import render_history_page
 from streams.topics import TopicNames, sink_group
@@ -170,6 +172,7 @@ class PositionsWebServer(Service):
         application = web.Application(middlewares=[self._auth_middleware])
         routes = {
             "/": self.page, "/positions.html": self.page, "/positions/": self.positions,
+            "/positions/closed/": self.closed, "/positions/closed.html": self.closed_page,
             "/positions/{key}/history/": self.history, "/positions/{key}/history.html": self.history_page,
             "/positions/{key}/": self.position, "/_node/positions/": self.node_positions,
             "/metrics": self.metrics, "/health": self.health, "/ready": self.ready,
@@ -177,7 +180,7 @@ class PositionsWebServer(Service):
         for path, handler in routes.items():
             application.router.add_get(path, handler)
         # The JSON views answer without their trailing slash too (as curl users type them).
-        for path in ("/positions/", "/positions/{key}/history/", "/positions/{key}/"):
+        for path in ("/positions/", "/positions/closed/", "/positions/{key}/history/", "/positions/{key}/"):
             application.router.add_get(path.rstrip("/"), routes[path])
         return application
 
@@ -411,6 +414,31 @@ class PositionsWebServer(Service):
         if history is None:
             return _json({"error": f"{key} never had a position"}, status=404)
         return _json(history)
+
+    async def closed(self, request: web.Request) -> web.Response:
+        """Positions that ended in the last ``?hours=`` (default 24), newest first; ``?symbol=`` narrows."""
+        try:
+            asked = parse_closed_query(request.query)
+        except ValueError as error:
+            return _json({"error": str(error)}, status=400)
+        try:
+            return _json(await read_closed(await self.position_history.connections(), asked))
+        except HistoryUnavailable as error:
+            return _json({"error": str(error)}, status=503, headers={"Retry-After": "5"})
+
+    async def closed_page(self, request: web.Request) -> web.Response:
+        """The HTML table of ended positions, each linked to its key's timeline."""
+        title = f"Positions \u00b7 {self.settings.app_id}"
+        try:
+            asked = parse_closed_query(request.query)
+        except ValueError as error:
+            return web.Response(text=str(error), status=400)
+        try:
+            positions = await read_closed(await self.position_history.connections(), asked)
+        except HistoryUnavailable as error:
+            return web.Response(text=render_closed_page([], asked, title=title, error=str(error)), status=503,
+                                content_type="text/html")
+        return web.Response(text=render_closed_page(positions, asked, title=title), content_type="text/html")
 
     async def history_page(self, request: web.Request) -> web.Response:
         """The HTML timeline of the key's positions."""

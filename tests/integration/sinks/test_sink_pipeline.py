@@ -175,6 +175,10 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
         never = await worker.get_json("/positions/NEVERUSDT@binance/history/")
         bad_limit = await worker.get_json("/positions/BADUSDT@binance/history/?limit=0")
         timeline = await get_text(f"{worker.web_url}/positions/APTUSDT@binance/history.html")
+        ended = await worker.get_json("/positions/closed/")
+        ended_of_apt = await worker.get_json("/positions/closed/?symbol=APTUSDT")
+        ended_bad_window = await worker.get_json("/positions/closed/?hours=0")
+        ended_page = await get_text(f"{worker.web_url}/positions/closed.html?symbol=BADUSDT")
     finally:
         await exchange.stop()
         await inputs.stop()
@@ -207,6 +211,12 @@ async def test_rows_written_by_the_sink_process_equal_the_worker_final_states(
     page_status, page = timeline
     assert page_status == 200 and by_key["APTUSDT@binance"][0]["id"] in page
     assert page.count('class="event refused"') == 1  # the second open, highlighted
+    # The ended positions: BADUSDT's two (closed, rolled back), newest first; none of APTUSDT's.
+    assert ended[0] == 200 and [(p["key"], p["status"]) for p in ended[1]] == [
+        ("BADUSDT@binance", "closed"), ("BADUSDT@binance", "rolled_back")]
+    assert ended_of_apt == (200, []) and ended_bad_window[0] == 400
+    assert ended_page[0] == 200 and all(f'data-position-id="{p["id"]}"' in ended_page[1] for p in ended[1])
+    assert 'href="BADUSDT@binance/history.html"' in ended_page[1]
 
 
 async def get_text(url: str) -> tuple[int, str]:

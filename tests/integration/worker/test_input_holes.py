@@ -75,6 +75,7 @@ async def test_inputs_the_group_committed_past_but_never_applied_are_read_from_t
             lambda: all(updates.latest(f"{symbol}@binance") is not None for symbol in symbols), 60,
             f"a position for each of {symbols}")
         gap_inputs = await worker.metric("pipeline_input_gaps_total")
+        await wait_until_applied(kafka_bootstrap, app_id, worker.topics.inputs)  # its commits go on
     finally:
         await updates.stop()
         await inputs.stop()

@@ -37,6 +37,7 @@ REVIEWED_STATEMENTS = {
     # Read-only, parameterised: a key's positions, then their events.
     ("streams/web/history.py", "_POSITIONS"),
     ("streams/web/history.py", "_EVENTS"),
+    ("streams/web/closed.py", "_CLOSED"),
     ("streams/ops/replay.py", "'TRUNCATE monitoring.positions, monitoring.position_events'"),
 }
 
