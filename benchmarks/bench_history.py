@@ -10,17 +10,14 @@ events; beside it, in the same run, the peer: one plain indexed ``SELECT`` of th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from benchmarks.harness import endpoints
+from benchmarks.harness import endpoints, scratch_database
 from sinks.migrate import migrate
 from streams.web.history import PositionHistory
 
@@ -30,19 +27,6 @@ EVENTS_PER_POSITION = 50
 OTHER_KEYS = 100
 OTHER_EVENTS_PER_KEY = 1_000
 READS = 20
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server_url: str):
-    """A new database on the server of ``server_url``, dropped on exit."""
-    name = f"bench_history_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(urlunsplit(urlsplit(server_url)._replace(path="/postgres")))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def _rows(key: str, positions: int, events_per_position: int) -> tuple[list[tuple], list[tuple]]:
@@ -103,7 +87,7 @@ def summary(durations: list[float]) -> str:
 
 
 async def run(database_url: str) -> None:
-    async with scratch_database(database_url) as url:
+    async with scratch_database(database_url, "bench_history") as url:
         await fill(url)
         history = PositionHistory(url)
         peer = await asyncpg.connect(url)

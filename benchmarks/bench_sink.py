@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from benchmarks.harness import scratch_database
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from sinks.migrate import migrate
 from sinks.postgres import PostgresSink, write_batch
@@ -60,19 +59,6 @@ def make_stream(positions: int, keys: int) -> list[tuple[str, Position | AuditRe
         if decision.audit is not None:
             stream.append((event.key, decision.audit, serde.encode_audit_update(decision.audit)))
     return stream
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server_url: str):
-    name = f"bench_sink_{uuid.uuid4().hex[:8]}"
-    admin_url = urlunsplit(urlsplit(server_url)._replace(path="/postgres"))
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def bench_sink(bootstrap: str, database_url: str, stream) -> float:
@@ -115,7 +101,7 @@ async def bench_write_strategies(database_url: str, stream, batch_size: int) -> 
     batches = batches_of(stream, batch_size)
     timings = []
     for strategy in ("copy", "executemany"):
-        async with fresh_database(database_url) as url:
+        async with scratch_database(database_url, "bench_sink") as url:
             connection = await asyncpg.connect(url)
             try:
                 await migrate(connection)
@@ -162,7 +148,7 @@ async def bench_plain_copy(database_url: str, stream) -> tuple[float, int]:
     for _key, update, _data in stream:
         merger.add(update)
     final = merger.rows()
-    async with fresh_database(database_url) as url:
+    async with scratch_database(database_url, "bench_sink") as url:
         connection = await asyncpg.connect(url)
         try:
             await migrate(connection)
@@ -187,7 +173,7 @@ async def run(bootstrap: str, database_url: str, positions: int, keys: int) -> N
           f"positions over {keys} keys, {len(stream) - position_updates:,} audit records) -> "
           f"{final_rows:,} final rows")
 
-    async with fresh_database(database_url) as url:
+    async with scratch_database(database_url, "bench_sink") as url:
         sink_s, batches = await bench_sink(bootstrap, url, stream)
     print(f"sink (Kafka -> PostgreSQL, {PARTITIONS} partitions, batch {settings.sink_batch_size}, "
           f"linger {settings.sink_linger_s}s): {len(stream) / sink_s:,.0f} records/s = "

@@ -27,7 +27,9 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -311,3 +313,16 @@ async def audit_stamps(bootstrap: str, topic: str) -> list[int]:
     stamps = [record.timestamp for records in (await read_topic(bootstrap, topic)).values()
               for record in records if is_audit_update(record.value)]
     return sorted(stamps)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, label: str):
+    """A new database ``<label>_<random>`` on the server of ``server_url``; dropped (forcibly) on exit."""
+    name = f"{label}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(urlunsplit(urlsplit(server_url)._replace(path="/postgres")))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
