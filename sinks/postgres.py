@@ -52,11 +52,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from sinks.retry import backoff_delay
+from sinks.retry import INITIAL_BACKOFF_S
 from sinks.rows import BatchMerger
 from sinks.sql import RefusedRow, WriteResult, write_batch
 from sinks.stats import SinkStats
-from sinks.writer import PostgresWriter, StopRequested, wait_unless_stopped
+from sinks.writer import PostgresWriter, StopRequested
+from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.wire import serde
 from streams.heartbeat import beat_while_running
 from streams.domain import Position
@@ -319,22 +320,15 @@ class PostgresSink:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                               acks="all", enable_idempotence=True)
             await self._producer.start()
-        letter = serde.DeadLetter(
-            source_topic=record.topic, source_partition=record.partition, source_offset=record.offset,
-            key=record.key, value=record.value, error_type=error_type, reason=reason, ts=record.timestamp,
-        )
+        letter = serde.DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value,
+                                     error_type, record.timestamp, reason)
         metrics.observe_dead_letter("sink", error_type)
-        attempt = 0
-        while True:
-            try:
-                await self._producer.send_and_wait(self.topics.dead_letters, key=record.key or b"",
-                                                   value=serde.encode_dead_letter(letter))
-                return
-            except KafkaError as send_error:
-                delay = backoff_delay(attempt, cap_s=self.settings.sink_max_backoff_s)
-                attempt += 1
-                logger.warning("dead letter not accepted by Kafka (%s); retrying in %.1fs", send_error, delay)
-                await wait_unless_stopped(delay, self._stopping, None)
+        producer = self._producer
+        await retry_until_acknowledged(
+            lambda: producer.send_and_wait(self.topics.dead_letters, key=record.key or b"",
+                                           value=serde.encode_dead_letter(letter)),
+            Backoff(INITIAL_BACKOFF_S, max(self.settings.sink_max_backoff_s, INITIAL_BACKOFF_S)), "a dead letter",
+            logger, retry_on=KafkaError, stop=self._stopping, stopped=lambda error: StopRequested())
 
     # ------------------------------------------------------------------ health
 

@@ -19,6 +19,7 @@ import asyncpg
 from sinks.exceptions import DatabaseUnavailableError, IntegrityViolationError
 from sinks.migrate import Migration, migrate
 from sinks.retry import backoff_delay
+from streams.edge.backoff import sleep_unless_stopped
 from sinks.rows import BatchRows
 from sinks.sql import (
     WriteResult,
@@ -53,13 +54,8 @@ class StopRequested(Exception):
 async def wait_unless_stopped(delay_s: float, stopping: asyncio.Event, while_waiting: WhileWaiting | None) -> None:
     """Sleeps ``delay_s``, calling ``while_waiting`` every second; raises ``StopRequested`` on a stop."""
     deadline = time.monotonic() + delay_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=min(remaining, KEEP_ALIVE_INTERVAL_S))
-        if stopping.is_set():
+    while (remaining := deadline - time.monotonic()) > 0:
+        if await sleep_unless_stopped(stopping, min(remaining, KEEP_ALIVE_INTERVAL_S)):
             raise StopRequested()
         if while_waiting is not None:
             await while_waiting()

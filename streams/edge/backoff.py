@@ -57,11 +57,16 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
 
 
 async def retry_until_acknowledged(attempt: Callable[[], Awaitable[T]], backoff: Backoff, what: str,
-                                   log: logging.Logger) -> T:
-    """Awaits ``attempt()`` until it succeeds; any failure but cancellation is logged and retried.
+                                   log: logging.Logger, *,
+                                   retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                                   stop: asyncio.Event | None = None,
+                                   stopped: Callable[[BaseException], BaseException] | None = None) -> T:
+    """Awaits ``attempt()`` until it succeeds; a failure of ``retry_on`` is logged and retried after the backoff.
 
-    For what must never be dropped (a report, an output): Kafka away is a wait, not a loss,
-    and an agent that raised would make Faust skip its event silently.
+    For what must never be dropped (a report, an output, a signal, a dead letter): Kafka away
+    is a wait, not a loss, and an agent that raised would make Faust skip its event silently.
+    With ``stop``, a stop request ends the waiting: ``stopped(last error)`` is raised (the
+    last error itself without ``stopped``).
     """
     failures = 0
     while True:
@@ -69,11 +74,16 @@ async def retry_until_acknowledged(attempt: Callable[[], Awaitable[T]], backoff:
             return await attempt()
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001 - whatever failed, the record is sent again
+        except retry_on as error:
+            if stop is not None and stop.is_set():
+                raise (stopped(error) if stopped else error) from error
             delay = backoff.delay(failures)
             failures += 1
             log.warning("%s not acknowledged (%s); retrying in %.1fs", what, error, delay)
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            elif await sleep_unless_stopped(stop, delay):
+                raise (stopped(error) if stopped else error) from error
 
 
 async def retry_until_ready(start: Callable[[], Awaitable[object]], retry_on: type[BaseException] | tuple,

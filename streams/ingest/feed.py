@@ -42,7 +42,7 @@ from websockets.uri import parse_uri
 
 from streams.wire import serde
 from streams.domain import Policy, Signal
-from streams.edge.backoff import Backoff, sleep_unless_stopped
+from streams.edge.backoff import Backoff, retry_until_acknowledged, sleep_unless_stopped
 from streams.ingest.demo_feed import DEMO_FEED_HEADER
 from streams.ingest.exceptions import (
     DemoFeedOnProduction,
@@ -295,17 +295,10 @@ class SignalFeedClient:
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Delivery:
         """Publishes, retrying with backoff until Kafka acknowledges: a signal is never skipped."""
-        backoff = Backoff(self._backoff.initial_s, self._backoff.max_s)
-        while True:
-            try:
-                return await self._publisher.send(topic, key, value)
-            except PublishFailed as error:
-                if self._stop.is_set():
-                    raise
-                delay = backoff.next_delay()
-                logger.warning("publishing to %s failed (%s); retrying in %.2fs", topic, error, delay)
-                if await sleep_unless_stopped(self._stop, delay):
-                    raise PublishFailed(f"{topic}: not acknowledged before shutdown: {error}") from error
+        return await retry_until_acknowledged(
+            lambda: self._publisher.send(topic, key, value), Backoff(self._backoff.initial_s, self._backoff.max_s),
+            f"a record for {topic}", logger, retry_on=PublishFailed, stop=self._stop,
+            stopped=lambda error: PublishFailed(f"{topic}: not acknowledged before shutdown: {error}"))
 
 
 # ---------------------------------------------------------------------- the process
