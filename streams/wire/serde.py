@@ -19,6 +19,7 @@ import types
 import typing
 from decimal import Decimal, InvalidOperation
 from enum import Enum
+from collections.abc import Callable
 from typing import Any
 
 from streams.wire import codec
@@ -107,15 +108,54 @@ def _branch_name(cls: type) -> str:
 
 def to_record(value: Any) -> Any:
     """A domain value as the plain data the Avro codec writes."""
-    if dataclasses.is_dataclass(value):
-        return {field.name: to_record(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, tuple):
-        return [to_record(item) for item in value]
+    writer = _WRITERS.get(type(value))
+    if writer is None:
+        writer = _WRITERS[type(value)] = _writer_for(type(value))
+    return writer(value)
+
+
+#: Per runtime class, the function writing its values: the mapping is worked out once per
+#: class (dataclass fields, enums, decimals), not by reflection on every value; the hot
+#: path (a state written for every input) spends its time on the data, not on the types.
+_WRITERS: dict[type, Callable[[Any], Any]] = {}
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+def _identity(value: Any) -> Any:
     return value
+
+
+def _writer_for(cls: type) -> Callable[[Any], Any]:
+    if dataclasses.is_dataclass(cls):
+        hints = _hints(cls)
+        fields = [(field.name, _is_plain(hints.get(field.name))) for field in dataclasses.fields(cls)]
+
+        def write_dataclass(value: Any) -> dict[str, Any]:
+            return {name: getattr(value, name) if plain else to_record(getattr(value, name)) for name, plain in fields}
+        return write_dataclass
+    if issubclass(cls, Enum):
+        return _enum_value
+    if issubclass(cls, Decimal):
+        return str
+    if issubclass(cls, tuple):
+        return _write_items
+    return _identity
+
+
+def _enum_value(value: Enum) -> Any:
+    return value.value
+
+
+def _write_items(value: tuple) -> list[Any]:
+    return [to_record(item) for item in value]
+
+
+def _is_plain(annotation: Any) -> bool:
+    """True when every value of ``annotation`` is written as it is (strings, numbers, None, bytes)."""
+    if annotation is None:
+        return False
+    members = _union_members(annotation)
+    return all(isinstance(member, type) and member in _PLAIN for member in members)
 
 
 def _union_members(annotation: Any) -> tuple[Any, ...]:
@@ -126,40 +166,85 @@ def _union_members(annotation: Any) -> tuple[Any, ...]:
 
 def from_record(annotation: Any, data: Any) -> Any:
     """Plain Avro data as the domain value of type ``annotation``."""
+    return _reader(annotation)(data)
+
+
+@functools.cache
+def _reader(annotation: Any) -> Callable[[Any], Any]:
+    """The function reading plain data as a value of ``annotation``, worked out once per annotation."""
     members = _union_members(annotation)
     if len(members) > 1:
-        if data is None and type(None) in members:
-            return None
+        optional = type(None) in members
         record_members = [m for m in members if dataclasses.is_dataclass(m)]
-        if isinstance(data, tuple) and len(data) == 2 and len(record_members) > 1:
-            branch, fields = data
-            cls = _CLASS_OF_BRANCH.get(branch) or next((m for m in record_members if m.__name__ == branch), None)
-            if cls is None:
-                raise SerdeError(f"union branch {branch!r} is none of {[m.__name__ for m in record_members]}")
-            return _build(cls, fields)
-        (annotation,) = [m for m in members if m is not type(None)]
+        if len(record_members) > 1:
+            return _union_reader(record_members, optional)
+        others = [m for m in members if m is not type(None)]
+        if len(others) != 1:
+            return _refuse(f"no single type in {annotation!r}")
+        inner = _reader(others[0])
+        if not optional:
+            return inner
+        return lambda data: None if data is None else inner(data)
     if dataclasses.is_dataclass(annotation):
-        return _build(annotation, data)
+        return _builder(annotation)
     if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return annotation(data)
+        return annotation
     if annotation is Decimal:
-        try:
-            return Decimal(data)
-        except (InvalidOperation, TypeError) as error:
-            raise SerdeError(f"{data!r} is not a decimal string") from error
+        return _read_decimal
     if typing.get_origin(annotation) is tuple:
         (item_type, *_rest) = typing.get_args(annotation)
-        return tuple(from_record(item_type, item) for item in data)
-    return data
+        read_item = _reader(item_type)
+        return lambda data: tuple(read_item(item) for item in data)
+    return _identity
+
+
+def _refuse(reason: str) -> Callable[[Any], Any]:
+    def refuse(data: Any) -> Any:
+        raise SerdeError(f"{data!r}: {reason}")
+    return refuse
+
+
+def _read_decimal(data: Any) -> Decimal:
+    try:
+        return Decimal(data)
+    except (InvalidOperation, TypeError) as error:
+        raise SerdeError(f"{data!r} is not a decimal string") from error
+
+
+def _union_reader(record_members: list[type], optional: bool) -> Callable[[Any], Any]:
+    by_branch: dict[str, type] = {member.__name__: member for member in record_members}
+    by_branch.update({branch: cls for branch, cls in _CLASS_OF_BRANCH.items() if cls in record_members})
+
+    def read_union(data: Any) -> Any:
+        if data is None and optional:
+            return None
+        if not (isinstance(data, tuple) and len(data) == 2):
+            raise SerdeError(f"expected a (branch, fields) pair of {[m.__name__ for m in record_members]}")
+        branch, fields = data
+        cls = by_branch.get(branch)
+        if cls is None:
+            raise SerdeError(f"union branch {branch!r} is none of {[m.__name__ for m in record_members]}")
+        return _builder(cls)(fields)
+    return read_union
+
+
+@functools.cache
+def _builder(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """The function building a ``cls`` from its record, each field read by its declared type."""
+    hints = _hints(cls)
+    readers = [(field.name, None if _is_plain(hints[field.name]) else _reader(hints[field.name]))
+               for field in dataclasses.fields(cls)]
+
+    def build(data: dict[str, Any]) -> Any:
+        try:
+            return cls(**{name: data[name] if read is None else read(data[name]) for name, read in readers})
+        except (KeyError, ValueError, TypeError, domain_model.InvalidValueError) as error:
+            raise SerdeError(f"record does not make a valid {cls.__name__}: {error}") from error
+    return build
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
-    hints = _hints(cls)
-    try:
-        return cls(**{field.name: from_record(hints[field.name], data[field.name])
-                      for field in dataclasses.fields(cls)})
-    except (KeyError, ValueError, TypeError, domain_model.InvalidValueError) as error:
-        raise SerdeError(f"record does not make a valid {cls.__name__}: {error}") from error
+    return _builder(cls)(data)
 
 
 def _decode(record_name: str, data: bytes) -> dict[str, Any]:

@@ -15,6 +15,7 @@ dead-letter topic with the reason; a failed send is retried until Kafka takes it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -23,17 +24,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.events import Event
+from faust.types import Message
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
 from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.domain import InputEvent, KeyState
 from streams.worker.deadlines import DeadlineIndex
+from streams.worker.in_flight import InFlightInput, InFlightInputs, run_in_event_context
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, with_policy
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
+from streams.telemetry.task_dump import install_task_dump
 from streams.web.faust_hooks import register_web
 from streams.web.routing import partition_for_key
 
@@ -41,6 +46,15 @@ logger = logging.getLogger(__name__)
 
 #: Retries of an execution report Kafka did not acknowledge.
 REPORT_BACKOFF = Backoff(0.1, 5.0)
+#: How often the worker looks for inputs Faust acked without delivering them.
+SKIPPED_INPUTS_CHECK_S = 1.0
+
+
+def _event_of(app: faust.App, record: Any) -> faust.EventT:
+    """A Faust event for a record read outside Faust's consumer (it names the record's partition to the table)."""
+    message = Message(record.topic, record.partition, record.offset, record.timestamp / 1000,
+                      record.timestamp_type, record.headers, record.key, record.value, None)
+    return Event(app, record.key, record.value, record.headers, message)
 
 
 async def _acknowledged(sending: Any) -> Any:
@@ -203,9 +217,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.
     # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets
-    # (faust-streaming #606). Inputs are applied one at a time: take_events batching lost
-    # inputs across rebalances (events skipped for a stale generation are acked) and, with
-    # isolated_partitions, a revoked actor's cancellation counted as a crash (three stop the worker).
+    # (faust-streaming #606). Not take_events: it acks a batch's events when its generator is
+    # closed, processed or not; and with isolated_partitions a revoked actor's cancellation
+    # counted as a crash (three stop the worker). Inputs are decided one by one and made
+    # durable in the background, in order (streams.worker.in_flight).
     known: dict[bytes, KeyState | None] = {}
     changelog_name = key_to_state.changelog_topic.get_topic_name()
 
@@ -217,15 +232,25 @@ def build_pipeline(settings: Settings) -> Pipeline:
             if partition in owned)
 
     applied = AppliedOffsets(table_applied_through)
+
+    async def store_and_ack(items: list[InFlightInput]) -> None:
+        # Faust's table writes to the current event's partition: each key under its input's event.
+        processor.store_runs([item.run for item in items], lambda index: run_in_event_context(items[index].event))
+        for item in items:
+            await item.ack()
+
+    in_flight = InFlightInputs(processor, store_and_ack)
     log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
 
     @app.on_partitions_revoked.connect
     async def forget_known_states(app: faust.App, revoked: set, **kwargs: Any) -> None:
         """A revoked partition may be written by another worker before it comes back: read the table afresh."""
+        await in_flight.drain()  # Faust waited for every event's ack; nothing decided stays unstored
         known.clear()
         applied.forget()
 
     async def apply_records(records: Sequence[ConsumedRecord]) -> None:
+        await in_flight.drain()  # what it reads from the table must be stored first
         if len(known) > KNOWN_STATES:
             known.clear()
         try:
@@ -241,30 +266,80 @@ def build_pipeline(settings: Settings) -> Pipeline:
                        tp.partition, start, end - 1)
         metrics.observe_input_gap(end - start)
         async for records in log_reader.read(tp.partition, start, end):
-            await apply_records([ConsumedRecord(
-                topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
-                value=record.value, timestamp_ms=record.timestamp) for record in records])
+            # The table writes to the current event's partition; the watch below has no event of its own.
+            # (Faust keeps the current event by weak reference: this name keeps it alive meanwhile.)
+            context_event = _event_of(app, records[0])
+            leave = run_in_event_context(context_event)
+            try:
+                await apply_records([ConsumedRecord(
+                    topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+                    value=record.value, timestamp_ms=record.timestamp) for record in records])
+            finally:
+                leave()
+                del context_event
         # Faust commits only offsets it acked or knows as a gap; these it never handed out, so
         # without this its committed offset would stop before them for good. _add_gap is
         # faust-streaming 0.15.3's own record of offsets it will not deliver (pinned version).
         await app.consumer._add_gap(tp, start, end - 1)
 
+    # The agent and the watch apply inputs one at a time, each partition in offset order.
+    serial = asyncio.Lock()
+
+    @app.timer(interval=SKIPPED_INPUTS_CHECK_S)
+    async def apply_skipped_inputs() -> None:
+        """Applies the inputs Faust acked without ever delivering them (see streams.worker.gaps).
+
+        Faust acks, and so commits, the records a rebalance made stale while this worker keeps
+        their partition; the agent finds such a hole when the partition's next input comes,
+        but a quiet partition may get none. Faust's committed offset beyond what the table
+        shows applied is such a hole, found here within a second.
+        """
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        owned = active_partitions(app, changelog_name)
+        # faust-streaming 0.15.3 (pinned): the offsets it committed, kept in memory per partition.
+        committed_offsets = app.consumer._committed_offset
+        async with serial:
+            for tp in sorted(app.consumer.assignment()):
+                if tp.topic != names.inputs or tp.partition not in owned:
+                    continue
+                committed = committed_offsets.get(tp)
+                hole = applied.hole_before(tp.partition, committed) if committed is not None else None
+                if hole is not None:
+                    await fill_hole(tp, *hole)
+
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
-        """Applies every input of the worker's partitions, each partition in offset order, none skipped."""
-        # noack: an event is acked here, once applied (its outputs acknowledged, its state stored).
-        async for event in stream.noack().events():
-            message = event.message
-            if message.tp not in app.consumer.assignment():
-                continue  # fetched before a rebalance took the partition away: its new owner applies it
-            hole = applied.hole_before(message.partition, message.offset)
-            if hole is not None:
-                await fill_hole(message.tp, *hole)
-            await apply_records([ConsumedRecord(
-                topic=message.topic, partition=message.partition, offset=message.offset,
-                key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
-            )])
-            await stream.ack(event)
+        """Applies every input of the worker's partitions, each partition in offset order, none skipped.
+
+        Each input is decided at once against the states decided before it and its outputs
+        handed to the producer; ``InFlightInputs`` stores its states and acks it, in order,
+        once Kafka acknowledged them (see streams.worker.in_flight).
+        """
+        completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
+        try:
+            # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
+            async for event in stream.noack().events():
+                message = event.message
+                if message.tp not in app.consumer.assignment():
+                    continue  # fetched before a rebalance took the partition away: its new owner applies it
+                async with serial:
+                    hole = applied.hole_before(message.partition, message.offset)
+                    if hole is not None:
+                        await fill_hole(message.tp, *hole)
+                    if len(known) > KNOWN_STATES:
+                        await in_flight.drain()
+                        known.clear()
+                    run = processor.decide_run([ConsumedRecord(
+                        topic=message.topic, partition=message.partition, offset=message.offset,
+                        key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
+                    )], known)
+                    handover = await processor.hand_over(run)
+                    applied.applied(message.partition, message.offset)
+                    await in_flight.add(InFlightInput(run, handover, event, functools.partial(stream.ack, event)))
+        finally:
+            completer.cancel()
+            known.clear()  # it may hold states decided but never stored
 
     edge = None
     if settings.exchange_edge_enabled:
@@ -297,6 +372,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
         for event in deadlines.due(now_ms):
             if partition_for_key(event.key.encode(), settings.topic_partitions) in owned:
                 await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))
+
+    @app.task
+    async def install_diagnostics() -> None:
+        """``kill -USR2`` logs where every task waits (streams.telemetry.task_dump)."""
+        install_task_dump(asyncio.get_running_loop())
 
     register_web(app, settings, key_to_state)  # positions views, HTML page, /metrics, /health, /ready
 

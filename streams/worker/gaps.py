@@ -42,27 +42,33 @@ class AppliedOffsets:
 
     ``recover`` gives the offsets the table shows applied (``applied_through`` of its keys);
     it is asked again after ``forget`` (a rebalance: another worker may have moved a
-    partition on meanwhile). A partition whose table holds no key has no known point: its
-    inputs are applied as delivered (it never applied a valid input, so no key can miss one;
-    at worst an undecodable record is dead-lettered again).
+    partition on meanwhile). A partition whose table holds no key never had a valid input
+    applied (every valid input writes its key's state, and keys are never removed), so
+    everything from the start of its log is still to apply: its next offset is 0. (Records
+    that were undecodable are dead-lettered again when such a partition is read from its start.)
     """
 
     def __init__(self, recover: Callable[[], Mapping[int, int]]) -> None:
         self._recover = recover
         self._next: dict[int, int] | None = None
 
-    def expected(self, partition: int) -> int | None:
-        """The next offset to apply in ``partition`` (None: not known)."""
+    def expected(self, partition: int) -> int:
+        """The next offset to apply in ``partition`` (0 when none of its inputs was applied)."""
         if self._next is None:
             self._next = dict(self._recover())
-        return self._next.get(partition)
+        return self._next.get(partition, 0)
 
     def hole_before(self, partition: int, offset: int) -> tuple[int, int] | None:
         """``(first missing, offset)`` when inputs before ``offset`` were never applied, else None."""
         expected = self.expected(partition)
-        if expected is None or offset <= expected:
+        if offset <= expected:
             return None  # in order, or a redelivery (a no-op for its key's state)
         return expected, offset
+
+    @property
+    def known(self) -> bool:
+        """False after ``forget`` until the table is asked again."""
+        return self._next is not None
 
     def applied(self, partition: int, offset: int) -> None:
         """Records that ``offset`` of ``partition`` (and, by construction, all before it) was applied."""

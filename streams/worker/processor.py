@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,22 +137,97 @@ class InputProcessor:
         ``enter_partition(p)`` is called before the table is read or written for a key of
         partition ``p`` (Faust's table works on the current event's partition).
         """
-        overlay: dict[bytes, KeyState | None] = {} if known is None else known
-        to_store: dict[bytes, tuple[int, KeyState]] = {}
-        outputs: list[Output] = []
-        decisions: list[Decision | None] = []
+        run = self.decide_run(records, {} if known is None else known, enter_partition)
+        await self.acknowledged(run, await self.hand_over(run))
+        self.store_run(run, enter_partition)
+        return run.decisions
+
+    def decide_run(self, records: Sequence[ConsumedRecord], overlay: dict[bytes, KeyState | None],
+                   enter_partition: Callable[[int], None] | None = None) -> "DecidedRun":
+        """Decides ``records`` in order against ``overlay`` (updated in place) and the table: nothing sent or stored.
+
+        The first half of ``apply_batch``: the run's outputs must be acknowledged
+        (``hand_over`` then ``acknowledged``) before ``store_run`` writes its states.
+        """
+        run = DecidedRun()
         for record in records:
             if enter_partition is not None and record.key not in overlay:
                 enter_partition(record.partition)
-            decision = self._decide(record, overlay, to_store, outputs)
-            decisions.append(decision)
-        await self._send_durably(outputs)
-        for key, (partition, state) in to_store.items():
+            run.decisions.append(self._decide(record, overlay, run.to_store, run.outputs))
+        return run
+
+    async def hand_over(self, run: "DecidedRun") -> "Handover":
+        """Hands every output of ``run`` to the producer without waiting for Kafka's acknowledgements."""
+        return await self._hand_over(run.outputs, range(len(run.outputs)))
+
+    async def acknowledged(self, run: "DecidedRun", handover: "Handover") -> None:
+        """Waits until Kafka acknowledged every output of ``run``, sending again what it did not.
+
+        Only what Kafka did not acknowledge is sent again: an output acknowledged in an
+        attempt that failed for another one is never repeated, so a partial failure puts no
+        second PlaceEntry on position-commands. (An output Kafka wrote but whose
+        acknowledgement was lost can still appear twice; the executor looks an order up by
+        its client id before placing it, so that changes nothing at the exchange.)
+        """
+        attempt = 0
+        while True:
+            for index, acknowledgement in handover.acknowledgements:
+                try:
+                    await acknowledgement
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
+                    handover.refused.append(index)
+                    handover.errors.append(error)
+            if not handover.refused:
+                return
+            unacknowledged = sorted(handover.refused)
+            delay = SEND_BACKOFF.delay(attempt)
+            logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
+                           len(unacknowledged), len(run.outputs), handover.errors[0], delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+            handover = await self._hand_over(run.outputs, unacknowledged)
+
+    async def _hand_over(self, outputs: list[Output], indexes: Iterable[int]) -> "Handover":
+        handover = Handover()
+        for index in indexes:
+            output = outputs[index]
+            try:
+                handover.acknowledgements.append(
+                    (index, await self.send(output.topic, output.key, output.value, output.headers)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
+                handover.refused.append(index)
+                handover.errors.append(error)
+        return handover
+
+    def store_run(self, run: "DecidedRun", enter_partition: Callable[[int], None] | None = None) -> None:
+        """Writes the states ``run`` decided (its outputs acknowledged) and counts its inputs."""
+        for key, (partition, state) in run.to_store.items():
             if enter_partition is not None:
                 enter_partition(partition)
             self.store(key, state)
-        self.applied_inputs += sum(1 for decision in decisions if decision is not None)
-        return decisions
+        self.applied_inputs += sum(1 for decision in run.decisions if decision is not None)
+
+    def store_runs(self, runs: Sequence["DecidedRun"], enter_run: Callable[[int], Callable[[], None]]) -> None:
+        """Writes the states of ``runs`` (all acknowledged, in decision order): each key's latest once.
+
+        ``enter_run(i)`` makes run ``i``'s input the table's current one before its key is
+        written and returns how to leave it (Faust picks the partition from that input).
+        """
+        latest: dict[bytes, tuple[int, KeyState]] = {}
+        for index, run in enumerate(runs):
+            for key, (_partition, state) in run.to_store.items():
+                latest[key] = (index, state)
+        for key, (index, state) in latest.items():
+            leave = enter_run(index)
+            try:
+                self.store(key, state)
+            finally:
+                leave()
+        self.applied_inputs += sum(1 for run in runs for decision in run.decisions if decision is not None)
 
     def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None],
                 to_store: dict[bytes, tuple[int, KeyState]], outputs: list[Output]) -> Decision | None:
@@ -205,46 +280,6 @@ class InputProcessor:
             raise InvalidInputRecord(f"record key {key!r} differs from the input's own key {event.key!r}")
         return key, event
 
-    async def _send_durably(self, outputs: list[Output]) -> None:
-        """Sends every output and waits for Kafka's acknowledgements, retrying until all came.
-
-        Only what Kafka did not acknowledge is sent again: an output acknowledged in an
-        attempt that failed for another one is never repeated, so a partial failure puts no
-        second PlaceEntry on position-commands. (An output Kafka wrote but whose
-        acknowledgement was lost can still appear twice; the executor looks an order up by
-        its client id before placing it, so that changes nothing at the exchange.)
-        """
-        unacknowledged = list(range(len(outputs)))
-        attempt = 0
-        while unacknowledged:
-            failed: list[int] = []
-            errors: list[BaseException] = []
-            handed: list[tuple[int, Any]] = []
-            for index in unacknowledged:
-                output = outputs[index]
-                try:
-                    handed.append((index, await self.send(output.topic, output.key, output.value, output.headers)))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
-                    failed.append(index)
-                    errors.append(error)
-            for index, acknowledgement in handed:
-                try:
-                    await acknowledgement
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - Kafka unreachable: wait, never skip the input
-                    failed.append(index)
-                    errors.append(error)
-            unacknowledged = sorted(failed)
-            if unacknowledged:
-                delay = SEND_BACKOFF.delay(attempt)
-                logger.warning("%d of %d outputs not acknowledged (%s); sending those again in %.1fs",
-                               len(unacknowledged), len(outputs), errors[0], delay)
-                attempt += 1
-                await asyncio.sleep(delay)
-
     def _dead_letter(self, record: ConsumedRecord, error: BaseException, headers: Headers) -> Output:
         letter = serde.DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value, error,
                                      record.timestamp_ms)
@@ -253,6 +288,26 @@ class InputProcessor:
         self.dead_letters += 1
         metrics.observe_dead_letter("agent", letter.error_type)
         return Output(self.topics.dead_letters, record.key or b"", serde.encode_dead_letter(letter), headers)
+
+
+@dataclass
+class DecidedRun:
+    """Inputs decided and not yet durable: their decisions, the outputs Kafka must acknowledge, the states to store."""
+
+    decisions: list[Decision | None] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    #: key -> (its partition, the state to store once the outputs are acknowledged)
+    to_store: dict[bytes, tuple[int, KeyState]] = field(default_factory=dict)
+
+
+@dataclass
+class Handover:
+    """Outputs given to the producer: ``(index, acknowledgement)`` of those it took, the indexes
+    refused or not acknowledged, and why."""
+
+    acknowledgements: list[tuple[int, Any]] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
 
 
 class InvalidInputRecord(PipelineError, ValueError):
@@ -264,5 +319,6 @@ def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
     return dataclasses.replace(event, policy=settings.policy())
 
 
-__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "SEND_BACKOFF", "ConsumedRecord", "Headers", "InputProcessor",
+__all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "SEND_BACKOFF", "ConsumedRecord", "DecidedRun", "Headers",
+           "Handover", "InputProcessor",
            "InvalidInputRecord", "Output", "input_headers", "input_of", "with_policy"]

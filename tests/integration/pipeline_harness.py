@@ -159,6 +159,20 @@ class PipelineWorker:
     def log_tail(self, characters: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-characters:] if self.log_path.exists() else ""
 
+    def task_stacks(self, wait_s: float = 2.0) -> str:
+        """Where each of the running worker's tasks waits (it logs them on SIGUSR2,
+        streams.telemetry.task_dump), the pipeline's own tasks only: for a failure message."""
+        if not self.running:
+            return "(not running)"
+        offset = self.log_path.stat().st_size
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGUSR2)
+        time.sleep(wait_s)
+        dump = self.log_path.read_bytes()[offset:].decode(errors="replace")
+        dump = dump[dump.find("asyncio tasks (SIGUSR2)"):dump.find("end of tasks")]
+        # Only the tasks running the pipeline's own code: the rest is Faust's and aiokafka's machinery.
+        return "\n\n".join(block for block in dump.split("\n\n") if "/streams/" in block)[-8000:]
+
 
 class TopicTap:
     """Reads a topic from its first offset, in the background, keeping every record."""
@@ -198,13 +212,16 @@ class TopicTap:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "") -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 60.0,
+                       what: str | Callable[[], str] = "") -> None:
+        """Waits until ``predicate()``; ``what`` (a text, or a function giving it at the timeout) explains a timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if predicate():
                 return
             await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        explained = what() if callable(what) else what
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {explained or predicate}")
 
 
 class UpdatesTap(TopicTap):

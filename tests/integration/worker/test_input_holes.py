@@ -87,3 +87,33 @@ async def test_inputs_the_group_committed_past_but_never_applied_are_read_from_t
                for symbol in skipped)
     assert gap_inputs == len(skipped)
     assert "were never applied; reading them from the log" in worker.log_tail(200_000)
+
+
+async def test_a_quiet_partitions_only_input_committed_past_is_applied_without_another_input(
+        kafka_bootstrap, unique_suffix, tmp_path):
+    # Arrange: a worker on an empty table (no key of any partition applied), then stopped.
+    app_id = f"quiet-{unique_suffix}"
+    worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log")
+    (symbol,), partition = symbols_of_one_partition(1, "QUIET")
+    await worker.start()
+    worker.stop()
+    inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
+    updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
+    try:
+        # Act: the partition's first input ever is committed past before any worker saw it (what
+        # Faust does with a record a rebalance made stale); nothing else comes to that partition.
+        await inputs.open(symbol, Side.BUY, "1")
+        committed = await commit_group_offset(kafka_bootstrap, app_id, TopicPartition(worker.topics.inputs, partition))
+        await worker.start()
+
+        # Assert: the worker finds the hole from the committed offset alone and applies the input.
+        await updates.wait_for(lambda: updates.latest(f"{symbol}@binance") is not None, 30,
+                               f"a position for {symbol}, the partition's only input")
+        gap_inputs = await worker.metric("pipeline_input_gaps_total")
+    finally:
+        await updates.stop()
+        await inputs.stop()
+        worker.stop()
+    assert committed == 1
+    assert updates.latest(f"{symbol}@binance").status.value == "pending_entry"
+    assert gap_inputs == 1

@@ -109,10 +109,11 @@ async def wait_final_statuses(updates: UpdatesTap, expected: dict[str, Status], 
         late = {key: (updates.latest(key).status.value if updates.latest(key) else None)
                 for key, status in expected.items()
                 if updates.latest(key) is None or updates.latest(key).status != status}
-        logs = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(1500)}" for w in workers)
+        logs = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(1500)}\n--- {w.log_path.name}: tasks\n"
+                         f"{w.task_stacks()}" for w in workers)
         return f"final statuses; not there yet: {late}\n{logs}"
 
-    await updates.wait_for(reached, timeout_s, stragglers())
+    await updates.wait_for(reached, timeout_s, stragglers)
 
 
 async def wait_ready(workers: list[PipelineWorker], timeout_s: float = 120.0, stable_s: float = 3.0) -> dict[str, dict]:

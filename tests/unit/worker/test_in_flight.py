@@ -1,0 +1,123 @@
+"""InFlightInputs: decided inputs complete in decision order, only once Kafka acknowledged their outputs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.worker.in_flight import CompleterFailed, InFlightInput, InFlightInputs
+from streams.worker.processor import DecidedRun, Handover, Output
+
+
+class AcknowledgedOnly:
+    """The processor's acknowledgement wait, without Kafka: it awaits the handed futures."""
+
+    async def acknowledged(self, run: DecidedRun, handover: Handover) -> None:
+        for _, acknowledgement in handover.acknowledgements:
+            await acknowledgement
+
+
+def decided(name: str, loop: asyncio.AbstractEventLoop) -> tuple[InFlightInput, asyncio.Future, list[str]]:
+    acknowledgement = loop.create_future()
+    acked: list[str] = []
+
+    async def ack() -> None:
+        acked.append(name)
+
+    run = DecidedRun(outputs=[Output("t", name.encode(), b"v", [])])
+    return InFlightInput(run, Handover(acknowledgements=[(0, acknowledgement)]), name, ack), acknowledgement, acked
+
+
+async def test_inputs_complete_in_order_and_only_once_acknowledged():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+
+    async def complete(items: list[InFlightInput]) -> None:
+        batches.append([item.event for item in items])
+        for item in items:
+            await item.ack()
+
+    in_flight = InFlightInputs(AcknowledgedOnly(), complete)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack, _ = decided("first", loop)
+    second, second_ack, _ = decided("second", loop)
+    third, third_ack, _ = decided("third", loop)
+    for item in (first, second, third):
+        await in_flight.add(item)
+
+    # Kafka acknowledges the later inputs first: nothing may complete before the first.
+    second_ack.set_result(None)
+    third_ack.set_result(None)
+    await asyncio.sleep(0.01)
+    assert batches == []
+    assert in_flight.pending == 3
+
+    first_ack.set_result(None)
+    await asyncio.wait_for(in_flight.drain(), 1)
+    # The two already acknowledged join the first's batch: one write of each key's latest state.
+    assert batches == [["first", "second", "third"]]
+    completer.cancel()
+
+
+async def test_an_unacknowledged_input_starts_the_next_batch():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+
+    async def complete(items: list[InFlightInput]) -> None:
+        batches.append([item.event for item in items])
+
+    in_flight = InFlightInputs(AcknowledgedOnly(), complete)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack, _ = decided("first", loop)
+    second, second_ack, _ = decided("second", loop)
+    await in_flight.add(first)
+    await in_flight.add(second)
+    first_ack.set_result(None)
+    await asyncio.sleep(0.01)
+    assert batches == [["first"]]
+    second_ack.set_result(None)
+    await asyncio.wait_for(in_flight.drain(), 1)
+    assert batches == [["first"], ["second"]]
+    completer.cancel()
+
+
+async def test_a_failed_completion_stops_the_agent_instead_of_skipping_inputs():
+    loop = asyncio.get_running_loop()
+
+    async def complete(items: list[InFlightInput]) -> None:
+        raise RuntimeError("store refused")
+
+    in_flight = InFlightInputs(AcknowledgedOnly(), complete)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    item, acknowledgement, _ = decided("only", loop)
+    await in_flight.add(item)
+    acknowledgement.set_result(None)
+    with pytest.raises(RuntimeError, match="store refused"):
+        await asyncio.wait_for(completer, 1)
+    with pytest.raises(CompleterFailed):
+        await in_flight.drain()
+    with pytest.raises(CompleterFailed):
+        await in_flight.add(decided("next", loop)[0])
+
+
+async def test_add_waits_while_the_limit_is_in_flight():
+    loop = asyncio.get_running_loop()
+
+    async def complete(items: list[InFlightInput]) -> None:
+        return None
+
+    in_flight = InFlightInputs(AcknowledgedOnly(), complete, limit=1)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack, _ = decided("first", loop)
+    await in_flight.add(first)
+    await asyncio.sleep(0.01)  # the completer holds the first, waiting for its acknowledgement
+    second, second_ack, _ = decided("second", loop)
+    await in_flight.add(second)
+    third = asyncio.create_task(in_flight.add(decided("third", loop)[0]))
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    first_ack.set_result(None)
+    second_ack.set_result(None)
+    await asyncio.wait_for(third, 1)
+    completer.cancel()
