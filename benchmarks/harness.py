@@ -326,3 +326,32 @@ async def scratch_database(server_url: str, label: str):
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def spawn(module: str, arguments: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``python -m module arguments`` in its own session, output to ``log_path``."""
+    return subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=REPO_ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def terminate(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM, then SIGKILL to its process group after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def alive_check(process: subprocess.Popen, log_path: Path):
+    """A callable that raises when ``process`` has exited (for ``wait_until_committed``)."""
+    def check() -> None:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{tail}")
+    return check

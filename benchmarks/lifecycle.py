@@ -7,9 +7,11 @@ agent sees in production, answered the way the exchange edge answers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from decimal import Decimal
 
+from streams.wire import serde
 from streams.domain import (
     AppliedInput,
     CancelOrder,
@@ -118,3 +120,9 @@ def lifecycle_inputs(keys: int, cycles: int, start_ts: int = 1_761_173_440_000) 
             for lives in pending.values():
                 if position < len(lives):
                     yield lives[position]
+
+
+@functools.cache
+def encoded_lifecycle(keys: int, cycles: int) -> tuple[tuple[bytes, bytes], ...]:
+    """``lifecycle_inputs(keys, cycles)`` as (key, value) bytes of ``position-inputs`` records, made once."""
+    return tuple((event.key.encode(), serde.encode_input(event)) for event in lifecycle_inputs(keys, cycles))

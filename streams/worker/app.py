@@ -338,8 +338,12 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     applied.applied(message.partition, message.offset)
                     await in_flight.add(InFlightInput(run, handover, event, functools.partial(stream.ack, event)))
         finally:
+            # Stopping (or restarted by Faust's supervisor): what was decided but not stored is
+            # dropped, never acked; the table is asked again, and those inputs come back as a hole.
             completer.cancel()
-            known.clear()  # it may hold states decided but never stored
+            in_flight.abandon()
+            applied.forget()
+            known.clear()
 
     edge = None
     if settings.exchange_edge_enabled:

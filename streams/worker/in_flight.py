@@ -100,6 +100,7 @@ class InFlightInputs:
                     batch.append(following)
                 await self._complete(batch)
             except asyncio.CancelledError:
+                self._finished(batch, carried)
                 raise
             except BaseException as error:
                 # A bug (the acknowledgement loop never gives up on Kafka). Nothing after this
@@ -107,24 +108,30 @@ class InFlightInputs:
                 # raise, so the worker restarts and the inputs are delivered again.
                 logger.exception("an input in flight could not be completed; the agent stops")
                 self._failure = error
-                for _ in batch:
-                    self._queue.task_done()
-                if carried is not None:
-                    self._queue.task_done()
-                self._release_waiters()
+                self._finished(batch, carried)
+                self.abandon()
                 raise
-            for _ in batch:
-                self._queue.task_done()
-            self._pending -= len(batch)
+            self._finished(batch, None)
+
+    def abandon(self) -> None:
+        """Drops every input still queued, never stored nor acked (the agent stops or restarts):
+        they are applied again from the log (their offsets were never committed)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+        self._pending = 0
+
+    def _finished(self, batch: list[InFlightInput], carried: InFlightInput | None) -> None:
+        for _ in batch:
+            self._queue.task_done()
+        if carried is not None:
+            self._queue.task_done()
+        self._pending = max(0, self._pending - len(batch) - (carried is not None))
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise CompleterFailed("inputs can no longer be completed") from self._failure
 
-    def _release_waiters(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            self._queue.task_done()
 
 
 def _acknowledged_already(handover: Handover) -> bool:
