@@ -133,7 +133,6 @@ class InFlightInputs:
             raise CompleterFailed("inputs can no longer be completed") from self._failure
 
 
-
 def _acknowledged_already(handover: Handover) -> bool:
     """True when the producer took every output and Kafka acknowledged each one without error."""
     return not handover.refused and all(
