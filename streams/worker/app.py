@@ -25,7 +25,7 @@ from typing import Any
 
 import faust
 from faust.events import Event
-from faust.types import Message
+from faust.types import TP, Message
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
@@ -285,6 +285,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # The agent and the watch apply inputs one at a time, each partition in offset order.
     serial = asyncio.Lock()
 
+    # Holes seen at the previous check: a hole is filled only when the next check sees it
+    # still there, so the watch never races an assignment that is still seeking or restoring.
+    seen_holes: dict[int, tuple[int, int]] = {}
+
     @app.timer(interval=SKIPPED_INPUTS_CHECK_S)
     async def apply_skipped_inputs() -> None:
         """Applies the inputs Faust acked without ever delivering them (see streams.worker.gaps).
@@ -292,21 +296,32 @@ def build_pipeline(settings: Settings) -> Pipeline:
         Faust acks, and so commits, the records a rebalance made stale while this worker keeps
         their partition; the agent finds such a hole when the partition's next input comes,
         but a quiet partition may get none. Faust's committed offset beyond what the table
-        shows applied is such a hole, found here within a second.
+        shows applied, twice in a row, is such a hole: it is filled within two seconds.
         """
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        def settled() -> bool:
+            return not app.rebalancing and app.tables.recovery.completed.is_set()
+
+        if not settled():
+            seen_holes.clear()
             return
         owned = active_partitions(app, changelog_name)
         # faust-streaming 0.15.3 (pinned): the offsets it committed, kept in memory per partition.
         committed_offsets = app.consumer._committed_offset
-        async with serial:
-            for tp in sorted(app.consumer.assignment()):
-                if tp.topic != names.inputs or tp.partition not in owned:
-                    continue
-                committed = committed_offsets.get(tp)
-                hole = applied.hole_before(tp.partition, committed) if committed is not None else None
-                if hole is not None:
-                    await fill_hole(tp, *hole)
+        holes: dict[int, tuple[int, int]] = {}
+        for tp in app.consumer.assignment():
+            committed = committed_offsets.get(tp) if tp.topic == names.inputs and tp.partition in owned else None
+            hole = applied.hole_before(tp.partition, committed) if committed is not None else None
+            if hole is not None:
+                holes[tp.partition] = hole
+        confirmed = {partition: hole for partition, hole in holes.items() if seen_holes.get(partition) == hole}
+        seen_holes.clear()
+        seen_holes.update(holes)
+        for partition, (start, end) in sorted(confirmed.items()):
+            async with serial:
+                if not settled() or partition not in active_partitions(app, changelog_name):
+                    return  # a rebalance began: the next assignment is checked afresh
+                if applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
+                    await fill_hole(TP(names.inputs, partition), start, end)
 
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:

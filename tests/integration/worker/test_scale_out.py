@@ -136,7 +136,9 @@ async def wait_ready(workers: list[PipelineWorker], timeout_s: float = 120.0, st
             elif time.monotonic() - settled[0] >= stable_s:
                 return {name: body for name, (_, body) in answers.items()}
         await asyncio.sleep(0.5)
-    raise AssertionError(f"workers not ready with every partition assigned once: {answers}")
+    stacks = "\n".join(f"--- {w.log_path.name}\n{w.log_tail(1500)}\n--- {w.log_path.name}: tasks\n{w.task_stacks()}"
+                       for w in workers)
+    raise AssertionError(f"workers not ready with every partition assigned once: {answers}\n{stacks}")
 
 
 async def assert_every_worker_serves(workers: list[PipelineWorker], expected: dict[str, dict]) -> None:
