@@ -335,9 +335,15 @@ def build_pipeline(settings: Settings) -> Pipeline:
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
             async for event in stream.noack().events():
+                if event.message.tp not in app.consumer.assignment():
+                    # Fetched before a rebalance took the partition away: its new owner applies it.
+                    # Not acked, and not kept either: at the next revocation Faust waits for every
+                    # message it handed out that is unacked and still referenced (wait_empty),
+                    # and this loop's variables would hold it until the next event, forever on
+                    # an idle stream.
+                    del event
+                    continue
                 message = event.message
-                if message.tp not in app.consumer.assignment():
-                    continue  # fetched before a rebalance took the partition away: its new owner applies it
                 async with serial:
                     hole = applied.hole_before(message.partition, message.offset)
                     if hole is not None:
