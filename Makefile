@@ -62,6 +62,7 @@ bench: $(BENCH_STAMP) ## benchmarks: decide() alone, the agent beside raw aiokaf
 	$(PY) -m benchmarks.bench_decide
 	$(PY) -m benchmarks.bench_agent
 	$(PY) -m benchmarks.bench_e2e
+	$(PY) -m benchmarks.bench_latency
 	$(PY) -m benchmarks.bench_burst
 	$(PY) -m benchmarks.bench_sink
 	$(PY) -m benchmarks.bench_replay

@@ -126,3 +126,13 @@ def lifecycle_inputs(keys: int, cycles: int, start_ts: int = 1_761_173_440_000) 
 def encoded_lifecycle(keys: int, cycles: int) -> tuple[tuple[bytes, bytes], ...]:
     """``lifecycle_inputs(keys, cycles)`` as (key, value) bytes of ``position-inputs`` records, made once."""
     return tuple((event.key.encode(), serde.encode_input(event)) for event in lifecycle_inputs(keys, cycles))
+
+
+def encoded_open_signals(tag: str, count: int, ts: int = 1_761_173_440_000) -> list[tuple[bytes, bytes]]:
+    """``count`` open signals, each for a key of its own (``LAT<tag>X<n>USDT@binance``): one PlaceEntry each."""
+    records = []
+    for index in range(count):
+        symbol = f"LAT{tag}X{index}USDT"
+        key = f"{symbol}@binance"
+        records.append((key.encode(), serde.encode_input(_signal(key, symbol, f"{symbol}-open", SignalAction.OPEN, ts))))
+    return records
