@@ -25,7 +25,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from benchmarks.figures import RESULTS_PATH, TABLE_HEADER, Figure, measure, record, runs_for
+from benchmarks.figures import Figure, measure, report, runs_for
 from benchmarks.harness import (
     Deployment,
     Worker,
@@ -124,11 +124,7 @@ def main() -> None:
     parser.add_argument("--peer-runs", type=int, default=None, help="runs of each peer (default 5)")
     arguments = parser.parse_args()
     measured = asyncio.run(figures(arguments.keys, arguments.cycles, arguments.runs, arguments.peer_runs))
-    print(TABLE_HEADER)
-    for figure in measured:
-        print(figure.row())
-    record(measured)
-    print(f"written to {RESULTS_PATH}")
+    report(measured)
 
 
 if __name__ == "__main__":

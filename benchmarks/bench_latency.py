@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from benchmarks.figures import RESULTS_PATH, TABLE_HEADER, Figure, record, runs_for
+from benchmarks.figures import Figure, report, runs_for
 from benchmarks.harness import (
     Deployment,
     Worker,
@@ -150,11 +150,7 @@ def main() -> None:
     arguments = parser.parse_args()
     measured = asyncio.run(figures([int(rate) for rate in arguments.rates.split(",")], arguments.seconds,
                                    arguments.runs))
-    print(TABLE_HEADER)
-    for figure in measured:
-        print(figure.row())
-    record(measured)
-    print(f"written to {RESULTS_PATH}")
+    report(measured)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,12 @@ def record(figures: list["Figure | Missing"], path: Path = RESULTS_PATH) -> None
         else:
             existing[figure.name] = {**figure.to_json(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path.write_text(json.dumps(dict(sorted(existing.items())), indent=2) + "\n")
+
+
+def report(figures: list["Figure | Missing"], path: Path = RESULTS_PATH) -> None:
+    """Prints ``figures`` as the markdown table and records them in ``path``."""
+    print(TABLE_HEADER)
+    for figure in figures:
+        print(figure.row())
+    record(figures, path)
+    print(f"written to {path}")

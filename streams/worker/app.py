@@ -249,10 +249,14 @@ def build_pipeline(settings: Settings) -> Pipeline:
         known.clear()
         applied.forget()
 
+    async def bound_known_states() -> None:
+        if len(known) > KNOWN_STATES:
+            await in_flight.drain()  # the states only it holds are stored before it is dropped
+            known.clear()
+
     async def apply_records(records: Sequence[ConsumedRecord]) -> None:
         await in_flight.drain()  # what it reads from the table must be stored first
-        if len(known) > KNOWN_STATES:
-            known.clear()
+        await bound_known_states()
         try:
             await processor.apply_batch(records, known)
         except BaseException:
@@ -348,9 +352,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     hole = applied.hole_before(message.partition, message.offset)
                     if hole is not None:
                         await fill_hole(message.tp, *hole)
-                    if len(known) > KNOWN_STATES:
-                        await in_flight.drain()
-                        known.clear()
+                    await bound_known_states()
                     run = processor.decide_run([ConsumedRecord(
                         topic=message.topic, partition=message.partition, offset=message.offset,
                         key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
