@@ -31,6 +31,7 @@ from streams.domain.model import (
     InputKind,
     InputPayload,
     KeyState,
+    LatestSnapshot,
     OrderRole,
     Policy,
     Position,
@@ -133,6 +134,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         seen_signals=seen_signals,
         position=verdict.position,
         last_exchange_ts=exchange_ts,
+        latest_snapshot=_latest_snapshot(step),
     )
     position_changed = verdict.position != state.position
     audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
@@ -156,6 +158,19 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     return Decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
     )
+
+
+def _latest_snapshot(step: _Step) -> LatestSnapshot | None:
+    """The key's newest snapshot once this input is applied: a snapshot fetched later replaces it.
+
+    Kept whatever the verdict (a snapshot stale against a fill still carries the newest mark
+    price): the pages read it, decisions never do.
+    """
+    kept = step.state.latest_snapshot
+    snapshot = step.payload
+    if not isinstance(snapshot, ExchangeSnapshot) or (kept is not None and snapshot.fetched_at <= kept.fetched_at):
+        return kept
+    return LatestSnapshot.of(snapshot, received_at=step.now)
 
 
 def _remember_signal(step: _Step, signal_id: str) -> tuple[SeenSignal, ...]:

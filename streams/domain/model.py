@@ -25,6 +25,7 @@ __all__ = [
     "InputKind",
     "InputPayload",
     "KeyState",
+    "LatestSnapshot",
     "OrderRef",
     "OrderRole",
     "Policy",
@@ -189,10 +190,17 @@ class ExchangeSnapshot:
     side: Side | None
     quantity: Decimal
     entry_price: Decimal | None
+    # What the exchange marks the position at and its unrealized profit at that mark (Binance
+    # positionRisk's markPrice, unRealizedProfit). Shown to people, never decided on; None in
+    # snapshots written before they were read, or when the exchange sends none.
+    mark_price: Decimal | None = None
+    unrealized_pnl: Decimal | None = None
 
     def __post_init__(self) -> None:
         require_finite_decimal(self, "quantity", self.quantity, optional=False)
         require_finite_decimal(self, "entry_price", self.entry_price, optional=True)
+        require_finite_decimal(self, "mark_price", self.mark_price, optional=True)
+        require_finite_decimal(self, "unrealized_pnl", self.unrealized_pnl, optional=True)
         if self.quantity < 0:
             raise InvalidValueError(f"ExchangeSnapshot.quantity must be >= 0, got {self.quantity}")
         if (self.side is None) != (self.quantity == 0):
@@ -394,13 +402,47 @@ class SeenSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class LatestSnapshot:
+    """The newest exchange snapshot a key was given: what the pages set its position against.
+
+    `fetched_at` is the exchange's time of the fetch (the newest wins); `received_at` is the
+    time of the snapshot input in the log (the broker's clock, the one the pages count the
+    sync's age from). The rest is the snapshot as fetched; `quantity == 0` is flat.
+    """
+
+    fetched_at: int
+    received_at: int
+    side: Side | None
+    quantity: Decimal
+    entry_price: Decimal | None
+    mark_price: Decimal | None
+    unrealized_pnl: Decimal | None
+
+    def __post_init__(self) -> None:
+        require_finite_decimal(self, "quantity", self.quantity, optional=False)
+        require_finite_decimal(self, "entry_price", self.entry_price, optional=True)
+        require_finite_decimal(self, "mark_price", self.mark_price, optional=True)
+        require_finite_decimal(self, "unrealized_pnl", self.unrealized_pnl, optional=True)
+
+    @classmethod
+    def of(cls, snapshot: ExchangeSnapshot, received_at: int) -> LatestSnapshot:
+        """The reading of `snapshot`, received in the log at `received_at`."""
+        return cls(fetched_at=snapshot.fetched_at, received_at=received_at, side=snapshot.side,
+                   quantity=snapshot.quantity, entry_price=snapshot.entry_price, mark_price=snapshot.mark_price,
+                   unrealized_pnl=snapshot.unrealized_pnl)
+
+
+@dataclass(frozen=True, slots=True)
 class KeyState:
     """Everything the table holds for one key.
 
     The position is kept after it ends (closed / rolled_back) so that late or stale inputs
     can be recognised. `last_exchange_ts` is the newest exchange time seen (reports and
     snapshots): a snapshot fetched at or before it is stale. `seen_signals` are the signal
-    ids seen within the policy's retention, oldest first.
+    ids seen within the policy's retention, oldest first. `latest_snapshot` is the newest
+    exchange snapshot of the key (by its fetch time), stale or not: it is what the pages show
+    (mark price, unrealized PnL, the exchange's quantity, the sync's age), never what
+    decisions read.
     """
 
     key: str
@@ -408,6 +450,7 @@ class KeyState:
     seen_signals: tuple[SeenSignal, ...]
     position: Position | None
     last_exchange_ts: int
+    latest_snapshot: LatestSnapshot | None = None
 
     @classmethod
     def initial(cls, key: str) -> KeyState:

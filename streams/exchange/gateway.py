@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 import ccxt.async_support as ccxt
@@ -106,6 +106,8 @@ class ExchangePosition:
     side: Side
     quantity: Decimal
     entry_price: Decimal | None
+    mark_price: Decimal | None = None  # None when the exchange sends none
+    unrealized_pnl: Decimal | None = None
 
 
 class ExchangeGateway(Protocol):
@@ -138,6 +140,18 @@ def _decimal(value: Any) -> Decimal | None:
     if value is None or value == "":
         return None
     return Decimal(str(value))
+
+
+def _optional_decimal(value: Any) -> Decimal | None:
+    """A display-only number from the exchange: None when absent or not a finite decimal.
+
+    Never fails the poll: a snapshot without its mark price is still the exchange's position.
+    """
+    try:
+        number = _decimal(value)
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number is not None and number.is_finite() else None
 
 
 def binance_code(error: BaseException) -> int | None:
@@ -308,12 +322,16 @@ class CcxtGateway:
             contracts = _decimal(position.get("contracts")) or Decimal(0)
             if contracts == 0:
                 continue
-            native = position.get("info", {}).get("symbol") or self._client.market(position["symbol"])["id"]
+            info = position.get("info") or {}
+            native = info.get("symbol") or self._client.market(position["symbol"])["id"]
             positions.append(ExchangePosition(
                 symbol=native,
                 side=Side.BUY if position.get("side") == "long" else Side.SELL,
                 quantity=abs(contracts),
                 entry_price=_decimal(position.get("entryPrice")),
+                # From Binance's own strings, not ccxt's unified floats: money stays exact.
+                mark_price=_optional_decimal(info.get("markPrice")),
+                unrealized_pnl=_optional_decimal(info.get("unRealizedProfit")),
             ))
         return positions
 

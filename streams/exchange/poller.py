@@ -195,7 +195,8 @@ class PositionPoller:
         except ExchangeEdgeError as error:
             raise _PollFailed("fetch_positions", f"position fetch failed, nothing published: {error}") from error
         shown = {position.symbol: position for position in positions}
-        events = [_snapshot(exchange, symbol, fetched_at, position.side, position.quantity, position.entry_price)
+        events = [_snapshot(exchange, symbol, fetched_at, position.side, position.quantity, position.entry_price,
+                            mark_price=position.mark_price, unrealized_pnl=position.unrealized_pnl)
                   for symbol, position in sorted(shown.items())]
         for key in sorted(self._tracked_keys(exchange)):
             symbol = key.rsplit("@", 1)[0]
@@ -229,10 +230,12 @@ class _PollFailed(Exception):
 
 
 def _snapshot(exchange: str, symbol: str, fetched_at: int, side, quantity: Decimal,
-              entry_price: Decimal | None) -> InputEvent:
+              entry_price: Decimal | None, *, mark_price: Decimal | None = None,
+              unrealized_pnl: Decimal | None = None) -> InputEvent:
     key = f"{symbol}@{exchange}"
     return InputEvent(
         event_id=f"snapshot:{exchange}:{symbol}:{fetched_at}", key=key, ts=fetched_at,
         payload=ExchangeSnapshot(exchange=exchange, symbol=symbol, fetched_at=fetched_at, side=side,
-                                 quantity=quantity, entry_price=entry_price),
+                                 quantity=quantity, entry_price=entry_price, mark_price=mark_price,
+                                 unrealized_pnl=unrealized_pnl),
     )

@@ -190,6 +190,25 @@ async def test_poller_position_closed_by_hand_closes_the_key_and_cancels_its_sto
         timeout_s=30, what="the stop to be cancelled")
 
 
+async def test_poller_snapshot_carries_the_exchange_mark_price_and_unrealized_pnl_exactly(edge):
+    # Arrange: an active long of 61.8 filled at the mark, 10.00
+    await edge.inputs.open("APTUSDT", Side.BUY, "61.8", signal_id="sig-mark", stop_loss_pct="2.5")
+    await edge.wait_status(Status.ACTIVE)
+
+    # Act: the mark moves up (the stop at 9.75 stays untouched)
+    edge.exchange.set_mark_price("APTUSDT", "10.2000")
+    await edge.raw_inputs.wait_for(
+        lambda: any(s.symbol == "APTUSDT" and s.mark_price == Decimal("10.2") for s in edge.snapshots()),
+        what="a snapshot with the new mark price")
+
+    # Assert: what positionRisk said, to the last digit, as Decimal: 61.8 x (10.20 - 10.00)
+    snapshot = next(s for s in edge.snapshots() if s.symbol == "APTUSDT" and s.mark_price == Decimal("10.2"))
+    assert isinstance(snapshot.unrealized_pnl, Decimal)
+    assert (snapshot.side, snapshot.quantity, snapshot.unrealized_pnl) == (Side.BUY, Decimal("61.8"), Decimal("12.36"))
+    risk = edge.exchange.requests(path="/fapi/v3/positionRisk")
+    assert risk, "the poller read positionRisk v3 through ccxt"
+
+
 async def test_poller_failed_fetch_publishes_nothing_never_flat(edge):
     # Arrange: a live position, then every position fetch fails.
     await edge.inputs.open("APTUSDT", Side.BUY, "61.8", signal_id="sig-fetch-fail")

@@ -89,6 +89,8 @@ def snapshot(
     side: Side | None = Side.BUY,
     quantity: Decimal = QUANTITY,
     entry_price: Decimal | None = ENTRY_PRICE,
+    mark_price: Decimal | None = None,
+    unrealized_pnl: Decimal | None = None,
 ) -> ExchangeSnapshot:
     return ExchangeSnapshot(
         exchange=EXCHANGE,
@@ -97,6 +99,8 @@ def snapshot(
         side=side,
         quantity=quantity,
         entry_price=entry_price,
+        mark_price=mark_price,
+        unrealized_pnl=unrealized_pnl,
     )
 
 

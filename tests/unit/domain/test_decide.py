@@ -999,6 +999,67 @@ def test_decide_stale_snapshot_is_ignored_with_reason():
     assert decision.audit.reason.startswith("stale snapshot")
 
 
+def test_decide_snapshot_records_mark_price_and_pnl_as_the_latest_snapshot_without_changing_the_position():
+    # Arrange
+    feed = feed_active()
+    position_before = feed.position
+
+    # Act: the exchange agrees on the position and marks it above the entry
+    fetched_at = feed.now + 5
+    decision = feed.snapshot(fetched_at=fetched_at, mark_price=Decimal("3.3000"),
+                             unrealized_pnl=Decimal("2.71998000"))
+
+    # Assert: shown, never decided on
+    latest = decision.state.latest_snapshot
+    assert latest is not None
+    assert (latest.fetched_at, latest.received_at) == (fetched_at, feed.now)
+    assert (latest.side, latest.quantity, latest.entry_price) == (Side.BUY, QUANTITY, ENTRY_PRICE)
+    assert (latest.mark_price, latest.unrealized_pnl) == (Decimal("3.3000"), Decimal("2.71998000"))
+    assert decision.state.position == position_before
+    assert decision.position_changed is False and decision.commands == ()
+
+
+def test_decide_snapshot_fetched_earlier_than_the_latest_keeps_the_latest():
+    # Arrange
+    feed = feed_active()
+    feed.snapshot(fetched_at=feed.now + 100, mark_price=Decimal("3.40"))
+
+    # Act: a snapshot fetched before it arrives later in the log
+    decision = feed.snapshot(fetched_at=feed.now - 50, mark_price=Decimal("3.10"))
+
+    # Assert
+    assert decision.state.latest_snapshot is not None
+    assert decision.state.latest_snapshot.mark_price == Decimal("3.40")
+
+
+def test_decide_inputs_other_than_snapshots_keep_the_latest_snapshot():
+    # Arrange
+    feed = feed_active()
+    kept = feed.snapshot(mark_price=Decimal("3.30")).state.latest_snapshot
+
+    # Act
+    decision = feed.close()
+
+    # Assert
+    assert kept is not None and decision.state.latest_snapshot == kept
+
+
+def test_decide_snapshot_stale_against_a_fill_still_brings_the_newest_mark_price():
+    # Arrange
+    feed = feed_active()
+    feed.snapshot(fetched_at=feed.now - 200, mark_price=Decimal("3.00"))
+    assert feed.state is not None
+    last_exchange_ts = feed.state.last_exchange_ts
+
+    # Act: fetched after the previous snapshot, before the newest report: stale for decisions
+    decision = feed.snapshot(fetched_at=last_exchange_ts - 1, mark_price=Decimal("3.20"))
+
+    # Assert
+    assert decision.audit is not None and decision.audit.reason.startswith("stale snapshot")
+    assert decision.state.latest_snapshot is not None
+    assert decision.state.latest_snapshot.mark_price == Decimal("3.20")
+
+
 def test_decide_reports_advance_last_exchange_ts():
     # Arrange
     feed = feed_pending_entry()

@@ -55,11 +55,12 @@ CLOSE_SIGNAL = {
 }
 SNAPSHOT = {
     "exchange": "binance", "symbol": "BTCUSDT", "fetched_at": 1761173441000, "side": "SELL",
-    "quantity": "0.001", "entry_price": "108123.40",
+    "quantity": "0.001", "entry_price": "108123.40", "mark_price": "108000.00000000",
+    "unrealized_pnl": "0.12340000",
 }
 FLAT_SNAPSHOT = {
     "exchange": "binance", "symbol": "BTCUSDT", "fetched_at": 1761173441000, "side": None,
-    "quantity": "0", "entry_price": None,
+    "quantity": "0", "entry_price": None, "mark_price": None, "unrealized_pnl": None,
 }
 REPORT = {
     "position_id": "APTUSDT@binance/1234", "client_order_id": "ppe1-abcdefghijklmnop",
@@ -148,13 +149,16 @@ SAMPLES: list[tuple[str, dict, str | None]] = [
             "position": POSITION, "last_exchange_ts": 1761173442000,
             "seen_signals": [{"signal_id": "sig-0001", "first_seen_at": 1761173440983},
                              {"signal_id": "sig-0002", "first_seen_at": 1761173441983}],
+            "latest_snapshot": {"fetched_at": 1761173442000, "received_at": 1761173442040, "side": "BUY",
+                                "quantity": "61.8", "entry_price": "3.2561", "mark_price": "3.30000000",
+                                "unrealized_pnl": "-2.71998000"},
         },
         None,
     ),
     (
         "KeyState",
         {"key": "ETHUSDT@binance", "last_offset": 0, "recent_signal_ids": [], "position": None, "last_exchange_ts": 0,
-         "seen_signals": []},
+         "seen_signals": [], "latest_snapshot": None},
         None,
     ),
     (
@@ -240,7 +244,8 @@ SIGNALS = st.fixed_dictionaries({
 })
 SNAPSHOTS = st.fixed_dictionaries({
     "exchange": TEXT, "symbol": TEXT, "fetched_at": LONGS, "side": _opt(SIDES),
-    "quantity": DECIMALS, "entry_price": _opt(DECIMALS),
+    "quantity": DECIMALS, "entry_price": _opt(DECIMALS), "mark_price": _opt(DECIMALS),
+    "unrealized_pnl": _opt(DECIMALS),
 })
 REPORTS = st.fixed_dictionaries({
     "position_id": TEXT, "client_order_id": TEXT, "role": ROLES,
@@ -301,6 +306,9 @@ KEY_STATES = st.fixed_dictionaries({
     "key": TEXT, "last_offset": LONGS, "recent_signal_ids": st.lists(TEXT, max_size=8),
     "position": _opt(POSITIONS), "last_exchange_ts": LONGS,
     "seen_signals": st.lists(st.fixed_dictionaries({"signal_id": TEXT, "first_seen_at": LONGS}), max_size=8),
+    "latest_snapshot": _opt(st.fixed_dictionaries({
+        "fetched_at": LONGS, "received_at": LONGS, "side": _opt(SIDES), "quantity": DECIMALS,
+        "entry_price": _opt(DECIMALS), "mark_price": _opt(DECIMALS), "unrealized_pnl": _opt(DECIMALS)})),
 })
 DEAD_LETTERS = st.fixed_dictionaries({
     "source_topic": TEXT, "source_partition": INTS, "source_offset": LONGS, "key": _opt(st.binary(max_size=64)),
@@ -602,6 +610,25 @@ def test_decode_v0_position_update_current_reader_fills_the_new_fields():
     old = {"key": "APTUSDT@binance", "offset": 1236, "payload": ("PositionState", V0_POSITION)}
     decoded = decode("PositionUpdate", default_registry().encode_with_writer(retired.fingerprint, old))
     assert decoded["payload"][1]["orders_to_cancel"] == [] and decoded["payload"][1]["closed_at_exchange"] is False
+
+
+def test_decode_v2_snapshot_current_reader_reads_no_mark_price_nor_pnl():
+    (v2,) = [w for w in default_registry().writer_schemas("PositionInput") if w.origin.endswith("position_input.v2.avsc")]
+    written = _input("ExchangeSnapshot", {k: v for k, v in SNAPSHOT.items() if k not in ("mark_price", "unrealized_pnl")})
+
+    decoded = decode("PositionInput", default_registry().encode_with_writer(v2.fingerprint, written))
+
+    assert decoded == _input("ExchangeSnapshot", {**SNAPSHOT, "mark_price": None, "unrealized_pnl": None})
+
+
+def test_decode_v1_key_state_current_reader_has_no_latest_snapshot():
+    (v1,) = [w for w in default_registry().writer_schemas("KeyState") if w.origin.endswith("key_state.v1.avsc")]
+    old = {"key": "APTUSDT@binance", "last_offset": 1237, "recent_signal_ids": [], "position": POSITION,
+           "last_exchange_ts": 1761173442000, "seen_signals": []}
+
+    decoded = decode("KeyState", default_registry().encode_with_writer(v1.fingerprint, old))
+
+    assert decoded == {**old, "latest_snapshot": None}
 
 
 def test_decode_v0_writer_has_no_deadline_branch():
