@@ -53,7 +53,7 @@ POSITION_COLUMNS: tuple[str, ...] = (
 #: Columns of ``monitoring.position_events``, in the order of ``event_row``.
 EVENT_COLUMNS: tuple[str, ...] = (
     "key", "input_offset", "symbol", "exchange", "position_id", "kind", "decision", "reason", "event_id",
-    "time", "status_after", "client_order_id", "order_role", "order_outcome",
+    "time", "status_after", "client_order_id", "order_role", "order_outcome", "refusal_code",
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -122,6 +122,7 @@ def event_row(audit: AuditRecord) -> tuple:
         audit.client_order_id,
         _optional_value(audit.order_role),
         _optional_value(audit.order_outcome),
+        _optional_value(audit.refusal_code),
     )
 
 

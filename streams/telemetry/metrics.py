@@ -136,7 +136,7 @@ EDGE_FAILURES = Counter(
     "(poller, order_ledger) and stage (follow_tracked_keys, fetch_positions, publish, follow).",
     ["component", "stage"],
 )
-_EDGE_COMPONENTS = frozenset({"poller", "order_ledger"})
+_EDGE_COMPONENTS = frozenset({"poller", "order_ledger", "dead_letter_feed"})
 _EDGE_STAGES = frozenset({"follow_tracked_keys", "fetch_positions", "publish", "follow", "poll"})
 
 #: The label values ``pipeline_refusals`` may carry. A refusal nobody mapped is ``other``.

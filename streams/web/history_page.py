@@ -3,8 +3,11 @@
 Each position shows its columns (quantity held, as the exchange reports it, against the
 quantity the signal asked for; the stop-loss price) and its events in log order with the
 time since the step before, so "signal -> entry placed -> filled -> stop placed -> active"
-reads as durations. Refusals are highlighted. Data reaches the page only through
-``html.escape``; nothing is loaded from anywhere else.
+reads as durations. Refusals are highlighted. Above them, a live position is set against
+the exchange: its side, quantity, entry and stop (the stop price the exchange accepted and
+the quantity the stop order covers) beside what the key's latest snapshot shows (side,
+quantity, entry, mark price, unrealized PnL), each disagreement marked. Data reaches the
+page only through ``html.escape``; nothing is loaded from anywhere else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 __all__ = ["render_history_page", "step_duration"]
@@ -44,6 +48,12 @@ tr.refused .decision { color:#b91c1c; font-weight:700; }
 .muted { color:#64748b; font-size:12px; }
 .order { font-family:ui-monospace, Menlo, "DejaVu Sans Mono", monospace; font-size:12px; }
 .empty { padding:24px; color:#64748b; }
+.versus table { width:auto; min-width:560px; }
+.versus td.num { text-align:right; }
+.versus tr.differs td { background:#fef2f2; }
+.versus tr.differs .verdict { color:#b91c1c; font-weight:700; }
+.versus .verdict { color:#15803d; font-size:12px; }
+.pnl-pos { color:#15803d; } .pnl-neg { color:#b91c1c; }
 """
 
 
@@ -124,15 +134,73 @@ def _position(position: Mapping[str, Any]) -> str:
         f'{_events(position["events"])}</section>')
 
 
+def _number(text: object) -> Decimal | None:
+    try:
+        return Decimal(str(text)) if text not in (None, "") else None
+    except InvalidOperation:
+        return None
+
+
+def _versus_row(check: str, label: str, ours: object, theirs: object, agree: bool | None) -> str:
+    verdict = "" if agree is None else ("agrees" if agree else "differs")
+    return (f'<tr data-check="{check}" class="{"differs" if agree is False else ""}"><td>{label}</td>'
+            f'<td class="num ours">{_text(ours)}</td><td class="num theirs">{_text(theirs)}</td>'
+            f'<td class="verdict">{verdict}</td></tr>')
+
+
+def _versus(current: Mapping[str, Any] | None, unavailable: str | None) -> str:
+    """The live position against the exchange's latest snapshot (``GET /positions/{key}/``'s answer)."""
+    heading = '<section class="position versus" id="versus"><h2>Now, against the exchange</h2>'
+    if unavailable:
+        return f'{heading}<div class="empty">The live position could not be read: {html.escape(unavailable)}</div></section>'
+    if current is None:
+        return f'{heading}<div class="empty">No open or in-flight position: nothing to set against the exchange.</div></section>'
+    snapshot = current.get("last_snapshot")
+    if snapshot is None:
+        return (f'{heading}<div class="empty">Position {html.escape(str(current["id"]))} '
+                f'({html.escape(str(current["status"]))}): no exchange snapshot of this key yet.</div></section>')
+    ours_qty, theirs_qty = _number(current["quantity"]), _number(snapshot["quantity"])
+    stop_qty = _number(current.get("stop_order_quantity"))
+    pnl = _number(snapshot.get("unrealized_pnl"))
+    pnl_class = "" if pnl is None else ("pnl-pos" if pnl >= 0 else "pnl-neg")
+    rows = [
+        _versus_row("side", "side", current["side"], snapshot["side"], current["side"] == snapshot["side"]),
+        _versus_row("quantity", "quantity", current["quantity"], snapshot["quantity"],
+                    None if ours_qty is None or theirs_qty is None else ours_qty == theirs_qty),
+        _versus_row("entry", "entry price", current["entry_price"], snapshot["entry_price"],
+                    None if not (current["entry_price"] and snapshot["entry_price"])
+                    else _number(current["entry_price"]) == _number(snapshot["entry_price"])),
+        _versus_row("stop", "stop-loss covers (stop order quantity / exchange quantity)",
+                    current.get("stop_order_quantity"), snapshot["quantity"],
+                    None if stop_qty is None or theirs_qty is None else stop_qty >= theirs_qty),
+        _versus_row("stop_price", "stop-loss price / mark price", current["stop_loss_price"],
+                    snapshot.get("mark_price"), None),
+        f'<tr data-check="pnl"><td>unrealized PnL at the mark</td><td class="num ours">–</td>'
+        f'<td class="num theirs {pnl_class}">{_text(snapshot.get("unrealized_pnl"))}</td><td></td></tr>',
+    ]
+    return (f'{heading}<div class="facts"><span><b>position</b>{_text(current["id"])}</span>'
+            f'<span><b>status</b>{_text(current["status"])}</span>'
+            f'<span><b>snapshot fetched</b>{_text(snapshot["fetched_at"])}</span>'
+            f'<span><b>received</b>{_text(snapshot["received_at"])}</span></div>'
+            '<table><thead><tr><th></th><th>pipeline</th><th>exchange (latest snapshot)</th><th></th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></section>')
+
+
 def render_history_page(history: Mapping[str, Any] | None, *, key: str, title: str,
-                        error: str | None = None) -> str:
-    """The page of ``history`` (``PositionHistory.read``'s answer); ``None`` says the key never had a position."""
+                        error: str | None = None, current: Mapping[str, Any] | None = None,
+                        current_unavailable: str | None = None) -> str:
+    """The page of ``history`` (``PositionHistory.read``'s answer); ``None`` says the key never had a position.
+
+    ``current`` is the key's live position as ``GET /positions/{key}/`` answers it (None: none
+    is live), set against the exchange at the top; ``current_unavailable`` says why it could
+    not be had.
+    """
     if error:
         body = f'<div class="position"><div class="empty">{html.escape(error)}</div></div>'
     elif history is None:
         body = f'<div class="position"><div class="empty">{html.escape(key)} never had a position.</div></div>'
     else:
-        body = "".join(_position(position) for position in history["positions"])
+        body = _versus(current, current_unavailable) + "".join(_position(position) for position in history["positions"])
     return f"""<!doctype html>
 <html lang="en">
 <head>

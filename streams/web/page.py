@@ -5,6 +5,12 @@ a screenshot or a text browser sees the data); a small inline script then fetche
 ``positions/`` every two seconds and redraws, and ticks the ages every second. Nothing is
 loaded from anywhere else: styles and script are inline, there are no fonts or images.
 Data reaches the DOM only as text (``textContent`` in the script, ``html.escape`` here).
+
+Beside the positions: each one's mark price and unrealized PnL from its key's latest
+exchange snapshot; per exchange, the time since the newest snapshot any of its positions
+received (red once older than ``STALE_AFTER_SYNC_INTERVALS`` sync intervals: a sync that
+stopped shows at once); and the feed of the latest refusals and dead letters
+(``refusals/``, see ``streams.web.feed``), refreshed with the positions.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
-__all__ = ["render_page", "STATUS_LABELS"]
+__all__ = ["STALE_AFTER_SYNC_INTERVALS", "STATUS_LABELS", "exchange_syncs", "render_page"]
 
 #: How each live status reads on the page, in lifecycle order (also the order of the summary).
 STATUS_LABELS = {
@@ -28,6 +37,8 @@ STATUS_LABELS = {
 }
 
 REFRESH_MS = 2000
+#: A snapshot older than this many sync intervals marks its exchange's sync stale.
+STALE_AFTER_SYNC_INTERVALS = 3
 _EMPTY = "No open or in-flight positions."
 _EMPTY_ERROR = "Waiting for every worker to answer\u2026"
 
@@ -82,6 +93,16 @@ td.num, th.num { text-align:right; font-variant-numeric:tabular-nums;
 .id { font-family: ui-monospace, Menlo, "DejaVu Sans Mono", monospace; font-size:12px; color:var(--muted); }
 .empty { padding:36px; text-align:center; color:var(--muted); }
 footer { color:var(--muted); font-size:12px; margin-top:12px; }
+.syncs { display:flex; flex-wrap:wrap; gap:10px; margin-bottom:16px; }
+.sync { background:var(--panel); border:1px solid var(--line); border-radius:8px; padding:6px 12px; font-size:13px; }
+.sync b { margin-right:6px; } .sync.stale { background:#fee2e2; border-color:#fca5a5; color:#991b1b; font-weight:600; }
+.pnl-pos { color:#15803d; } .pnl-neg { color:#b91c1c; }
+.feed { display:grid; grid-template-columns:1fr 1fr; gap:16px; margin-top:18px; }
+.feed h2 { font-size:13px; text-transform:uppercase; letter-spacing:.5px; color:var(--muted); margin:0;
+  padding:10px 12px; border-bottom:1px solid var(--line); background:#f8fafc; }
+.feed td { white-space:normal; font-size:12px; vertical-align:top; }
+.feed .code { font-family: ui-monospace, Menlo, "DejaVu Sans Mono", monospace; color:#b91c1c; }
+.feed .problems { color:#991b1b; font-size:12px; padding:6px 12px; }
 """
 
 _SCRIPT = """
@@ -91,6 +112,8 @@ _SCRIPT = """
   var ORDER = Object.keys(LABELS);
   var REFRESH_MS = __REFRESH_MS__;
   var rows = __ROWS__;
+  var feed = __FEED__;
+  var STALE_AFTER_MS = __STALE_AFTER_MS__;
   var lastOk = Date.now();
 
   function el(tag, cls, text) {
@@ -131,6 +154,9 @@ _SCRIPT = """
       tr.appendChild(st);
       tr.appendChild(el("td", "num", dash(p.quantity)));
       tr.appendChild(el("td", "num", dash(p.entry_price)));
+      tr.appendChild(el("td", "num mark", dash(p.mark_price)));
+      var pnl = p.unrealized_pnl;
+      tr.appendChild(el("td", "num pnl" + (pnl ? (pnl.charAt(0) === "-" ? " pnl-neg" : " pnl-pos") : ""), dash(pnl)));
       var stop = el("td", "num", dash(p.stop_loss_price));
       if (p.stop_loss_pct) { stop.appendChild(el("span", "muted", " (" + p.stop_loss_pct + "%)")); }
       tr.appendChild(stop);
@@ -144,6 +170,47 @@ _SCRIPT = """
       link.title = "the position's history"; idCell.appendChild(link); tr.appendChild(idCell);
       body.appendChild(tr);
     });
+  }
+  function renderSyncs() {
+    var newest = {}; var now = Date.now();
+    rows.forEach(function (p) {
+      var at = p.last_snapshot && p.last_snapshot.received_at;
+      if (at && (!newest[p.exchange] || Date.parse(at) > Date.parse(newest[p.exchange]))) { newest[p.exchange] = at; }
+      if (!(p.exchange in newest)) { newest[p.exchange] = null; }
+    });
+    var box = document.getElementById("syncs"); box.textContent = "";
+    Object.keys(newest).sort().forEach(function (ex) {
+      var at = newest[ex];
+      var stale = !at || now - Date.parse(at) > STALE_AFTER_MS;
+      var card = el("div", "sync" + (stale ? " stale" : "")); card.setAttribute("data-exchange", ex);
+      card.appendChild(el("b", null, ex));
+      card.appendChild(el("span", "sync-age", at ? "last snapshot " + age(at, now) + " ago" : "no snapshot yet"));
+      if (stale) { card.title = "no snapshot for more than " + Math.round(STALE_AFTER_MS / 1000) + " s"; }
+      box.appendChild(card);
+    });
+    if (!Object.keys(newest).length) { box.appendChild(el("div", "sync muted", "exchange sync: no live position to sync")); }
+  }
+  function fillFeed(id, items, cells) {
+    var body = document.getElementById(id); body.textContent = "";
+    items.forEach(function (item) {
+      var tr = el("tr"); cells(item).forEach(function (c) { tr.appendChild(el("td", c[0], dash(c[1]))); });
+      body.appendChild(tr);
+    });
+    if (!items.length) { var tr = el("tr"); var td = el("td", "muted", "none"); td.colSpan = 4; tr.appendChild(td); body.appendChild(tr); }
+  }
+  function renderFeed() {
+    fillFeed("refusals", feed.refusals, function (r) {
+      return [["num", r.at], [null, r.key], ["code", r.refusal_code || r.kind], [null, r.reason]]; });
+    fillFeed("dead-letters", feed.dead_letters, function (d) {
+      return [["num", d.at], [null, d.key || d.source], ["code", d.error_type], [null, d.reason]]; });
+    var problems = document.getElementById("feed-problems");
+    problems.textContent = feed.problems.join("; ");
+  }
+  function refreshFeed() {
+    fetch("refusals/", {cache: "no-store", credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.json(); })
+      .then(function (data) { feed = data; renderFeed(); })
+      .catch(function (e) { document.getElementById("feed-problems").textContent = "feed: " + e.message; });
   }
   function setConnection(ok, message) {
     document.getElementById("dot").className = ok ? "dot" : "dot stale";
@@ -163,13 +230,14 @@ _SCRIPT = """
       .then(function (data) {
         rows = data; lastOk = Date.now();
         document.getElementById("empty").textContent = __EMPTY__;
-        renderSummary(); renderRows(); setConnection(true);
+        renderSummary(); renderRows(); renderSyncs(); setConnection(true);
       })
       .catch(function (e) { setConnection(false, "Could not refresh the positions: " + e.message); });
   }
-  renderSummary(); renderRows(); setConnection(__INITIAL_OK__, __INITIAL_ERROR__);
+  renderSummary(); renderRows(); renderSyncs(); renderFeed(); setConnection(__INITIAL_OK__, __INITIAL_ERROR__);
   setInterval(refresh, REFRESH_MS);
-  setInterval(renderRows, 1000);
+  setInterval(refreshFeed, REFRESH_MS);
+  setInterval(function () { renderRows(); renderSyncs(); }, 1000);
 })();
 """
 
@@ -200,6 +268,8 @@ def _row(position: dict) -> str:
         f'<td><span class="chip st-{html.escape(status)}">{html.escape(STATUS_LABELS.get(status, status))}</span></td>'
         f'<td class="num">{_dash(position["quantity"])}</td>'
         f'<td class="num">{_dash(position["entry_price"])}</td>'
+        f'<td class="num mark">{_dash(position.get("mark_price"))}</td>'
+        f'<td class="num pnl{_pnl_class(position.get("unrealized_pnl"))}">{_dash(position.get("unrealized_pnl"))}</td>'
         f'<td class="num">{_dash(position["stop_loss_price"])}{stop_suffix}</td>'
         f'<td class="num age">{_dash(position["opened_at"])}</td>'
         f'<td class="num">{_dash(position["updated_at"])}</td>'
@@ -210,13 +280,70 @@ def _row(position: dict) -> str:
     )
 
 
+def _pnl_class(pnl: str | None) -> str:
+    try:
+        value = Decimal(pnl) if pnl else None
+    except InvalidOperation:
+        return ""
+    return "" if value is None else (" pnl-pos" if value >= 0 else " pnl-neg")
+
+
+def _epoch_s(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def exchange_syncs(positions: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
+    """Per exchange of the positions, the newest time one of its snapshots was received (ISO; None: none yet)."""
+    newest: dict[str, str | None] = {}
+    for position in positions:
+        snapshot = position.get("last_snapshot") or {}
+        at = snapshot.get("received_at")
+        known = newest.get(position["exchange"])
+        if at and (known is None or _epoch_s(at) > _epoch_s(known)):
+            newest[position["exchange"]] = at
+        else:
+            newest.setdefault(position["exchange"], None)
+    return newest
+
+
+def _syncs(positions: Sequence[Mapping[str, Any]], stale_after_s: float, now_s: float) -> str:
+    cards = []
+    for exchange, at in sorted(exchange_syncs(positions).items()):
+        age_s = None if at is None else max(0.0, now_s - _epoch_s(at))
+        stale = age_s is None or age_s > stale_after_s
+        text = "no snapshot yet" if age_s is None else f"last snapshot {int(age_s)}s ago"
+        cards.append(f'<div class="sync{" stale" if stale else ""}" data-exchange="{html.escape(exchange)}">'
+                     f'<b>{html.escape(exchange)}</b><span class="sync-age">{text}</span></div>')
+    return "".join(cards) or '<div class="sync muted">exchange sync: no live position to sync</div>'
+
+
+def _feed_rows(items: Sequence[Mapping[str, Any]], cells: Sequence[tuple[str, str, str]]) -> str:
+    if not items:
+        return '<tr><td class="muted" colspan="4">none</td></tr>'
+    return "".join("<tr>" + "".join(
+        f'<td class="{css}">{_dash(item.get(name) or (item.get(fallback) if fallback else None))}</td>'
+        for css, name, fallback in cells) + "</tr>" for item in items)
+
+
+_REFUSAL_CELLS = (("num", "at", ""), ("", "key", ""), ("code", "refusal_code", "kind"), ("", "reason", ""))
+_DEAD_LETTER_CELLS = (("num", "at", ""), ("", "key", "source"), ("code", "error_type", ""), ("", "reason", ""))
+_NO_FEED: Mapping[str, Any] = {"refusals": [], "dead_letters": [], "problems": []}
+
+
 def _script_json(value: object) -> str:
     # "</" inside a <script> would end it early: escape the slash of every "</".
     return json.dumps(value).replace("</", "<\\/")
 
 
-def render_page(positions: Sequence[dict], *, title: str, error: str | None = None) -> str:
-    """The whole page with ``positions`` already in it; ``error`` shows as a banner (e.g. a peer is away)."""
+def render_page(positions: Sequence[dict], *, title: str, error: str | None = None,
+                feed: Mapping[str, Any] | None = None, sync_interval_s: float = 30.0) -> str:
+    """The whole page with ``positions`` and the ``feed`` (``streams.web.feed.read_feed``) already in it.
+
+    ``error`` shows as a banner (e.g. a peer is away); an exchange's sync shows stale once
+    its newest snapshot is older than ``STALE_AFTER_SYNC_INTERVALS`` x ``sync_interval_s``.
+    """
+    feed = feed if feed is not None else _NO_FEED
+    stale_after_s = STALE_AFTER_SYNC_INTERVALS * sync_interval_s
     counts = {status: 0 for status in STATUS_LABELS}
     for position in positions:
         if position["status"] in counts:
@@ -235,6 +362,8 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
         "__ROWS__": _script_json(list(positions)),
         "__INITIAL_OK__": "false" if error else "true",
         "__INITIAL_ERROR__": _script_json(error or ""),
+        "__FEED__": _script_json(dict(feed)),
+        "__STALE_AFTER_MS__": str(int(stale_after_s * 1000)),
     }
     script = _PLACEHOLDER.sub(lambda match: values[match.group(0)], _SCRIPT)
     rendered_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -255,6 +384,7 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
 </header>
 <main>
   <div id="banner" class="banner{' show' if error else ''}">{html.escape(error or '')}</div>
+  <section class="syncs" id="syncs">{_syncs(positions, stale_after_s, time.time())}</section>
   <section class="summary">
     <div class="card"><div class="n" id="n-total">{len(positions)}</div><div class="l">live positions</div></div>
     {cards}
@@ -263,14 +393,24 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
     <table>
       <thead><tr>
         <th>Symbol</th><th>Side</th><th>Status</th><th class="num">Quantity</th><th class="num">Entry price</th>
-        <th class="num">Stop-loss price</th><th class="num">Age</th><th class="num">Updated</th><th>Source</th><th>Position</th>
+        <th class="num">Mark</th><th class="num">Unrealized PnL</th><th class="num">Stop-loss price</th><th class="num">Age</th><th class="num">Updated</th><th>Source</th><th>Position</th>
       </tr></thead>
       <tbody id="rows">{''.join(_row(p) for p in positions)}</tbody>
     </table>
     <div id="empty" class="empty" style="display:{'none' if positions else 'block'}">{_EMPTY_ERROR if error else _EMPTY}</div>
   </div>
-  <footer>Refreshes every {REFRESH_MS // 1000} s from <code>/positions/</code>. Times are ages since the position opened
-  and since its last change; a red age means its in-flight step is past its deadline.</footer>
+  <section class="feed">
+    <div class="table-wrap"><h2>Latest refusals</h2>
+      <table><tbody id="refusals">{_feed_rows(feed["refusals"], _REFUSAL_CELLS)}</tbody></table></div>
+    <div class="table-wrap"><h2>Latest dead letters</h2>
+      <table><tbody id="dead-letters">{_feed_rows(feed["dead_letters"], _DEAD_LETTER_CELLS)}</tbody></table></div>
+  </section>
+  <div id="feed-problems" class="feed problems">{html.escape("; ".join(feed["problems"]))}</div>
+  <footer>Refreshes every {REFRESH_MS // 1000} s from <code>/positions/</code> and <code>/refusals/</code>. Times are ages
+  since the position opened and since its last change; a red age means its in-flight step is past its deadline. Mark
+  price and unrealized PnL come from the key's latest exchange snapshot; an exchange whose newest snapshot is older than
+  {STALE_AFTER_SYNC_INTERVALS} sync intervals ({stale_after_s:g} s) is red. Refusals are read from
+  <code>monitoring.position_events</code>, dead letters from the dead-letter topic.</footer>
 </main>
 <script>{script}</script>
 </body>

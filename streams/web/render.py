@@ -4,7 +4,10 @@ Times are ISO-8601 in UTC with millisecond precision and a ``Z`` (``2026-11-25T1
 prices and quantities are decimal strings exactly as the table holds them, never floats
 and never in exponent notation; absent values are ``null``. A few fields beyond the
 contract help a person (or the HTML page) read the row: the key, the requested quantity,
-the stop-loss percentage and the deadline of the step in flight.
+the stop-loss percentage and the deadline of the step in flight; and what the key's latest
+exchange snapshot says (``mark_price``, ``unrealized_pnl``, ``last_snapshot``: the exchange's
+side, quantity and entry price, the fetch's exchange time and the time the pipeline received
+it), null before the key's first snapshot.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from streams.domain import KeyState, Position
+from streams.domain import KeyState, LatestSnapshot, Position
 
-__all__ = ["CONTRACT_COLUMNS", "decimal_text", "iso_utc", "live_positions", "position_to_json"]
+__all__ = ["CONTRACT_COLUMNS", "decimal_text", "iso_utc", "live_positions", "position_to_json", "snapshot_to_json",
+           "state_to_json"]
 
 #: The columns of ``monitoring.positions`` (contract section 4) every object carries.
 CONTRACT_COLUMNS = (
@@ -40,7 +44,30 @@ def decimal_text(value: Decimal | None) -> str | None:
     return format(value, "f")
 
 
-def position_to_json(position: Position) -> dict:
+def snapshot_to_json(snapshot: LatestSnapshot | None) -> dict | None:
+    """The key's latest exchange snapshot as JSON; None before its first one."""
+    if snapshot is None:
+        return None
+    return {
+        "fetched_at": iso_utc(snapshot.fetched_at),
+        "received_at": iso_utc(snapshot.received_at),
+        "side": snapshot.side.value if snapshot.side is not None else None,
+        "quantity": decimal_text(snapshot.quantity),
+        "entry_price": decimal_text(snapshot.entry_price),
+        "mark_price": decimal_text(snapshot.mark_price),
+        "unrealized_pnl": decimal_text(snapshot.unrealized_pnl),
+    }
+
+
+def state_to_json(state: KeyState) -> dict:
+    """The key's live position with what its latest snapshot says (mark price, PnL); the position must be live."""
+    position = state.live_position
+    if position is None:
+        raise ValueError(f"{state.key} has no live position")
+    return position_to_json(position, state.latest_snapshot)
+
+
+def position_to_json(position: Position, latest_snapshot: LatestSnapshot | None = None) -> dict:
     """The JSON object of one position: the contract's columns, then the helpful extras."""
     return {
         "id": position.id,
@@ -62,6 +89,11 @@ def position_to_json(position: Position) -> dict:
         "stop_loss_pct": decimal_text(position.stop_loss_pct),
         "deadline_at": iso_utc(position.deadline_at),
         "close_requested": position.close_requested,
+        "stop_order_quantity": decimal_text(position.stop_order.quantity) if position.stop_order else None,
+        # From the key's latest exchange snapshot (shown, never decided on):
+        "mark_price": decimal_text(latest_snapshot.mark_price) if latest_snapshot else None,
+        "unrealized_pnl": decimal_text(latest_snapshot.unrealized_pnl) if latest_snapshot else None,
+        "last_snapshot": snapshot_to_json(latest_snapshot),
     }
 
 

@@ -9,11 +9,12 @@ listed below is a 404, and every route is GET/HEAD only (read-only).
 | route | answer |
 |---|---|
 | ``GET /`` (also ``/positions.html``) | the HTML page of open and in-flight positions |
-| ``GET /positions/`` | JSON array of every live position, from every worker |
+| ``GET /positions/`` | JSON array of every live position, from every worker, each with its key's latest exchange snapshot (mark price, unrealized PnL) |
 | ``GET /positions/{SYMBOL}@{exchange}/`` | the key's live position (200) or 404; from its owner |
 | ``GET /positions/{SYMBOL}@{exchange}/history/`` | the key's positions newest first (closed ones too), each with its events; from PostgreSQL (``?limit=N``, default 50); 404 if the key never had one |
 | ``GET /positions/closed/`` (``.html``) | positions that ended in the last ``?hours=`` (24), newest first, ``?symbol=`` narrows; from PostgreSQL |
-| ``GET /positions/{SYMBOL}@{exchange}/history.html`` | the same as an HTML timeline (linked from the page) |
+| ``GET /positions/{SYMBOL}@{exchange}/history.html`` | the same as an HTML timeline (linked from the page), the live position set against the exchange's latest snapshot |
+| ``GET /refusals/`` | the latest refusals (PostgreSQL) and dead letters (the dead-letter topic), newest first (``streams.web.feed``) |
 | ``GET /metrics`` | Prometheus: the project's metrics, the sink's lag, Faust's sensor (``faust_*``) |
 | ``GET /health`` | 200 while the process serves |
 | ``GET /ready`` | 200 once the worker has its assignment and its table recovered, and no background part (poller, order ledger) is failing; else 503 with the reasons; says if it leads the group |
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -62,14 +62,14 @@ from yarl import URL
 
 from streams.wire import serde
 from streams.settings import Settings
-from streams.web.closed import parse_closed_query, read_closed, render_closed_page
-from streams.web.history import HistoryUnavailable, PositionHistory, parse_limit
-from streams.web.history_page import render_history_page
+from streams.web.feed import DeadLetterTail, read_feed
+from streams.web.history import PositionHistory
+from streams.web.stored_views import StoredViews, json_response
 from streams.topics import TopicNames, sink_group
 from streams.telemetry import health, metrics
 from streams.web.auth import OPEN_PATHS, bearer_token_matches, peer_signature_headers, peer_signature_valid
 from streams.web.page import render_page
-from streams.web.render import position_to_json
+from streams.web.render import state_to_json
 from streams.web.sinklag import SinkLagProbe
 from streams.web.routing import (
     ROUTED_HEADER,
@@ -129,12 +129,10 @@ def _host_of(url: URL) -> str:
     return f"{url.raw_host}:{url.port}" if url.port is not None and not url.is_default_port() else str(url.raw_host)
 
 
-def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=json.dumps(value, ensure_ascii=False), status=status,
-                        content_type="application/json", headers=headers)
+_json = json_response
 
 
-class PositionsWebServer(Service):
+class PositionsWebServer(StoredViews, Service):
     """The web server of one worker (see the module's docstring for routes and routing)."""
 
     driver_version = f"aiohttp={aiohttp.__version__} (streams.web)"
@@ -151,8 +149,10 @@ class PositionsWebServer(Service):
         # What on_start opened, closed in reverse order by on_stop.
         self._opened = contextlib.AsyncExitStack()
         # The sink's consumer group (sinks/postgres.py) on position-updates.
-        self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, sink_group(settings),
-                                     TopicNames.for_prefix(settings.topic_prefix).updates)
+        topics = TopicNames.for_prefix(settings.topic_prefix)
+        self.sink_lag = SinkLagProbe(settings.kafka_bootstrap_servers, sink_group(settings), topics.updates)
+        # The page's feed of dead letters, followed from the topic by every worker alike.
+        self.dead_letter_tail = DeadLetterTail(settings.kafka_bootstrap_servers, topics.dead_letters)
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ service
@@ -172,7 +172,7 @@ class PositionsWebServer(Service):
         application = web.Application(middlewares=[self._auth_middleware])
         routes = {
             "/": self.page, "/positions.html": self.page, "/positions/": self.positions,
-            "/positions/closed/": self.closed, "/positions/closed.html": self.closed_page,
+            "/positions/closed/": self.closed, "/positions/closed.html": self.closed_page, "/refusals/": self.refusals,
             "/positions/{key}/history/": self.history, "/positions/{key}/history.html": self.history_page,
             "/positions/{key}/": self.position, "/_node/positions/": self.node_positions,
             "/metrics": self.metrics, "/health": self.health, "/ready": self.ready,
@@ -180,7 +180,7 @@ class PositionsWebServer(Service):
         for path, handler in routes.items():
             application.router.add_get(path, handler)
         # The JSON views answer without their trailing slash too (as curl users type them).
-        for path in ("/positions/", "/positions/closed/", "/positions/{key}/history/", "/positions/{key}/"):
+        for path in ("/positions/", "/positions/closed/", "/refusals/", "/positions/{key}/history/", "/positions/{key}/"):
             application.router.add_get(path.rstrip("/"), routes[path])
         return application
 
@@ -188,6 +188,8 @@ class PositionsWebServer(Service):
         """Binds ``WEB_BIND``:``WEB_PORT`` and starts serving."""
         self._opened.push_async_callback(self.position_history.close)
         self._opened.push_async_callback(self.sink_lag.close)
+        await self.dead_letter_tail.start()
+        self._opened.push_async_callback(self.dead_letter_tail.stop)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
         self._opened.push_async_callback(self._session.close)
         runner = web.AppRunner(self.build_application(), access_log=None)
@@ -244,22 +246,23 @@ class PositionsWebServer(Service):
         ready, _ = self.readiness()
         owned = self.owned_partitions() if ready else frozenset()
         return LocalAnswer(node=self.web_url, partitions=owned, positions=tuple(
-            position_to_json(position) for position in self._local_positions(owned)))
+            state_to_json(state) for state in self._live_states(owned)))
 
-    def _local_positions(self, owned: frozenset[int]) -> list:
+    def _live_states(self, owned: frozenset[int]) -> list:
+        """The states of this worker's keys (of ``owned`` partitions) that hold a live position."""
         partitions = self.settings.topic_partitions
-        positions = []
+        states = []
         for key, record in list(self.table.items()):
             if partition_for_key(key, partitions) not in owned:
                 continue
             try:
-                position = serde.key_state_from_record(record).live_position
+                state = serde.key_state_from_record(record)
             except Exception:  # noqa: BLE001 - one unreadable row must not hide all the others
                 logger.exception("table value of key %r cannot be read", key)
                 continue
-            if position is not None:
-                positions.append(position)
-        return positions
+            if state.live_position is not None:
+                states.append(state)
+        return states
 
     async def collect_positions(self) -> list[dict]:
         """Every worker's live positions, merged; raises ``IncompleteAnswer`` when a partition stays unanswered."""
@@ -379,10 +382,10 @@ class PositionsWebServer(Service):
 
     def _local_position(self, key: str) -> web.Response:
         record = self.table.get(key.encode("utf-8"))
-        position = serde.key_state_from_record(record).live_position if record is not None else None
-        if position is None:
+        state = serde.key_state_from_record(record) if record is not None else None
+        if state is None or state.live_position is None:
             return _json({"error": f"no open or in-flight position for {key}"}, status=404)
-        return _json(position_to_json(position))
+        return _json(state_to_json(state))
 
     async def _forward(self, owner: str, request: web.Request) -> web.Response:
         """Relays ``request`` to ``owner`` (path and query unchanged) and returns its answer."""
@@ -398,65 +401,33 @@ class PositionsWebServer(Service):
             return _json({"error": f"the owner of this key ({owner}) did not answer: {error!r}"}, status=503,
                          headers={"Retry-After": "1"})
 
-    async def history(self, request: web.Request) -> web.Response:
-        """The key's positions newest first, closed ones included, each with its events (from PostgreSQL)."""
-        key = request.match_info["key"]
-        if not is_valid_key(key):
-            return _json({"error": f"{key!r} is not a SYMBOL@exchange key"}, status=404)
-        try:
-            limit = parse_limit(request.query.get("limit"))
-        except ValueError as error:
-            return _json({"error": str(error)}, status=400)
-        try:
-            history = await self.position_history.read(key, limit)
-        except HistoryUnavailable as error:
-            return _json({"error": str(error)}, status=503, headers={"Retry-After": "5"})
-        if history is None:
-            return _json({"error": f"{key} never had a position"}, status=404)
-        return _json(history)
+    async def current_position(self, key: str) -> tuple[dict | None, str | None]:
+        """The key's live position as ``GET /positions/{key}/`` answers it (None: none live), or why it cannot be had.
 
-    async def closed(self, request: web.Request) -> web.Response:
-        """Positions that ended in the last ``?hours=`` (default 24), newest first; ``?symbol=`` narrows."""
+        Asked of the key's owner like that route (answered here when this worker owns it).
+        """
+        ready, reason = self.readiness()
+        if not ready:
+            return None, f"not ready: {reason}"
+        partition = partition_for_key(key.encode("utf-8"), self.settings.topic_partitions)
+        if partition in self.owned_partitions():
+            record = self.table.get(key.encode("utf-8"))
+            state = serde.key_state_from_record(record) if record is not None else None
+            return (state_to_json(state) if state is not None and state.live_position is not None else None), None
+        owner = owner_of(partition, self.owners())
+        if owner is None or same_node(owner, self.web_url):
+            return None, f"no worker owns partition {partition} yet"
+        assert self._session is not None
+        target = URL(owner).with_path(f"/positions/{key}/")
         try:
-            asked = parse_closed_query(request.query)
-        except ValueError as error:
-            return _json({"error": str(error)}, status=400)
-        try:
-            return _json(await read_closed(await self.position_history.connections(), asked))
-        except HistoryUnavailable as error:
-            return _json({"error": str(error)}, status=503, headers={"Retry-After": "5"})
-
-    async def closed_page(self, request: web.Request) -> web.Response:
-        """The HTML table of ended positions, each linked to its key's timeline."""
-        title = f"Positions \u00b7 {self.settings.app_id}"
-        try:
-            asked = parse_closed_query(request.query)
-        except ValueError as error:
-            return web.Response(text=str(error), status=400)
-        try:
-            positions = await read_closed(await self.position_history.connections(), asked)
-        except HistoryUnavailable as error:
-            return web.Response(text=render_closed_page([], asked, title=title, error=str(error)), status=503,
-                                content_type="text/html")
-        return web.Response(text=render_closed_page(positions, asked, title=title), content_type="text/html")
-
-    async def history_page(self, request: web.Request) -> web.Response:
-        """The HTML timeline of the key's positions."""
-        key = request.match_info["key"]
-        title = f"Positions \u00b7 {self.settings.app_id}"
-        if not is_valid_key(key):
-            return web.Response(text=render_history_page(None, key=key, title=title), status=404,
-                                content_type="text/html")
-        try:
-            history = await self.position_history.read(key, parse_limit(request.query.get("limit")))
-        except ValueError as error:
-            return web.Response(text=render_history_page(None, key=key, title=title, error=str(error)), status=400,
-                                content_type="text/html")
-        except HistoryUnavailable as error:
-            return web.Response(text=render_history_page(None, key=key, title=title, error=str(error)), status=503,
-                                content_type="text/html")
-        return web.Response(text=render_history_page(history, key=key, title=title),
-                            status=404 if history is None else 200, content_type="text/html")
+            async with self._session.get(target, headers=self._peer_headers(target)) as reply:
+                if reply.status == 404:
+                    return None, None
+                if reply.status != 200:
+                    return None, f"{owner} answered HTTP {reply.status}"
+                return await reply.json(), None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            return None, f"the owner of this key ({owner}) did not answer: {error!r}"
 
     async def page(self, request: web.Request) -> web.Response:
         """The HTML page; shows what it has and a banner when a worker did not answer."""
@@ -465,12 +436,14 @@ class PositionsWebServer(Service):
             positions = await self.collect_positions()
         except IncompleteAnswer as incomplete:
             positions, error = incomplete.positions, f"Incomplete: {incomplete}"
-        title = f"Positions \u00b7 {self.settings.app_id}"
-        return web.Response(text=render_page(positions, title=title, error=error), content_type="text/html")
+        feed = await read_feed(self.position_history, self.dead_letter_tail)
+        return web.Response(text=render_page(positions, title=self._title, error=error, feed=feed,
+                                             sync_interval_s=self.settings.sync_interval_s),
+                            content_type="text/html")
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text: the project's registry, then Faust's sensor registry."""
-        metrics.refresh_position_gauge(self._local_positions(self.owned_partitions()))
+        metrics.refresh_position_gauge([state.live_position for state in self._live_states(self.owned_partitions())])
         metrics.set_group_leader(self.readiness()[0] and self.app.is_leader())
         await self.sink_lag.refresh()
         body = generate_latest(REGISTRY)

@@ -25,7 +25,7 @@ from emulator.binance_usdm import BinanceUsdmEmulator
 from streams.domain import Side, Status
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
-from streams.web.render import position_to_json
+from streams.web.render import state_to_json
 from tests.integration.pipeline_harness import (
     REPO_ROOT,
     InputSender,
@@ -126,7 +126,7 @@ async def test_replay_from_offset_zero_rebuilds_the_table_and_rows_and_restarted
     # Act, then assert: a worker restarted on its own data dir (its store now behind the
     # changelog the replay wrote) and one on an empty data dir both restore that table and
     # serve it.
-    expected = sorted((position_to_json(state.live_position) for state in replayed_table.values()
+    expected = sorted((state_to_json(state) for state in replayed_table.values()
                        if state.live_position is not None), key=lambda p: p["id"])
     assert expected, "the scripted history leaves live positions to serve"
     for data_dir in (tmp_path / "data", tmp_path / "empty-data"):

@@ -65,7 +65,7 @@ async def test_migrations_on_an_empty_database_create_the_contract_tables(fresh_
             "key": "text", "input_offset": "bigint", "symbol": "text", "exchange": "text", "position_id": "text",
             "kind": "text", "decision": "text", "reason": "text", "event_id": "text",
             "time": "timestamp with time zone", "status_after": "text", "client_order_id": "text",
-            "order_role": "text", "order_outcome": "text",
+            "order_role": "text", "order_outcome": "text", "refusal_code": "text",
         }
         primary_key = await connection.fetchval(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint "

@@ -32,6 +32,7 @@ from streams.domain import (
     OrderRole,
     Position,
     PositionSource,
+    RefusalCode,
     ReportOutcome,
     Side,
     Status,
@@ -125,8 +126,19 @@ def test_event_row_maps_the_audit_record_with_symbol_exchange_and_time():
         "key": KEY, "input_offset": 7, "symbol": "APTUSDT", "exchange": "binance", "position_id": f"{KEY}/3",
         "kind": "signal", "decision": "refused", "reason": "free -> pending_entry on open",
         "event_id": "signal:sig-7", "time": epoch_ms_to_datetime(TS + 7), "status_after": None,
-        "client_order_id": None, "order_role": None, "order_outcome": None,
+        "client_order_id": None, "order_role": None, "order_outcome": None, "refusal_code": None,
     }
+
+
+def test_event_row_carries_the_refusal_code_as_text():
+    # Arrange
+    record = dataclasses.replace(audit(9, AuditDecision.REFUSED), refusal_code=RefusalCode.ALREADY_OPEN)
+
+    # Act
+    row = dict(zip(EVENT_COLUMNS, event_row(record), strict=True))
+
+    # Assert
+    assert row["refusal_code"] == "already_open" and type(row["refusal_code"]) is str
 
 
 def test_event_row_maps_the_status_after_and_the_order_as_text():

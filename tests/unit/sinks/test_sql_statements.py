@@ -38,6 +38,8 @@ REVIEWED_STATEMENTS = {
     ("streams/web/history.py", "_POSITIONS"),
     ("streams/web/history.py", "_EVENTS"),
     ("streams/web/closed.py", "_CLOSED"),
+    # Read-only, a constant limit as its one parameter: the page's latest refusals.
+    ("streams/web/feed.py", "_REFUSALS"),
     ("streams/ops/replay.py", "'TRUNCATE monitoring.positions, monitoring.position_events'"),
 }
 
