@@ -171,8 +171,7 @@ class DeadLetterTail:
                          for records in batch.values() for record in records]
                 if fresh:
                     self._hold(fresh)
-                if not self.caught_up.is_set() and all(
-                        await consumer.position(p) >= ends[p] for p in assigned):
+                if not self.caught_up.is_set() and await _reached(consumer, ends):
                     self.caught_up.set()
         finally:
             await consumer.stop()
@@ -183,3 +182,11 @@ class DeadLetterTail:
         newest = sorted(held.values(), key=lambda letter: (letter["ts"] or 0, letter["partition"], letter["offset"]),
                         reverse=True)
         self._letters = newest[:self._keep]
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """True once the consumer's position is at or past ``ends`` on every partition."""
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return False
+    return True

@@ -8,8 +8,8 @@ Data reaches the DOM only as text (``textContent`` in the script, ``html.escape`
 
 Beside the positions: each one's mark price and unrealized PnL from its key's latest
 exchange snapshot; per exchange, the time since the newest snapshot any of its positions
-received (red once older than ``STALE_AFTER_SYNC_INTERVALS`` sync intervals: a sync that
-stopped shows at once); and the feed of the latest refusals and dead letters
+received (red once older than ``STALE_AFTER_SYNC_INTERVALS`` sync intervals, at least
+``STALE_FLOOR_S``: a sync that stopped shows at once); and the feed of the latest refusals and dead letters
 (``refusals/``, see ``streams.web.feed``), refreshed with the positions.
 """
 
@@ -25,7 +25,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["STALE_AFTER_SYNC_INTERVALS", "STATUS_LABELS", "exchange_syncs", "render_page"]
+__all__ = ["STALE_AFTER_SYNC_INTERVALS", "STALE_FLOOR_S", "STATUS_LABELS", "exchange_syncs", "render_page"]
 
 #: How each live status reads on the page, in lifecycle order (also the order of the summary).
 STATUS_LABELS = {
@@ -37,8 +37,11 @@ STATUS_LABELS = {
 }
 
 REFRESH_MS = 2000
-#: A snapshot older than this many sync intervals marks its exchange's sync stale.
+#: A snapshot older than this many sync intervals marks its exchange's sync stale...
 STALE_AFTER_SYNC_INTERVALS = 3
+#: ... and never younger than this: ages are whole seconds, read against the browser's clock,
+#: and a sync of a second or two would otherwise flicker red between two polls.
+STALE_FLOOR_S = 15.0
 _EMPTY = "No open or in-flight positions."
 _EMPTY_ERROR = "Waiting for every worker to answer\u2026"
 
@@ -69,7 +72,7 @@ main { padding:20px 28px 28px; }
 .banner { display:none; margin-bottom:14px; padding:10px 14px; border-radius:8px; background:#fee2e2;
   color:#991b1b; border:1px solid #fecaca; }
 .banner.show { display:block; }
-.table-wrap { background:var(--panel); border:1px solid var(--line); border-radius:10px; overflow:hidden; }
+.table-wrap { background:var(--panel); border:1px solid var(--line); border-radius:10px; overflow-x:auto; }
 table { width:100%; border-collapse:collapse; }
 th { text-align:left; font-size:11px; text-transform:uppercase; letter-spacing:.5px; color:var(--muted);
   background:#f8fafc; padding:9px 12px; border-bottom:1px solid var(--line); white-space:nowrap; }
@@ -100,7 +103,7 @@ footer { color:var(--muted); font-size:12px; margin-top:12px; }
 .feed { display:grid; grid-template-columns:1fr 1fr; gap:16px; margin-top:18px; }
 .feed h2 { font-size:13px; text-transform:uppercase; letter-spacing:.5px; color:var(--muted); margin:0;
   padding:10px 12px; border-bottom:1px solid var(--line); background:#f8fafc; }
-.feed td { white-space:normal; font-size:12px; vertical-align:top; }
+.feed td { white-space:normal; overflow-wrap:anywhere; font-size:12px; vertical-align:top; }
 .feed .code { font-family: ui-monospace, Menlo, "DejaVu Sans Mono", monospace; color:#b91c1c; }
 .feed .problems { color:#991b1b; font-size:12px; padding:6px 12px; }
 """
@@ -340,10 +343,11 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
     """The whole page with ``positions`` and the ``feed`` (``streams.web.feed.read_feed``) already in it.
 
     ``error`` shows as a banner (e.g. a peer is away); an exchange's sync shows stale once
-    its newest snapshot is older than ``STALE_AFTER_SYNC_INTERVALS`` x ``sync_interval_s``.
+    its newest snapshot is older than ``STALE_AFTER_SYNC_INTERVALS`` x ``sync_interval_s`` (at least
+    ``STALE_FLOOR_S``).
     """
     feed = feed if feed is not None else _NO_FEED
-    stale_after_s = STALE_AFTER_SYNC_INTERVALS * sync_interval_s
+    stale_after_s = max(STALE_AFTER_SYNC_INTERVALS * sync_interval_s, STALE_FLOOR_S)
     counts = {status: 0 for status in STATUS_LABELS}
     for position in positions:
         if position["status"] in counts:
@@ -409,7 +413,7 @@ def render_page(positions: Sequence[dict], *, title: str, error: str | None = No
   <footer>Refreshes every {REFRESH_MS // 1000} s from <code>/positions/</code> and <code>/refusals/</code>. Times are ages
   since the position opened and since its last change; a red age means its in-flight step is past its deadline. Mark
   price and unrealized PnL come from the key's latest exchange snapshot; an exchange whose newest snapshot is older than
-  {STALE_AFTER_SYNC_INTERVALS} sync intervals ({stale_after_s:g} s) is red. Refusals are read from
+  {STALE_AFTER_SYNC_INTERVALS} sync intervals (at least {STALE_FLOOR_S:g} s; here {stale_after_s:g} s) is red. Refusals are read from
   <code>monitoring.position_events</code>, dead letters from the dead-letter topic.</footer>
 </main>
 <script>{script}</script>

@@ -50,17 +50,29 @@ def test_page_shows_mark_and_pnl_cells_and_a_fresh_sync_per_exchange():
 
 
 def test_page_marks_an_exchange_stale_past_three_sync_intervals():
-    # Arrange: the newest snapshot of binance was received 10 s ago, the sync runs every 2 s
+    # Arrange: the newest snapshot of binance was received 40 s ago, the sync runs every 10 s
     position = _active_with_snapshot(pnl="-3.1")
-    position["last_snapshot"]["received_at"] = iso_utc(int(time.time() * 1000) - 10_000)
+    position["last_snapshot"]["received_at"] = iso_utc(int(time.time() * 1000) - 40_000)
 
     # Act
-    page = render_page([position], title="t", sync_interval_s=2)
+    page = render_page([position], title="t", sync_interval_s=10)
 
     # Assert
     assert '<div class="sync stale" data-exchange="binance">' in page
     assert '<td class="num pnl pnl-neg">-3.1</td>' in page
-    assert "STALE_AFTER_MS = 6000;" in page
+    assert "STALE_AFTER_MS = 30000;" in page
+
+
+def test_page_stale_floor_keeps_a_one_second_sync_fresh_for_fifteen_seconds():
+    # Arrange: a snapshot 10 s old where the sync runs every second
+    position = _active_with_snapshot()
+    position["last_snapshot"]["received_at"] = iso_utc(int(time.time() * 1000) - 10_000)
+
+    # Act
+    page = render_page([position], title="t", sync_interval_s=1)
+
+    # Assert
+    assert '<div class="sync" data-exchange="binance">' in page and "STALE_AFTER_MS = 15000;" in page
 
 
 def test_exchange_syncs_take_the_newest_snapshot_of_each_exchange():
