@@ -154,6 +154,7 @@ def expected_event_columns(audit: AuditRecord) -> dict:
         "client_order_id": audit.client_order_id,
         "order_role": None if audit.order_role is None else audit.order_role.value,
         "order_outcome": None if audit.order_outcome is None else audit.order_outcome.value,
+        "refusal_code": None if audit.refusal_code is None else audit.refusal_code.value,
     }
 
 
