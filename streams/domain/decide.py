@@ -2,8 +2,9 @@
 
 `decide(state, applied, policy)` takes one input of one key and returns the key's next
 state, the commands to send and exactly one audit record. It reads no clock (time comes
-from the input), does no I/O and never mutates: every new value is built with
-`dataclasses.replace`, and only after the transition table has accepted the input.
+from the input), does no I/O and never mutates: every new value is a new one (a position
+through `verdicts._replace_position`, `dataclasses.replace` compiled for its fields), built
+only after the transition table has accepted the input.
 
 Order of judgement for an input:
 1. routing: an input of another key is a programmer error (`KeyMismatchError`);
@@ -15,8 +16,6 @@ Order of judgement for an input:
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 from streams.domain.commands import AuditRecord, Command, Decision
 from streams.domain.exceptions import InvalidValueError, KeyMismatchError
@@ -62,6 +61,7 @@ from streams.domain.verdicts import (
     _Verdict,
     _current_stop_accepted,
     _error_suffix,
+    _replace_position,
     _stop_covers,
     _to_cancel,
     _unchanged,
@@ -82,7 +82,7 @@ def decide(state: KeyState | None, applied: AppliedInput, policy: Policy) -> Dec
     before = state if state is not None else KeyState.initial(event.key)
     if applied.offset <= before.last_offset:
         return Decision(state=before, commands=(), audit=None, position_changed=False)
-    step = _Step(state=before, offset=applied.offset, event=event, policy=policy)
+    step = _Step(before, applied.offset, event, policy, event.ts, before.key, event.payload)
     return _conclude(step, _judge(step))
 
 
@@ -107,7 +107,18 @@ def _payload_key(payload: InputPayload) -> str:
     raise InvalidValueError(f"not an input payload: {payload!r}")
 
 
+_INPUT_KINDS = {
+    Signal: InputKind.SIGNAL,
+    ExchangeSnapshot: InputKind.SNAPSHOT,
+    ExecutionReport: InputKind.REPORT,
+    Deadline: InputKind.DEADLINE,
+}
+
+
 def _input_kind(payload: InputPayload) -> InputKind:
+    kind = _INPUT_KINDS.get(type(payload))
+    if kind is not None:
+        return kind
     match payload:
         case Signal():
             return InputKind.SIGNAL
@@ -134,7 +145,8 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         position=verdict.position,
         last_exchange_ts=exchange_ts,
     )
-    position_changed = verdict.position != state.position
+    # A verdict that changes nothing carries the state's own position: no comparison needed.
+    position_changed = verdict.position is not state.position and verdict.position != state.position
     audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
     client_order_id, order_role, order_outcome = _audited_order(step.payload, verdict.commands)
     audit = AuditRecord(
@@ -214,7 +226,7 @@ def _judge_signal(step: _Step, signal: Signal) -> _Verdict:
     if step.state.has_seen_signal(signal.signal_id):
         return _unchanged(step, AuditDecision.DUPLICATE, f"signal {signal.signal_id} already seen")
     trigger = Trigger.OPEN if signal.action is SignalAction.OPEN else Trigger.CLOSE
-    return replace(_through_table(step, trigger), remember_signal_id=signal.signal_id)
+    return _through_table(step, trigger, remember_signal_id=signal.signal_id)
 
 
 def _judge_snapshot(step: _Step, snapshot: ExchangeSnapshot) -> _Verdict:
@@ -225,10 +237,8 @@ def _judge_snapshot(step: _Step, snapshot: ExchangeSnapshot) -> _Verdict:
             f"stale snapshot: fetched at {snapshot.fetched_at}, "
             f"the exchange is already known as of {step.state.last_exchange_ts}",
         )
-    return replace(
-        _through_table(step, _snapshot_trigger(step.state.live_position, snapshot)),
-        exchange_ts=snapshot.fetched_at,
-    )
+    return _through_table(step, _snapshot_trigger(step.state.live_position, snapshot),
+                          exchange_ts=snapshot.fetched_at)
 
 
 def _snapshot_trigger(position: Position | None, snapshot: ExchangeSnapshot) -> Trigger:
@@ -260,18 +270,18 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
     # order to cancel (a replaced stop, an entry seen resting) is bookkeeping only.
     current_stop = is_current and report.role is OrderRole.STOP_LOSS
     if not current_stop and _to_cancel(position, report.client_order_id) is not None:
-        return replace(_judge_order_to_cancel(step, position, report, seen), exchange_ts=report.ts)
+        return _judge_order_to_cancel(step, position, report, seen)._replace(exchange_ts=report.ts)
     if not is_current:
         awaited = order.client_order_id if order is not None else "none"
         return _ignored_report(step, report, f"report for {report.role} order {report.client_order_id}, "
                                              f"but position {position.id} awaits {awaited}")
-    verdict = _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen)
-    return replace(verdict, exchange_ts=report.ts)
+    return _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen,
+                          exchange_ts=report.ts)
 
 
 def _ignored_report(step: _Step, report: ExecutionReport, reason: str) -> _Verdict:
     """The key's state unchanged but for the exchange's time the report brings."""
-    return replace(_unchanged(step, AuditDecision.IGNORED, reason), exchange_ts=report.ts)
+    return _unchanged(step, AuditDecision.IGNORED, reason, exchange_ts=report.ts)
 
 
 def _effective_outcome(report: ExecutionReport) -> ReportOutcome:
@@ -299,7 +309,7 @@ def _judge_order_to_cancel(step: _Step, position: Position, report: ExecutionRep
         )
     remaining = tuple(o for o in position.orders_to_cancel if o.client_order_id != report.client_order_id)
     effect = _Effect(
-        position=replace(position, orders_to_cancel=remaining),
+        position=_replace_position(position, orders_to_cancel=remaining),
         commands=(),
         notes=(f"{report.role} order {report.client_order_id} confirmed gone ({report.outcome})",),
     )
@@ -338,8 +348,12 @@ def _judge_deadline(step: _Step, deadline: Deadline) -> _Verdict:
     return _through_table(step, Trigger.DEADLINE)
 
 
-def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = None) -> _Verdict:
-    """Look the transition up first; build the new position only once the table accepts it."""
+def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = None,
+                   remember_signal_id: str | None = None, exchange_ts: int | None = None) -> _Verdict:
+    """Look the transition up first; build the new position only once the table accepts it.
+
+    `remember_signal_id` and `exchange_ts` go into the verdict whatever the table says.
+    """
     position = step.state.live_position
     from_status = table_status(position.status if position is not None else None)
     target = next_step(
@@ -350,22 +364,27 @@ def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = N
             position_id=position.id if position is not None else "none",
             status=position.status if position is not None else "free",
         )
-        return _unchanged(step, target.decision, reason, target.code)
+        return _unchanged(step, target.decision, reason, target.code, remember_signal_id=remember_signal_id,
+                          exchange_ts=exchange_ts)
     if position is None:
         effect = _EFFECTS_ON_FREE_KEY[trigger](step, target)
     else:
         effect = _EFFECTS_ON_POSITION[trigger](step, position, target)
     if isinstance(effect, _Refusal):
-        return _unchanged(step, effect.decision, effect.reason, effect.code)
+        return _unchanged(step, effect.decision, effect.reason, effect.code, remember_signal_id=remember_signal_id,
+                          exchange_ts=exchange_ts)
     effect = _held_or_released(effect)
     after = _stamp(step, position, effect, seen_report)
-    changed = after != position
+    # `_stamp` gives the position itself back when nothing changed.
+    changed = after is not position and after != position
     transition = f"{from_status or 'free'} -> {after.status} on {trigger}"
     return _Verdict(
         decision=AuditDecision.APPLIED if changed or effect.commands else AuditDecision.IGNORED,
         reason="; ".join((transition, *effect.notes)),
         position=after,
         commands=effect.commands,
+        remember_signal_id=remember_signal_id,
+        exchange_ts=exchange_ts,
     )
 
 
@@ -382,14 +401,14 @@ def _held_or_released(effect: _Effect) -> _Effect:
         if held is None:
             return effect
         names = ", ".join(o.client_order_id for o in position.orders_to_cancel)
-        return _Effect(replace(position, status=held), effect.commands,
+        return _Effect(_replace_position(position, status=held), effect.commands,
                        (*effect.notes, f"held {held} (not {position.status}) until {names} is confirmed canceled"))
     released = RELEASED_ONCE_CANCELS_CONFIRMED.get(position.status)
     ready = (released is Status.ACTIVE and _current_stop_accepted(position)) or (
         released is Status.CLOSED and position.closed_at_exchange)
     if released is None or not ready:
         return effect
-    return _Effect(replace(position, status=released), effect.commands,
+    return _Effect(_replace_position(position, status=released), effect.commands,
                    (*effect.notes, f"every order to cancel is confirmed gone: {released}"))
 
 
@@ -409,12 +428,17 @@ def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: s
     else:
         deadline_at = after.deadline_at
     ended_now = after.status.is_terminal and (before is None or not before.status.is_terminal)
-    stamped = replace(
+    closed_at = step.now if ended_now else after.closed_at
+    # Effects never set these stamps themselves, so the stamped position equals `before` exactly
+    # when the effect's does and the stamps stay as they were: then `before` itself, no new value.
+    if (before is not None and seen_report is None and deadline_at == after.deadline_at
+            and closed_at == after.closed_at and (after is before or after == before)):
+        return before
+    return _replace_position(
         after,
         deadline_at=deadline_at,
-        closed_at=step.now if ended_now else after.closed_at,
+        closed_at=closed_at,
         seen_reports=after.seen_reports if seen_report is None else (*after.seen_reports, seen_report),
+        updated_at=step.now,
+        version=step.offset,
     )
-    if before is not None and stamped == before:
-        return before
-    return replace(stamped, updated_at=step.now, version=step.offset)
