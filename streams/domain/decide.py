@@ -145,8 +145,8 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         position=verdict.position,
         last_exchange_ts=exchange_ts,
     )
-    # A verdict that changes nothing carries the state's own position: no comparison needed.
-    position_changed = verdict.position is not state.position and verdict.position != state.position
+    # A verdict that changes nothing carries the state's own position (`_stamp`): identity says it.
+    position_changed = verdict.position is not state.position
     audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
     client_order_id, order_role, order_outcome = _audited_order(step.payload, verdict.commands)
     audit = AuditRecord(
@@ -178,8 +178,8 @@ def _remember_signal(step: _Step, signal_id: str) -> tuple[SeenSignal, ...]:
     prunes, so another host's clock (a snapshot, a report) can never shorten the window.
     """
     horizon = step.now - step.policy.signal_id_retention_ms
-    kept = tuple(seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon)
-    return (*kept, SeenSignal(signal_id=signal_id, first_seen_at=step.now))
+    kept = [seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon]
+    return (*kept, SeenSignal(signal_id, step.now))
 
 
 def _audited_order(
@@ -375,8 +375,7 @@ def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = N
                           exchange_ts=exchange_ts)
     effect = _held_or_released(effect)
     after = _stamp(step, position, effect, seen_report)
-    # `_stamp` gives the position itself back when nothing changed.
-    changed = after is not position and after != position
+    changed = after is not position  # `_stamp` gives the position itself back when nothing changed
     transition = f"{from_status or 'free'} -> {after.status} on {trigger}"
     return _Verdict(
         decision=AuditDecision.APPLIED if changed or effect.commands else AuditDecision.IGNORED,
@@ -417,6 +416,8 @@ def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: s
 
     The deadline is (re)armed when the status changes or an order is commanded, so a
     snapshot that merely agrees never postpones it; it is cleared outside in-flight statuses.
+    Returns `before` itself when the stamped position would equal it, else a value that differs
+    from it: callers compare by identity.
     """
     after = effect.position
     status_changed = before is None or before.status is not after.status

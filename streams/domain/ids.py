@@ -6,7 +6,6 @@ retried request can never become a second order at the exchange.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 
@@ -30,6 +29,10 @@ CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _ROLE_LETTER = {OrderRole.ENTRY: "e", OrderRole.STOP_LOSS: "s", OrderRole.CLOSE: "c"}
 _ROLE_OF_LETTER = {letter: role for role, letter in _ROLE_LETTER.items()}
 _DIGEST_BYTES = 10  # 80 bits: exactly 16 base32 characters, so no padding to strip
+# RFC 4648 base32 in lower case, two characters (10 bits) at a time, as `base64.b32encode` does.
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = tuple(first + second for first in _BASE32 for second in _BASE32)
+_PAIR_SHIFTS = tuple(range(_DIGEST_BYTES * 8 - 10, -1, -10))
 
 
 def key_for(symbol: str, exchange: str) -> str:
@@ -64,7 +67,8 @@ def client_order_id(position_id: str, role: OrderRole, attempt: int) -> str:
     digest = hashlib.blake2b(
         f"{position_id}|{role.value}|{attempt}".encode(), digest_size=_DIGEST_BYTES
     ).digest()
-    encoded = base64.b32encode(digest).decode("ascii").lower()
+    bits = int.from_bytes(digest, "big")
+    encoded = "".join([_BASE32_PAIRS[(bits >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
     identifier = f"pp{_ROLE_LETTER[role]}{attempt}-{encoded}"
     if not CLIENT_ORDER_ID_PATTERN.match(identifier):
         # Only an absurd attempt number (> 16 digits) can get here.

@@ -314,7 +314,8 @@ def _exchange_differences(position: Position, snapshot: ExchangeSnapshot) -> tup
 
 def _same_decimal(a: Decimal | None, b: Decimal | None) -> bool:
     """Equal and written alike (`61.8` is not `61.80`): a value that may replace the other unseen."""
-    return a is b or (a is not None and b is not None and a == b and a.as_tuple() == b.as_tuple())
+    return a is b or (a is not None and b is not None and a == b and a.same_quantum(b)
+                      and a.is_signed() is b.is_signed())
 
 
 def _to_cancel(position: Position, client_order_id: str) -> OrderRef | None:
