@@ -65,7 +65,7 @@ def client_order_id(position_id: str, role: OrderRole, attempt: int) -> str:
     if attempt < 1:
         raise InvalidValueError(f"client_order_id attempt must be >= 1, got {attempt}")
     digest = hashlib.blake2b(
-        f"{position_id}|{role.value}|{attempt}".encode(), digest_size=_DIGEST_BYTES
+        f"{position_id}|{role}|{attempt}".encode(), digest_size=_DIGEST_BYTES  # a StrEnum formats as its value
     ).digest()
     bits = int.from_bytes(digest, "big")
     encoded = "".join([_BASE32_PAIRS[(bits >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
@@ -100,4 +100,4 @@ def report_key(client_order_id: str, outcome: ReportOutcome) -> str:
 
     `|` is outside the client-id alphabet, so the pair is unambiguous.
     """
-    return f"{client_order_id}|{outcome.value}"
+    return f"{client_order_id}|{outcome}"  # a StrEnum formats as its value

@@ -241,7 +241,12 @@ def _start_closing(step: _Step, position: Position, target: Status, *, notes: tu
 
 def _may_rest(position: Position, order: OrderRef) -> bool:
     """False once an answer proved the order filled, canceled, refused or never there."""
-    return not any(report_key(order.client_order_id, outcome) in position.seen_reports for outcome in _FINAL_OUTCOMES)
+    seen = position.seen_reports
+    if seen:
+        for outcome in _FINAL_OUTCOMES:
+            if report_key(order.client_order_id, outcome) in seen:
+                return False
+    return True
 
 
 def _current_stop_accepted(position: Position) -> bool:
