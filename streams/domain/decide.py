@@ -17,7 +17,7 @@ Order of judgement for an input:
 
 from __future__ import annotations
 
-from streams.domain.commands import AuditRecord, Command, Decision
+from streams.domain.commands import Command, Decision
 from streams.domain.exceptions import InvalidValueError, KeyMismatchError
 from streams.domain.ids import key_for, key_of_position_id, report_key
 from streams.domain.model import (
@@ -61,6 +61,9 @@ from streams.domain.verdicts import (
     _Verdict,
     _current_stop_accepted,
     _error_suffix,
+    _new_audit_record,
+    _new_decision,
+    _new_key_state,
     _replace_position,
     _stop_covers,
     _to_cancel,
@@ -138,7 +141,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     exchange_ts = state.last_exchange_ts
     if verdict.exchange_ts is not None:
         exchange_ts = max(exchange_ts, verdict.exchange_ts)
-    new_state = KeyState(
+    new_state = _new_key_state(
         key=state.key,
         last_offset=step.offset,
         seen_signals=seen_signals,
@@ -149,7 +152,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     position_changed = verdict.position is not state.position
     audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
     client_order_id, order_role, order_outcome = _audited_order(step.payload, verdict.commands)
-    audit = AuditRecord(
+    audit = _new_audit_record(
         key=state.key,
         offset=step.offset,
         event_id=step.event.event_id,
@@ -165,7 +168,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         order_outcome=order_outcome,
         refusal_code=verdict.refusal_code,
     )
-    return Decision(
+    return _new_decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
     )
 

@@ -6,12 +6,21 @@ the whole package: no clock, no I/O, no mutation.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import NamedTuple, TypeVar
 
-from streams.domain.commands import CancelOrder, ClosePosition, Command, PlaceEntry, PlaceStopLoss, QueryOrder
+from streams.domain.commands import (
+    AuditRecord,
+    CancelOrder,
+    ClosePosition,
+    Command,
+    Decision,
+    PlaceEntry,
+    PlaceStopLoss,
+    QueryOrder,
+)
 from streams.domain.exceptions import TransitionTableError
 from streams.domain.ids import client_order_id, command_id, report_key, role_of_client_order_id
 from streams.domain.model import (
@@ -105,33 +114,61 @@ class _Refusal(NamedTuple):
     code: RefusalCode | None = None
 
 
+# --- values built without dataclasses' per-field cost ---------------------------------------
+# A frozen dataclass sets each field through `object.__setattr__`, a call that costs several
+# times an ordinary attribute store: with the 24 fields of a position, building values was
+# most of a decision's time. These builders store the fields into an instance of a plain
+# class with the same slots (ordinary stores), then make it an instance of the frozen class
+# by `__class__` assignment, which CPython allows only between classes of the same layout
+# (a TypeError otherwise). The result is an ordinary, frozen instance of the class.
+
 _KEEP = object()
+
+
+def _compiled(cls: type, name: str, signature: str, stores: list[str], namespace: dict) -> Callable[..., object]:
+    draft = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__slots__})
+    tail = ["    _value.__class__ = _cls"]
+    if name.startswith("new_") and hasattr(cls, "__post_init__"):
+        tail.append("    _value.__post_init__()")
+    source = "\n".join([f"def {name}({signature}):", "    _value = _make(_draft)", *stores, *tail, "    return _value"])
+    namespace = {**namespace, "_make": object.__new__, "_draft": draft, "_cls": cls}
+    exec(source, namespace)  # noqa: S102 - our own source, built from the dataclass's field names
+    return namespace[name]
 
 
 def _precompiled_replace(cls: type) -> Callable[..., object]:
     """`dataclasses.replace` for the frozen, slotted dataclass `cls`, compiled once for its fields.
 
     `dataclasses.replace` walks the fields, builds keyword arguments and runs `__init__` and
-    `__post_init__` again: the larger part of a decision's time. This sets the slots of the
-    new value straight from the old one and the changes, as the generated `__init__` does,
-    without validating again: `decide` only passes values taken from validated inputs,
-    values already in the position, or Decimal arithmetic in a fixed context. Generated from
-    `fields(cls)`, so a field added to the class is copied too.
+    `__post_init__` again. This copies the slots of the old value and the changes, without
+    validating again: `decide` only passes values taken from validated inputs, values already
+    in the position, or Decimal arithmetic in a fixed context. Generated from `fields(cls)`,
+    so a field added to the class is copied too.
     """
     names = [field.name for field in fields(cls)]
-    source = "\n".join([
-        f"def replace_{cls.__name__}(_old, /, *, {', '.join(f'{name}=_KEEP' for name in names)}):",
-        "    _new = _make(_cls)",
-        *(f"    _set(_new, {name!r}, _old.{name} if {name} is _KEEP else {name})" for name in names),
-        "    return _new",
-    ])
-    namespace = {"_make": object.__new__, "_set": object.__setattr__, "_cls": cls, "_KEEP": _KEEP}
-    exec(source, namespace)  # noqa: S102 - our own source, built from the dataclass's field names
-    return namespace[f"replace_{cls.__name__}"]
+    return _compiled(cls, f"replace_{cls.__name__}", f"_old, /, *, {', '.join(f'{n}=_KEEP' for n in names)}",
+                     [f"    _value.{n} = _old.{n} if {n} is _KEEP else {n}" for n in names], {"_KEEP": _KEEP})
 
 
-#: `dataclasses._replace_position(position, ...)` for a position, without re-running its validation.
+def _precompiled_new(cls: type) -> Callable[..., object]:
+    """`cls(**fields)` for the frozen, slotted dataclass `cls`: keyword arguments, its defaults, its `__post_init__`."""
+    defaults = {}
+    for field in fields(cls):
+        if field.default_factory is not MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name}: a default factory is not supported here")
+        if field.default is not MISSING:
+            defaults[f"_default_{field.name}"] = field.default
+    params = [f"{f.name}=_default_{f.name}" if f"_default_{f.name}" in defaults else f.name for f in fields(cls)]
+    return _compiled(cls, f"new_{cls.__name__}", f"*, {', '.join(params)}",
+                     [f"    _value.{f.name} = {f.name}" for f in fields(cls)], defaults)
+
+
+#: `dataclasses.replace(position, ...)` for a position, without re-running its validation.
 _replace_position: Callable[..., Position] = _precompiled_replace(Position)
+#: The values every decision builds: `KeyState(...)`, `AuditRecord(...)`, `Decision(...)`.
+_new_key_state: Callable[..., KeyState] = _precompiled_new(KeyState)
+_new_audit_record: Callable[..., AuditRecord] = _precompiled_new(AuditRecord)
+_new_decision: Callable[..., Decision] = _precompiled_new(Decision)
 
 
 def _unchanged(step: _Step, decision: AuditDecision, reason: str, code: RefusalCode | None = None, *,
