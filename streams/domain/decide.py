@@ -2,8 +2,9 @@
 
 `decide(state, applied, policy)` takes one input of one key and returns the key's next
 state, the commands to send and exactly one audit record. It reads no clock (time comes
-from the input), does no I/O and never mutates: every new value is built with
-`dataclasses.replace`, and only after the transition table has accepted the input.
+from the input), does no I/O and never mutates: every new value is a new one (a position
+through `verdicts._replace_position`, `dataclasses.replace` compiled for its fields), built
+only after the transition table has accepted the input.
 
 Order of judgement for an input:
 1. routing: an input of another key is a programmer error (`KeyMismatchError`);
@@ -16,9 +17,7 @@ Order of judgement for an input:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from streams.domain.commands import AuditRecord, Command, Decision
+from streams.domain.commands import Command, Decision
 from streams.domain.exceptions import InvalidValueError, KeyMismatchError
 from streams.domain.ids import key_for, key_of_position_id, report_key
 from streams.domain.model import (
@@ -63,6 +62,10 @@ from streams.domain.verdicts import (
     _Verdict,
     _current_stop_accepted,
     _error_suffix,
+    _new_audit_record,
+    _new_decision,
+    _new_key_state,
+    _replace_position,
     _stop_covers,
     _to_cancel,
     _unchanged,
@@ -83,7 +86,7 @@ def decide(state: KeyState | None, applied: AppliedInput, policy: Policy) -> Dec
     before = state if state is not None else KeyState.initial(event.key)
     if applied.offset <= before.last_offset:
         return Decision(state=before, commands=(), audit=None, position_changed=False)
-    step = _Step(state=before, offset=applied.offset, event=event, policy=policy)
+    step = _Step(before, applied.offset, event, policy, event.ts, before.key, event.payload)
     return _conclude(step, _judge(step))
 
 
@@ -108,7 +111,18 @@ def _payload_key(payload: InputPayload) -> str:
     raise InvalidValueError(f"not an input payload: {payload!r}")
 
 
+_INPUT_KINDS = {
+    Signal: InputKind.SIGNAL,
+    ExchangeSnapshot: InputKind.SNAPSHOT,
+    ExecutionReport: InputKind.REPORT,
+    Deadline: InputKind.DEADLINE,
+}
+
+
 def _input_kind(payload: InputPayload) -> InputKind:
+    kind = _INPUT_KINDS.get(type(payload))
+    if kind is not None:
+        return kind
     match payload:
         case Signal():
             return InputKind.SIGNAL
@@ -128,7 +142,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
     exchange_ts = state.last_exchange_ts
     if verdict.exchange_ts is not None:
         exchange_ts = max(exchange_ts, verdict.exchange_ts)
-    new_state = KeyState(
+    new_state = _new_key_state(
         key=state.key,
         last_offset=step.offset,
         seen_signals=seen_signals,
@@ -136,10 +150,11 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         last_exchange_ts=exchange_ts,
         latest_snapshot=_latest_snapshot(step),
     )
-    position_changed = verdict.position != state.position
+    # A verdict that changes nothing carries the state's own position (`_stamp`): identity says it.
+    position_changed = verdict.position is not state.position
     audited_id = _audited_position_id(step.payload, verdict.position, position_changed)
     client_order_id, order_role, order_outcome = _audited_order(step.payload, verdict.commands)
-    audit = AuditRecord(
+    audit = _new_audit_record(
         key=state.key,
         offset=step.offset,
         event_id=step.event.event_id,
@@ -155,7 +170,7 @@ def _conclude(step: _Step, verdict: _Verdict) -> Decision:
         order_outcome=order_outcome,
         refusal_code=verdict.refusal_code,
     )
-    return Decision(
+    return _new_decision(
         state=new_state, commands=verdict.commands, audit=audit, position_changed=position_changed
     )
 
@@ -181,8 +196,8 @@ def _remember_signal(step: _Step, signal_id: str) -> tuple[SeenSignal, ...]:
     prunes, so another host's clock (a snapshot, a report) can never shorten the window.
     """
     horizon = step.now - step.policy.signal_id_retention_ms
-    kept = tuple(seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon)
-    return (*kept, SeenSignal(signal_id=signal_id, first_seen_at=step.now))
+    kept = [seen for seen in step.state.seen_signals if seen.first_seen_at >= horizon]
+    return (*kept, SeenSignal(signal_id, step.now))
 
 
 def _audited_order(
@@ -229,7 +244,7 @@ def _judge_signal(step: _Step, signal: Signal) -> _Verdict:
     if step.state.has_seen_signal(signal.signal_id):
         return _unchanged(step, AuditDecision.DUPLICATE, f"signal {signal.signal_id} already seen")
     trigger = Trigger.OPEN if signal.action is SignalAction.OPEN else Trigger.CLOSE
-    return replace(_through_table(step, trigger), remember_signal_id=signal.signal_id)
+    return _through_table(step, trigger, remember_signal_id=signal.signal_id)
 
 
 def _judge_snapshot(step: _Step, snapshot: ExchangeSnapshot) -> _Verdict:
@@ -240,10 +255,8 @@ def _judge_snapshot(step: _Step, snapshot: ExchangeSnapshot) -> _Verdict:
             f"stale snapshot: fetched at {snapshot.fetched_at}, "
             f"the exchange is already known as of {step.state.last_exchange_ts}",
         )
-    return replace(
-        _through_table(step, _snapshot_trigger(step.state.live_position, snapshot)),
-        exchange_ts=snapshot.fetched_at,
-    )
+    return _through_table(step, _snapshot_trigger(step.state.live_position, snapshot),
+                          exchange_ts=snapshot.fetched_at)
 
 
 def _snapshot_trigger(position: Position | None, snapshot: ExchangeSnapshot) -> Trigger:
@@ -275,18 +288,18 @@ def _judge_report(step: _Step, report: ExecutionReport) -> _Verdict:
     # order to cancel (a replaced stop, an entry seen resting) is bookkeeping only.
     current_stop = is_current and report.role is OrderRole.STOP_LOSS
     if not current_stop and _to_cancel(position, report.client_order_id) is not None:
-        return replace(_judge_order_to_cancel(step, position, report, seen), exchange_ts=report.ts)
+        return _judge_order_to_cancel(step, position, report, seen)._replace(exchange_ts=report.ts)
     if not is_current:
         awaited = order.client_order_id if order is not None else "none"
         return _ignored_report(step, report, f"report for {report.role} order {report.client_order_id}, "
                                              f"but position {position.id} awaits {awaited}")
-    verdict = _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen)
-    return replace(verdict, exchange_ts=report.ts)
+    return _through_table(step, report_trigger(report.role, _effective_outcome(report)), seen_report=seen,
+                          exchange_ts=report.ts)
 
 
 def _ignored_report(step: _Step, report: ExecutionReport, reason: str) -> _Verdict:
     """The key's state unchanged but for the exchange's time the report brings."""
-    return replace(_unchanged(step, AuditDecision.IGNORED, reason), exchange_ts=report.ts)
+    return _unchanged(step, AuditDecision.IGNORED, reason, exchange_ts=report.ts)
 
 
 def _effective_outcome(report: ExecutionReport) -> ReportOutcome:
@@ -314,7 +327,7 @@ def _judge_order_to_cancel(step: _Step, position: Position, report: ExecutionRep
         )
     remaining = tuple(o for o in position.orders_to_cancel if o.client_order_id != report.client_order_id)
     effect = _Effect(
-        position=replace(position, orders_to_cancel=remaining),
+        position=_replace_position(position, orders_to_cancel=remaining),
         commands=(),
         notes=(f"{report.role} order {report.client_order_id} confirmed gone ({report.outcome})",),
     )
@@ -353,8 +366,12 @@ def _judge_deadline(step: _Step, deadline: Deadline) -> _Verdict:
     return _through_table(step, Trigger.DEADLINE)
 
 
-def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = None) -> _Verdict:
-    """Look the transition up first; build the new position only once the table accepts it."""
+def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = None,
+                   remember_signal_id: str | None = None, exchange_ts: int | None = None) -> _Verdict:
+    """Look the transition up first; build the new position only once the table accepts it.
+
+    `remember_signal_id` and `exchange_ts` go into the verdict whatever the table says.
+    """
     position = step.state.live_position
     from_status = table_status(position.status if position is not None else None)
     target = next_step(
@@ -365,22 +382,26 @@ def _through_table(step: _Step, trigger: Trigger, *, seen_report: str | None = N
             position_id=position.id if position is not None else "none",
             status=position.status if position is not None else "free",
         )
-        return _unchanged(step, target.decision, reason, target.code)
+        return _unchanged(step, target.decision, reason, target.code, remember_signal_id=remember_signal_id,
+                          exchange_ts=exchange_ts)
     if position is None:
         effect = _EFFECTS_ON_FREE_KEY[trigger](step, target)
     else:
         effect = _EFFECTS_ON_POSITION[trigger](step, position, target)
     if isinstance(effect, _Refusal):
-        return _unchanged(step, effect.decision, effect.reason, effect.code)
+        return _unchanged(step, effect.decision, effect.reason, effect.code, remember_signal_id=remember_signal_id,
+                          exchange_ts=exchange_ts)
     effect = _held_or_released(effect)
     after = _stamp(step, position, effect, seen_report)
-    changed = after != position
+    changed = after is not position  # `_stamp` gives the position itself back when nothing changed
     transition = f"{from_status or 'free'} -> {after.status} on {trigger}"
     return _Verdict(
         decision=AuditDecision.APPLIED if changed or effect.commands else AuditDecision.IGNORED,
         reason="; ".join((transition, *effect.notes)),
         position=after,
         commands=effect.commands,
+        remember_signal_id=remember_signal_id,
+        exchange_ts=exchange_ts,
     )
 
 
@@ -397,14 +418,14 @@ def _held_or_released(effect: _Effect) -> _Effect:
         if held is None:
             return effect
         names = ", ".join(o.client_order_id for o in position.orders_to_cancel)
-        return _Effect(replace(position, status=held), effect.commands,
+        return _Effect(_replace_position(position, status=held), effect.commands,
                        (*effect.notes, f"held {held} (not {position.status}) until {names} is confirmed canceled"))
     released = RELEASED_ONCE_CANCELS_CONFIRMED.get(position.status)
     ready = (released is Status.ACTIVE and _current_stop_accepted(position)) or (
         released is Status.CLOSED and position.closed_at_exchange)
     if released is None or not ready:
         return effect
-    return _Effect(replace(position, status=released), effect.commands,
+    return _Effect(_replace_position(position, status=released), effect.commands,
                    (*effect.notes, f"every order to cancel is confirmed gone: {released}"))
 
 
@@ -413,6 +434,8 @@ def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: s
 
     The deadline is (re)armed when the status changes or an order is commanded, so a
     snapshot that merely agrees never postpones it; it is cleared outside in-flight statuses.
+    Returns `before` itself when the stamped position would equal it, else a value that differs
+    from it: callers compare by identity.
     """
     after = effect.position
     status_changed = before is None or before.status is not after.status
@@ -424,12 +447,17 @@ def _stamp(step: _Step, before: Position | None, effect: _Effect, seen_report: s
     else:
         deadline_at = after.deadline_at
     ended_now = after.status.is_terminal and (before is None or not before.status.is_terminal)
-    stamped = replace(
+    closed_at = step.now if ended_now else after.closed_at
+    # Effects never set these stamps themselves, so the stamped position equals `before` exactly
+    # when the effect's does and the stamps stay as they were: then `before` itself, no new value.
+    if (before is not None and seen_report is None and deadline_at == after.deadline_at
+            and closed_at == after.closed_at and (after is before or after == before)):
+        return before
+    return _replace_position(
         after,
         deadline_at=deadline_at,
-        closed_at=step.now if ended_now else after.closed_at,
+        closed_at=closed_at,
         seen_reports=after.seen_reports if seen_report is None else (*after.seen_reports, seen_report),
+        updated_at=step.now,
+        version=step.offset,
     )
-    if before is not None and stamped == before:
-        return before
-    return replace(stamped, updated_at=step.now, version=step.offset)

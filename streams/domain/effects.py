@@ -7,7 +7,6 @@ by its trigger, once the transition table (``transitions.py``) has accepted the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -45,7 +44,9 @@ from streams.domain.verdicts import (
     _place_entry,
     _protect,
     _query_order,
-    _retire_resting_orders,
+    _orders_left_resting,
+    _replace_position,
+    _same_decimal,
     _start_closing,
     _to_cancel,
     stop_loss_price,
@@ -132,7 +133,7 @@ def _adopt(step: _Step, target: Status) -> _Effect | _Refusal:
 def _close_signal(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
     if target in ENTRY_STATUSES:
         return _Effect(
-            position=replace(position, close_requested=True),
+            position=_replace_position(position, close_requested=True),
             commands=(),
             notes=("close requested; the position closes as soon as its entry fill is known",),
         )
@@ -142,12 +143,13 @@ def _close_signal(step: _Step, position: Position, target: Status) -> _Effect | 
 def _exchange_shows_position(step: _Step, position: Position, target: Status) -> _Effect | _Refusal:
     snapshot = _payload_as(step, ExchangeSnapshot)
     differences = _exchange_differences(position, snapshot)
-    synced = replace(
-        position,
-        side=snapshot.side if snapshot.side is not None else position.side,
-        quantity=snapshot.quantity,
-        entry_price=snapshot.entry_price if snapshot.entry_price is not None else position.entry_price,
-    )
+    side = snapshot.side if snapshot.side is not None else position.side
+    entry_price = snapshot.entry_price if snapshot.entry_price is not None else position.entry_price
+    if (target is position.status and side is position.side and _same_decimal(snapshot.quantity, position.quantity)
+            and (entry_price is position.entry_price or _same_decimal(entry_price, position.entry_price))):
+        # The exchange agrees to the digit (the common snapshot): the position as it is, no copy of it.
+        return _Effect(position=position, commands=(), notes=differences or ("the exchange agrees with the position",))
+    synced = _replace_position(position, side=side, quantity=snapshot.quantity, entry_price=entry_price)
     if position.status in ENTRY_STATUSES:
         notes = ("the exchange confirms the entry", *differences)
         if target is Status.CLOSING:
@@ -155,7 +157,7 @@ def _exchange_shows_position(step: _Step, position: Position, target: Status) ->
             return _start_closing(step, synced, target, notes=notes)
         return _protect(step, synced, target, attempt=1, notes=notes)
     return _Effect(
-        position=replace(synced, status=target),
+        position=_replace_position(synced, status=target),
         commands=(),
         notes=differences or ("the exchange agrees with the position",),
     )
@@ -172,7 +174,7 @@ def _exchange_outgrows_stop(step: _Step, position: Position, target: Status) -> 
     to_cancel = position.orders_to_cancel
     if old is not None and _may_rest(position, old) and _to_cancel(position, old.client_order_id) is None:
         to_cancel = (*to_cancel, old)
-    synced = replace(
+    synced = _replace_position(
         position,
         side=snapshot.side if snapshot.side is not None else position.side,
         quantity=snapshot.quantity,
@@ -188,10 +190,11 @@ def _exchange_outgrows_stop(step: _Step, position: Position, target: Status) -> 
 
 def _exchange_is_flat(step: _Step, position: Position, target: Status) -> _Effect:
     if position.status is Status.CLOSING:
-        return _Effect(position=replace(position, status=target, closed_at_exchange=True), commands=(),
+        return _Effect(position=_replace_position(position, status=target, closed_at_exchange=True), commands=(),
                        notes=("exchange is flat: the close went through",))
     # Its stop may still rest at the exchange; a stop of a closed position must not.
-    ended = replace(_retire_resting_orders(position), status=target, closed_at_exchange=True)
+    ended = _replace_position(position, orders_to_cancel=_orders_left_resting(position), status=target,
+                              closed_at_exchange=True)
     return _Effect(
         position=ended,
         commands=_cancels(step, ended),
@@ -204,7 +207,7 @@ def _deadline_passed(step: _Step, position: Position, target: Status) -> _Effect
     passed = f"deadline {deadline.due_at} passed"
     if _waits_only_for_cancels(position):
         names = ", ".join(o.client_order_id for o in position.orders_to_cancel)
-        return _Effect(position=replace(position, status=target), commands=_cancels(step, position),
+        return _Effect(position=_replace_position(position, status=target), commands=_cancels(step, position),
                        notes=(f"{passed}; canceling again {names}",))
     if position.status is Status.CLOSING and _last_close_failed(position):
         return _start_closing(step, position, target, notes=(passed,))
@@ -214,7 +217,7 @@ def _deadline_passed(step: _Step, position: Position, target: Status) -> _Effect
         return _Refusal(AuditDecision.IGNORED, f"position {position.id} has no {role} order to query")
     cancels = _cancels(step, position) if position.status is Status.CLOSING else ()
     return _Effect(
-        position=replace(position, status=target),
+        position=_replace_position(position, status=target),
         commands=(*cancels, _query_order(step, position, order, role)),
         notes=(f"{passed}; querying {role} order {order.client_order_id}",),
     )
@@ -260,7 +263,7 @@ def _entry_filled(step: _Step, position: Position, target: Status) -> _Effect | 
             *notes,
             f"filled quantity {quantity} differs from requested {position.quantity}; the fill wins",
         )
-    filled = replace(
+    filled = _replace_position(
         position,
         quantity=quantity,
         entry_price=report.average_price if report.average_price is not None else position.entry_price,
@@ -282,7 +285,7 @@ def _stop_accepted(step: _Step, position: Position, target: Status) -> _Effect:
     price = report.stop_price
     if price is None and position.entry_price is not None:
         price = stop_loss_price(position.side, position.entry_price, position.stop_loss_pct)
-    protected = replace(position, status=target, stop_loss_price=price)
+    protected = _replace_position(position, status=target, stop_loss_price=price)
     notes: tuple[str, ...] = (f"stop-loss resting at {price}",)
     if protected.orders_to_cancel:  # replaced stops go only now that the new one rests
         notes = (*notes, "canceling " + ", ".join(o.client_order_id for o in protected.orders_to_cancel))
@@ -291,8 +294,8 @@ def _stop_accepted(step: _Step, position: Position, target: Status) -> _Effect:
 
 def _stop_filled(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
-    ended = replace(_retire_resting_orders(position, except_id=report.client_order_id), status=target,
-                    closed_at_exchange=True)
+    ended = _replace_position(position, orders_to_cancel=_orders_left_resting(position, except_id=report.client_order_id),
+                              status=target, closed_at_exchange=True)
     # Closing: the others were canceled when it began (the deadline repeats them).
     commands = _cancels(step, ended) if position.status is not Status.CLOSING else ()
     return _Effect(position=ended, commands=commands, notes=(f"stop-loss filled at {report.average_price}",))
@@ -301,7 +304,7 @@ def _stop_filled(step: _Step, position: Position, target: Status) -> _Effect:
 def _stop_cancel_confirmed(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
     remaining = tuple(o for o in position.orders_to_cancel if o.client_order_id != report.client_order_id)
-    return _Effect(position=replace(position, status=target, orders_to_cancel=remaining), commands=(),
+    return _Effect(position=_replace_position(position, status=target, orders_to_cancel=remaining), commands=(),
                    notes=(f"stop-loss {report.client_order_id} confirmed gone ({report.outcome})",))
 
 
@@ -328,7 +331,7 @@ def _stop_missing_or_canceled(step: _Step, position: Position, target: Status) -
 
 def _close_filled(step: _Step, position: Position, target: Status) -> _Effect:
     report = _payload_as(step, ExecutionReport)
-    return _Effect(position=replace(position, status=target, closed_at_exchange=True), commands=(),
+    return _Effect(position=_replace_position(position, status=target, closed_at_exchange=True), commands=(),
                    notes=(f"close filled at {report.average_price}",))
 
 

@@ -6,7 +6,6 @@ retried request can never become a second order at the exchange.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 
@@ -30,6 +29,10 @@ CLIENT_ORDER_ID_PATTERN = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _ROLE_LETTER = {OrderRole.ENTRY: "e", OrderRole.STOP_LOSS: "s", OrderRole.CLOSE: "c"}
 _ROLE_OF_LETTER = {letter: role for role, letter in _ROLE_LETTER.items()}
 _DIGEST_BYTES = 10  # 80 bits: exactly 16 base32 characters, so no padding to strip
+# RFC 4648 base32 in lower case, two characters (10 bits) at a time, as `base64.b32encode` does.
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = tuple(first + second for first in _BASE32 for second in _BASE32)
+_PAIR_SHIFTS = tuple(range(_DIGEST_BYTES * 8 - 10, -1, -10))
 
 
 def key_for(symbol: str, exchange: str) -> str:
@@ -62,9 +65,10 @@ def client_order_id(position_id: str, role: OrderRole, attempt: int) -> str:
     if attempt < 1:
         raise InvalidValueError(f"client_order_id attempt must be >= 1, got {attempt}")
     digest = hashlib.blake2b(
-        f"{position_id}|{role.value}|{attempt}".encode(), digest_size=_DIGEST_BYTES
+        f"{position_id}|{role}|{attempt}".encode(), digest_size=_DIGEST_BYTES  # a StrEnum formats as its value
     ).digest()
-    encoded = base64.b32encode(digest).decode("ascii").lower()
+    bits = int.from_bytes(digest, "big")
+    encoded = "".join([_BASE32_PAIRS[(bits >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
     identifier = f"pp{_ROLE_LETTER[role]}{attempt}-{encoded}"
     if not CLIENT_ORDER_ID_PATTERN.match(identifier):
         # Only an absurd attempt number (> 16 digits) can get here.
@@ -96,4 +100,4 @@ def report_key(client_order_id: str, outcome: ReportOutcome) -> str:
 
     `|` is outside the client-id alphabet, so the pair is unambiguous.
     """
-    return f"{client_order_id}|{outcome.value}"
+    return f"{client_order_id}|{outcome}"  # a StrEnum formats as its value

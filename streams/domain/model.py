@@ -459,7 +459,7 @@ class KeyState:
 
     def has_seen_signal(self, signal_id: str) -> bool:
         """True when `signal_id` was delivered to this key within the retention."""
-        return any(seen.signal_id == signal_id for seen in self.seen_signals)
+        return signal_id in [seen.signal_id for seen in self.seen_signals]
 
     @property
     def live_position(self) -> Position | None:

@@ -339,11 +339,13 @@ def next_step(from_status: Status | None, trigger: Trigger, *, close_requested: 
     `from_status` must already be a table status (see `table_status`). Raises
     `TransitionTableError` only when the tables miss the pair, which the tests rule out.
     """
-    pair = (from_status, trigger)
-    if close_requested and pair in WHEN_CLOSE_REQUESTED:
-        return WHEN_CLOSE_REQUESTED[pair]
-    if pair in TRANSITIONS:
-        return TRANSITIONS[pair]
-    if pair in NO_OPS:
-        return NO_OPS[pair]
-    raise TransitionTableError(f"the transition table has no row for {from_status} on {trigger}")
+    found = (_WHEN_CLOSE_REQUESTED_LOOKUP if close_requested else _LOOKUP).get((from_status, trigger))
+    if found is None:
+        raise TransitionTableError(f"the transition table has no row for {from_status} on {trigger}")
+    return found
+
+
+#: The tables merged for one lookup: `TRANSITIONS` and `NO_OPS` (disjoint, which the tests
+#: prove), and the same with `WHEN_CLOSE_REQUESTED` over them.
+_LOOKUP: dict[tuple[Status | None, Trigger], Status | NoOp] = {**NO_OPS, **TRANSITIONS}
+_WHEN_CLOSE_REQUESTED_LOOKUP: dict[tuple[Status | None, Trigger], Status | NoOp] = {**_LOOKUP, **WHEN_CLOSE_REQUESTED}
