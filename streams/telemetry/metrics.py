@@ -27,6 +27,8 @@ Where to call them:
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from collections.abc import Iterable
 
@@ -205,9 +207,15 @@ def _source(source: str) -> str:
     return source if source in _SOURCES else "other"
 
 
+# The agent counts every input and decision: a labelled child is looked up once per label
+# set, not per call (``labels()`` validates and locks each time; it was ~4% of the agent).
+_input_counter = functools.cache(lambda kind: INPUTS.labels(kind=kind))
+_decision_counter = functools.cache(lambda decision, kind: DECISIONS.labels(decision=decision, kind=kind))
+
+
 def observe_input(event: InputEvent) -> None:
     """Counts one input applied by the agent, by the kind of its payload."""
-    INPUTS.labels(kind=_INPUT_KIND_OF_PAYLOAD.get(type(event.payload), "other")).inc()
+    _input_counter(_INPUT_KIND_OF_PAYLOAD.get(type(event.payload), "other")).inc()
 
 
 def observe_decision(decision: Decision) -> None:
@@ -218,9 +226,9 @@ def observe_decision(decision: Decision) -> None:
     """
     audit = decision.audit
     if audit is None:
-        DECISIONS.labels(decision="redelivered", kind="unknown").inc()
+        _decision_counter("redelivered", "unknown").inc()
         return
-    DECISIONS.labels(decision=AuditDecision(audit.decision).value, kind=audit.input_kind.value).inc()
+    _decision_counter(AuditDecision(audit.decision).value, audit.input_kind.value).inc()
     if audit.decision == AuditDecision.REFUSED:
         code = audit.refusal_code.value if audit.refusal_code is not None else None
         REFUSALS.labels(reason=refusal_category(code), source="agent").inc()

@@ -28,7 +28,7 @@ import functools
 import io
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
@@ -93,6 +93,8 @@ class WriterSchema:
     # Top-level fields that are unions of several records:
     # field -> (accepted branch name -> full name, full name -> short name).
     tagged_unions: Mapping[str, tuple[Mapping[str, str], Mapping[str, str]]]
+    # Names the record branch of every union in the datum (None: the schema has no such union).
+    name_union_records: Callable[[Any], Any] | None = None
 
 
 def _tagged_unions(schema: Mapping[str, Any], origin: str) -> dict[str, tuple[dict, dict]]:
@@ -163,7 +165,108 @@ def _build(schema: dict[str, Any], origin: str, current: bool) -> WriterSchema:
         current=current,
         parsed=parsed,
         tagged_unions=_tagged_unions(schema, origin),
+        name_union_records=_union_record_namer(parsed),
     )
+
+
+def _union_record_namer(parsed: Mapping[str, Any]) -> Callable[[Any], Any] | None:
+    """A function giving every record inside a union of ``parsed`` as fastavro's ``(full name, dict)``.
+
+    Given a plain dict for a ``["null", Record]`` field, fastavro finds the branch by
+    validating the whole dict against each candidate, recursively: more than half the time
+    of encoding a ``KeyState`` went there. Named, the branch is a lookup. The bytes are the
+    same; a datum that does not fit still fails in fastavro, as before. None when no union
+    of ``parsed`` holds a record.
+    """
+    records: dict[str, Mapping[str, Any]] = {}
+
+    def collect(node: Any) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                collect(branch)
+        elif isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("record", "error"):
+                records.setdefault(node["name"], node)
+                for field in node["fields"]:
+                    collect(field["type"])
+            elif kind == "array":
+                collect(node["items"])
+            elif kind == "map":
+                collect(node["values"])
+
+    collect(parsed)
+    compiled: dict[str, Callable[[Any], Any] | None] = {}
+
+    def for_record(name: str) -> Callable[[Any], Any] | None:
+        if name not in compiled:
+            compiled[name] = None  # a recursive reference names nothing deeper: fastavro validates it
+            compiled[name] = for_record_fields(records[name])
+        return compiled[name]
+
+    def for_record_fields(node: Mapping[str, Any]) -> Callable[[Any], Any] | None:
+        namers = [(field["name"], namer) for field in node["fields"]
+                  if (namer := for_node(field["type"])) is not None]
+        if not namers:
+            return None
+
+        def name_fields(datum: Any) -> Any:
+            if not isinstance(datum, Mapping):
+                return datum  # fastavro reports the mismatch
+            named = dict(datum)
+            for field, namer in namers:
+                if field in named:
+                    named[field] = namer(named[field])
+            return named
+        return name_fields
+
+    def for_node(node: Any) -> Callable[[Any], Any] | None:
+        if isinstance(node, str):
+            return for_record(node) if node in records else None
+        if isinstance(node, list):
+            return for_union(node)
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("record", "error"):
+                return for_record(node["name"])
+            if kind == "array":
+                return _each(for_node(node["items"]))
+            if kind == "map":
+                return _each_value(for_node(node["values"]))
+        return None
+
+    def for_union(branches: list[Any]) -> Callable[[Any], Any] | None:
+        names = [branch if isinstance(branch, str) else branch.get("name") if isinstance(branch, dict) else None
+                 for branch in branches]
+        record_names = [name for name in names if name in records]
+        if not record_names:
+            return None
+        inner = {name: for_record(name) for name in record_names}
+        only = record_names[0] if len(record_names) == 1 else None
+
+        def name_branch(value: Any) -> Any:
+            if isinstance(value, tuple) and len(value) == 2 and value[0] in inner:
+                namer = inner[value[0]]  # named already (a top-level tagged union)
+                return value if namer is None else (value[0], namer(value[1]))
+            if only is not None and isinstance(value, Mapping):
+                namer = inner[only]
+                return only, value if namer is None else namer(value)
+            return value
+        return name_branch
+
+    return for_record(parsed["name"]) if parsed.get("type") in ("record", "error") else None
+
+
+def _each(namer: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    if namer is None:
+        return None
+    return lambda items: [namer(item) for item in items] if isinstance(items, (list, tuple)) else items
+
+
+def _each_value(namer: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    if namer is None:
+        return None
+    return lambda values: {key: namer(value) for key, value in values.items()} if isinstance(values, Mapping) else values
 
 
 class SchemaRegistry:
@@ -278,6 +381,8 @@ class SchemaRegistry:
             raise InvalidRecord(f"{schema.name}: expected a mapping, got {type(datum).__name__}")
         if schema.tagged_unions:
             datum = _tag(schema, datum)
+        if schema.name_union_records is not None:
+            datum = schema.name_union_records(datum)
         buffer = io.BytesIO()
         buffer.write(MARKER)
         buffer.write(schema.fingerprint)

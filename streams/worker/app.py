@@ -170,6 +170,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
         broker_commit_interval=settings.commit_interval_s,
         # A crashed worker's partitions move to the others only after this long (the bulk
         # of a failover: standby replicas make the recovery after it near-instant).

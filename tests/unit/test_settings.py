@@ -59,6 +59,7 @@ def test_settings_environment_is_overridden_by_explicit_arguments():
     ("WEB_PORT", "http"), ("PIPELINE_TOPIC_PARTITIONS", "0"), ("DATABASE_URL", "mysql://x"),
     ("PIPELINE_SIGNAL_ID_RETENTION_S", "604799"), ("PIPELINE_EXCHANGE_RECV_WINDOW_MS", "60001"),
     ("PIPELINE_EXCHANGE_RECV_WINDOW_MS", "0"), ("PIPELINE_EXCHANGE_CLOCK_MARGIN_MS", "999"),
+    ("PIPELINE_PRODUCER_LINGER_MS", "1001"),
 ])
 def test_settings_with_a_bad_value_raise_an_error_naming_the_variable(variable, value):
     # Arrange

@@ -417,6 +417,29 @@ def test_codec_generated_records_round_trip_unchanged(named_datum):
     assert decode(record_name, encode(record_name, datum)) == datum
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ANY_RECORD)
+def test_naming_the_record_branches_of_unions_changes_no_byte(named_datum):
+    # The codec names the record branch of ["null", Record] unions for fastavro (a lookup
+    # instead of validating the dict against each branch): the bytes must be fastavro's own.
+    from fastavro import schemaless_writer
+
+    record_name, datum = named_datum
+    schema = default_registry().current(record_name)
+    unnamed = dict(datum)
+    if schema.tagged_unions:
+        unnamed = codec._tag(schema, datum)
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, schema.parsed, unnamed)
+    assert encode(record_name, datum)[HEADER_LENGTH:] == buffer.getvalue()
+
+
+def test_a_nested_optional_record_that_does_not_fit_is_still_an_invalid_record():
+    datum = {"key": "K@x", "last_offset": 1, "position": {"id": "K@x/1", "quantity": 61.8}, "last_exchange_ts": 0}
+    with pytest.raises(InvalidRecord, match="KeyState"):
+        encode("KeyState", datum)
+
+
 @given(DECIMALS)
 def test_codec_decimal_string_keeps_exact_value_and_scale(text):
     datum = _input("ExchangeSnapshot", {**SNAPSHOT, "quantity": text})
