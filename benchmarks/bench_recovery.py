@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.figures import Figure, measure, report, runs_for
+from benchmarks.figures import Figure, measure, report, runs_for, size_for
 from benchmarks.harness import (
     Deployment,
     Worker,
@@ -50,6 +50,17 @@ RUN_TIMEOUT_S = 600.0
 
 #: name suffix -> (store, whether each run gets an empty data dir)
 VARIANTS = {"": ("rocksdb://", False), "_empty_dir": ("rocksdb://", True), "_memory": ("memory://", True)}
+
+
+def ready_time(worker: Worker) -> float | None:
+    """When this launch of ``worker`` logged Faust's "Ready" (epoch seconds; its log's local time, ms)."""
+    with open(worker.log_path, "rb") as log:
+        log.seek(worker.log_offset)
+        for line in log.read().decode(errors="replace").splitlines():
+            if "[^Worker]: Ready" in line:
+                stamp, millis = line[1:line.index("]")].split(",")
+                return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+    return None
 
 
 class Restarts:
@@ -91,15 +102,10 @@ class Restarts:
         started = time.time()
         worker.launch()
         await produce_all(self.deployed.bootstrap, self.deployed.topics.inputs, [(key, value)])
-        ready_at: list[float] = []
-
-        def alive() -> None:
-            if not ready_at and worker.ready:  # raises if the worker died
-                ready_at.append(time.time())
-
         stamp_ms = await first_record_stamp(self.deployed.bootstrap, self.deployed.topics.commands, key, since,
-                                            RUN_TIMEOUT_S, alive)
-        self.ready_s.setdefault(variant, []).append(round(ready_at[0] - started, 2) if ready_at else None)
+                                            RUN_TIMEOUT_S, lambda: worker.ready)  # raises if the worker died
+        ready = ready_time(worker)
+        self.ready_s.setdefault(variant, []).append(round(ready - started, 2) if ready else None)
         return stamp_ms / 1000 - started
 
 
@@ -132,7 +138,8 @@ async def figures(keys: int = KEYS, runs: int | None = None) -> list[Figure]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, default=KEYS, help="keys in the table (default 100,000)")
+    parser.add_argument("--keys", type=int, default=size_for("recovery_keys", KEYS),
+                        help="keys in the table (default BENCH_RECOVERY_KEYS or 100,000)")
     parser.add_argument("--runs", type=int, default=None, help="runs of each variant (default BENCH_RUNS_RECOVERY or 5)")
     arguments = parser.parse_args()
     report(asyncio.run(figures(arguments.keys, arguments.runs)))

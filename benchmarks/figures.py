@@ -23,6 +23,11 @@ def runs_for(name: str, default: int) -> int:
     return int(os.environ.get(f"BENCH_RUNS_{name.upper()}", default))
 
 
+def size_for(name: str, default: int) -> int:
+    """A benchmark's size: ``BENCH_<NAME>`` (e.g. BENCH_RECOVERY_KEYS=10000 for a reduced run), else ``default``."""
+    return int(os.environ.get(f"BENCH_{name.upper()}", default))
+
+
 async def measure(runs: int, once: Callable[[], Awaitable[float]], *, warmup: Callable[[], Awaitable[object]] | None = None,
                   label: str = "") -> list[float]:
     """One warm-up (``warmup``, default ``once``) whose value is dropped, then ``runs`` values of ``once``."""

@@ -140,7 +140,7 @@ class Worker:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     web_port: int = field(default_factory=free_port)
-    _log_offset: int = 0
+    log_offset: int = 0
 
     def environment(self) -> dict[str, str]:
         return {
@@ -163,7 +163,7 @@ class Worker:
 
     def launch(self) -> None:
         """Starts the process and returns at once."""
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", "--loglevel", "info"],
             cwd=REPO_ROOT, env=self.environment(), stdin=subprocess.DEVNULL,
@@ -175,7 +175,7 @@ class Worker:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
         with open(self.log_path, "rb") as log:
-            log.seek(self._log_offset)
+            log.seek(self.log_offset)
             return b"[^Worker]: Ready" in log.read()
 
     async def start(self, ready_timeout_s: float = 180.0) -> "Worker":
@@ -392,7 +392,7 @@ async def wait_group_stable(bootstrap: str, group: str, members: int, timeout_s:
         while True:
             (response,) = await admin.describe_consumer_groups([group])
             found = response.to_object()["groups"][0]
-            if found["group_state"] == "Stable" and len(found["members"]) == members:
+            if found["state"] == "Stable" and len(found["members"]) == members:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"group {group}: {found['group_state']} with {len(found['members'])} members "
