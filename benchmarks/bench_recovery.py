@@ -128,7 +128,10 @@ async def figures(keys: int = KEYS, runs: int | None = None) -> list[Figure]:
                         f"recovery_100k_keys{variant}", "s", values,
                         f"worker process start -> the PlaceEntry of an open signal produced after the start appended "
                         f"to position-commands; {keys:,} keys in the table, one worker, 12 partitions, {where}",
-                        note=None if keys == KEYS else f"measured with {keys:,} keys, not 100,000",
+                        note="; ".join(part for part in (
+                            f"measured with {keys:,} keys, not 100,000" if keys != KEYS else "",
+                            f"{runs} runs after a warm-up (a run with the table's restore takes up to minutes)"
+                            if runs < 5 else "") if part) or None,
                         extra={"keys": keys, "ready_s": restarts.ready_s[variant][1:],
                                "fill_s": round(fill_s, 1)}))
             finally:

@@ -66,14 +66,15 @@ async def figures(keys: int = KEYS, cycles: int = CYCLES, runs: int | None = Non
         print(f"  run {run + 1}/{runs}: replay {replay_rate:,.0f}, diff {diff_rate:,.0f}, agent {agent[-1]:,.0f} "
               f"inputs/s", flush=True)
     load = f"{len(records):,} inputs (lifecycle mix), {keys:,} keys, 12 partitions"
+    note = f"{runs} rounds after a warm-up" if runs < 5 else None
     agent_what = "the agent end to end (bench_e2e: one worker, rocksdb table, first to last audit record), same inputs"
     return [
         Figure("replay_vs_e2e", "inputs/s", replayed,
                f"`streams replay` (fold from an empty table, write the changelog, republish the updates), "
-               f"wall time with the topic's reading; {load}", agent, agent_what),
+               f"wall time with the topic's reading; {load}", agent, agent_what, note=note),
         Figure("diff_vs_e2e", "inputs/s", diffed,
                f"`streams diff` (fold and compare with the recorded decisions), wall time with the topics' reading; "
-               f"{load}", agent, agent_what),
+               f"{load}", agent, agent_what, note=note),
     ]
 
 

@@ -93,11 +93,13 @@ async def figures(counts=WORKERS, keys: int = KEYS, cycles: int = CYCLES, runs: 
             f"{n} `python -m streams worker` process(es) in one group, rocksdb tables, the deployment's default "
             f"standby replica; {len(records):,} inputs (lifecycle mix), {keys:,} keys, 12 partitions; first to last "
             f"audit record",
-            note=(f"on {os.cpu_count()} cores the machine was {busy:.0%} busy during the runs (median) and the "
-                  f"workers together used {cores:.2f} cores: the workers, the broker and the other load share "
-                  f"the same cores, so more processes add CPU contention, not CPU"
-                  + ("" if busy >= 0.9 else "; the machine had idle CPU left, so the workers wait on Kafka "
-                                            "round trips (acknowledgements) more than on CPU")),
+            note="; ".join(part for part in (
+                f"on {os.cpu_count()} cores the machine was {busy:.0%} busy during the runs (median), the workers "
+                f"together used {cores:.2f} cores and the broker, this benchmark and the machine's other load the rest"
+                + (": CPU-bound, and more worker processes share the same cores (and add the standby replicas' "
+                   "changelog reads) rather than add CPU" if busy >= 0.9 else
+                   f": {1 - busy:.0%} of the CPU was idle, so not CPU alone"),
+                f"{runs} runs of each count after a warm-up" if runs < 5 else "") if part),
             extra={"machine_cpu_busy": [round(meter.machine_busy, 3) for meter in usage[n]],
                    "workers_cpu_cores": [round(meter.processes_cores, 2) for meter in usage[n]]}))
     return found
