@@ -105,6 +105,11 @@ class Restarts:
         stamp_ms = await first_record_stamp(self.deployed.bootstrap, self.deployed.topics.commands, key, since,
                                             RUN_TIMEOUT_S, lambda: worker.ready)  # raises if the worker died
         ready = ready_time(worker)
+        for _ in range(60):  # Faust may log "Ready" after the first decision: waited for, not timed
+            if ready is not None:
+                break
+            await asyncio.sleep(0.5)
+            ready = ready_time(worker)
         self.ready_s.setdefault(variant, []).append(round(ready - started, 2) if ready else None)
         return stamp_ms / 1000 - started
 
