@@ -58,15 +58,18 @@ run: $(STAMP) ## everything on embedded defaults: the local stack (unless the va
 diff: $(STAMP) ## decision diff: replay the recorded inputs through this code, list what would decide differently (exit 1 if any); ARGS="--set default_stop_loss_pct=3"
 	$(PY) -m streams diff $(ARGS)
 
-bench: $(BENCH_STAMP) ## benchmarks: decide() alone, the agent beside raw aiokafka and quixstreams (benchmarks/results/latest.json), burst, sink, replay, history
+bench: $(BENCH_STAMP) ## every benchmark figure into benchmarks/results/latest.json, then one table of them all and the machine (BENCH_RUNS_<NAME>=n for fewer runs)
 	$(PY) -m benchmarks.bench_decide
 	$(PY) -m benchmarks.bench_agent
 	$(PY) -m benchmarks.bench_e2e
 	$(PY) -m benchmarks.bench_latency
+	$(PY) -m benchmarks.bench_workers
+	$(PY) -m benchmarks.bench_recovery
+	$(PY) -m benchmarks.bench_replay
 	$(PY) -m benchmarks.bench_burst
 	$(PY) -m benchmarks.bench_sink
-	$(PY) -m benchmarks.bench_replay
 	$(PY) -m benchmarks.bench_history
+	@echo; $(PY) -m benchmarks.table
 
 browser: ## Debian's headless Chromium for the page's screenshot test (never a downloaded browser)
 	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \

@@ -23,6 +23,11 @@ def runs_for(name: str, default: int) -> int:
     return int(os.environ.get(f"BENCH_RUNS_{name.upper()}", default))
 
 
+def size_for(name: str, default: int) -> int:
+    """A benchmark's size: ``BENCH_<NAME>`` (e.g. BENCH_RECOVERY_KEYS=10000 for a reduced run), else ``default``."""
+    return int(os.environ.get(f"BENCH_{name.upper()}", default))
+
+
 async def measure(runs: int, once: Callable[[], Awaitable[float]], *, warmup: Callable[[], Awaitable[object]] | None = None,
                   label: str = "") -> list[float]:
     """One warm-up (``warmup``, default ``once``) whose value is dropped, then ``runs`` values of ``once``."""
@@ -79,10 +84,7 @@ class Figure:
         return data
 
     def row(self) -> str:
-        peer = f"{_show(self.peer)}" if self.peer_values else ""
-        ratio = f"{self.ratio:.2f}x" if self.peer_values else ""
-        return (f"| `{self.name}` | {self.unit} | {_show(self.median)} | {_show(min(self.values))} | "
-                f"{_show(max(self.values))} | {len(self.values)} | {peer} | {ratio} |")
+        return row_of(self.to_json())
 
 
 @dataclass
@@ -100,6 +102,14 @@ TABLE_HEADER = ("| figure | unit | median | min | max | runs | peer (median) | r
                 "|---|---|---:|---:|---:|---:|---:|---:|")
 
 
+def row_of(figure: dict) -> str:
+    """One markdown row of a figure as ``latest.json`` holds it."""
+    has_peer = figure.get("peer") is not None
+    peer, ratio = (_show(figure["peer"]), f"{figure['ratio']:.2f}x") if has_peer else ("", "")
+    return (f"| `{figure['name']}` | {figure['unit']} | {_show(figure['median'])} | {_show(figure['min'])} | "
+            f"{_show(figure['max'])} | {figure['runs']} | {peer} | {ratio} |")
+
+
 def _round(value: float) -> float:
     return round(value, 3) if abs(value) < 100 else round(value, 1)
 
@@ -112,20 +122,29 @@ def _show(value: float | None) -> str:
     return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-#: Where ``make bench`` keeps the latest figures, one object per figure name.
+#: Where ``make bench`` keeps the latest figures: a JSON array, one object per figure, sorted by name.
 RESULTS_PATH = Path(__file__).parent / "results" / "latest.json"
 
 
+def load(path: Path = RESULTS_PATH) -> list[dict]:
+    """The recorded figures, sorted by name; an older file keyed by name is read too."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    found = list(data.values()) if isinstance(data, dict) else data
+    return sorted(found, key=lambda figure: figure["name"])
+
+
 def record(figures: list["Figure | Missing"], path: Path = RESULTS_PATH) -> None:
-    """Writes ``figures`` into ``path`` (by name, keeping the other figures there): a missing one is removed."""
+    """Merges ``figures`` into ``path`` by name, keeping the other figures there: a missing one is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing = {figure["name"]: figure for figure in load(path)}
     for figure in figures:
         if isinstance(figure, Missing):
             existing.pop(figure.name, None)
         else:
             existing[figure.name] = {**figure.to_json(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path.write_text(json.dumps(dict(sorted(existing.items())), indent=2) + "\n")
+    path.write_text(json.dumps([existing[name] for name in sorted(existing)], indent=2) + "\n")
 
 
 def report(figures: list["Figure | Missing"], path: Path = RESULTS_PATH) -> None:

@@ -140,7 +140,7 @@ class Worker:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     web_port: int = field(default_factory=free_port)
-    _log_offset: int = 0
+    log_offset: int = 0
 
     def environment(self) -> dict[str, str]:
         return {
@@ -163,7 +163,7 @@ class Worker:
 
     def launch(self) -> None:
         """Starts the process and returns at once."""
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", "--loglevel", "info"],
             cwd=REPO_ROOT, env=self.environment(), stdin=subprocess.DEVNULL,
@@ -175,7 +175,7 @@ class Worker:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
         with open(self.log_path, "rb") as log:
-            log.seek(self._log_offset)
+            log.seek(self.log_offset)
             return b"[^Worker]: Ready" in log.read()
 
     async def start(self, ready_timeout_s: float = 180.0) -> "Worker":
@@ -355,3 +355,83 @@ def alive_check(process: subprocess.Popen, log_path: Path):
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
             raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{tail}")
     return check
+
+
+async def first_record_stamp(bootstrap: str, topic: str, key: bytes, since: dict[TopicPartition, int],
+                             timeout_s: float, alive=lambda: None) -> int:
+    """The Kafka timestamp (ms) of the first record of ``key`` on ``topic`` after the offsets ``since``.
+
+    Waits on long fetches (the waiting process takes next to no CPU from the measured one);
+    ``alive()`` is asked between fetches.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=200)
+    await consumer.start()
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                for record in batch:
+                    if record.key == key:
+                        return record.timestamp
+            alive()
+        raise TimeoutError(f"no record of {key!r} on {topic} within {timeout_s}s")
+    finally:
+        await consumer.stop()
+
+
+async def wait_group_stable(bootstrap: str, group: str, members: int, timeout_s: float = 120.0) -> None:
+    """Waits until consumer group ``group`` is Stable with ``members`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            (response,) = await admin.describe_consumer_groups([group])
+            found = response.to_object()["groups"][0]
+            if found["state"] == "Stable" and len(found["members"]) == members:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group}: {found['group_state']} with {len(found['members'])} members "
+                                   f"after {timeout_s}s, {members} expected")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+class CpuMeter:
+    """CPU used between ``start()`` and ``stop()``: by the whole machine (/proc/stat) and by some processes."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.pids = list(pids)
+        self._machine = self._processes = self._wall = 0.0
+        self.machine_busy = self.processes_cores = 0.0
+
+    @staticmethod
+    def _machine_times() -> tuple[float, float]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def _process_seconds(self) -> float:
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> "CpuMeter":
+        self._machine, self._processes, self._wall = self._machine_times(), self._process_seconds(), time.monotonic()
+        return self
+
+    def stop(self) -> "CpuMeter":
+        (busy_before, total_before), (busy, total) = self._machine, self._machine_times()
+        self.machine_busy = (busy - busy_before) / max(1, total - total_before)
+        self.processes_cores = (self._process_seconds() - self._processes) / max(1e-9, time.monotonic() - self._wall)
+        return self
