@@ -282,12 +282,13 @@ def _union_members(annotation: Any) -> tuple[Any, ...]:
 # field's local), in POSITION_COLUMNS / EVENT_COLUMNS order.
 _POSITION_ROW = (
     "{id}", "{symbol}", "{exchange}", "{side}", "{quantity}", "{requested_quantity}", "{entry_price}",
-    "{stop_loss_pct}", "{stop_loss_price}", "{status}", "{source}", "{signal_id}", "_ts({opened_at})",
-    "_ots({closed_at})", "_ts({updated_at})", "_ots({deadline_at})", "{close_requested}", "{version}",
+    "{stop_loss_pct}", "{stop_loss_price}", "{status}", "{source}", "{signal_id}",
+    "(_TIMES.get({opened_at}) or _ts({opened_at}))", "_ots({closed_at})",
+    "(_TIMES.get({updated_at}) or _ts({updated_at}))", "_ots({deadline_at})", "{close_requested}", "{version}",
 )
 _EVENT_ROW = (
     "{key}", "{offset}", "sym", "exch", "{position_id}", "{input_kind}", "{decision}", "{reason}", "{event_id}",
-    "_ts({ts})", "{status_after}", "{client_order_id}", "{order_role}", "{order_outcome}",
+    "(_TIMES.get({ts}) or _ts({ts}))", "{status_after}", "{client_order_id}", "{order_role}", "{order_outcome}",
 )
 
 
@@ -326,7 +327,7 @@ def _compile(writer: codec.WriterSchema, reader: codec.WriterSchema) -> Callable
     emit(1, "raise _Refused('payload branch')")
     namespace: dict[str, Any] = {
         "_dec": _dec, "_Refused": _Refused,
-        "_ts": _ts, "_ots": _ots,
+        "_ts": _ts, "_ots": _ots, "_TIMES": _TIMES,
         "split_key": split_key, "POSITION": POSITION, "EVENT": EVENT, **compiler.constants,
     }
     exec(compile("\n".join(compiler.lines), f"<sink reader {writer.fingerprint.hex()}>", "exec"), namespace)  # noqa: S102 - our own generated source, from our own schemas

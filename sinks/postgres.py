@@ -206,11 +206,14 @@ class PostgresSink:
         position_records: dict[str, object] = {}  # position id -> the record of its newest version
         newest: dict[TopicPartition, int] = {}
         versions: dict[int, int] = {}
+        partitions: dict[int, TopicPartition] = {}  # one topic: a partition number names its TopicPartition
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
+            tp = partitions.get(record.partition)
+            if tp is None:
+                tp = partitions[record.partition] = TopicPartition(record.topic, record.partition)
+                self._held_from.setdefault(tp, record.offset)
             if record.offset > newest.get(tp, -1):
                 newest[tp] = record.offset
-            self._held_from.setdefault(tp, record.offset)
             try:
                 if record.value is None:
                     raise ValueError("update record has no value")
