@@ -19,6 +19,7 @@ both paths give the same rows.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -135,12 +136,16 @@ class _Compiler:
             named.setdefault(schema["name"], schema)
         return schema
 
-    def value(self, indent: int, target: str, writer: Any, reader: Any, hint: Any) -> None:
-        """Reads one value of ``writer`` into ``target``, checked against the reader's ``hint``."""
+    def value(self, indent: int, target: str, writer: Any, reader: Any, hint: Any, keep: bool = True) -> None:
+        """Reads one value of ``writer`` into ``target``, checked against the reader's ``hint``.
+
+        ``keep`` False: a value no column uses, read and checked but not built (an array's
+        items are not gathered into a list, a record's fields not into a tuple).
+        """
         writer = self.resolve(writer, self.writer_named)
         reader = self.resolve(reader, self.reader_named)
         if isinstance(writer, list):
-            self.union(indent, target, writer, reader, hint)
+            self.union(indent, target, writer, reader, hint, keep)
             return
         kind = writer if isinstance(writer, str) else writer["type"]
         reader_kind = reader if isinstance(reader, str) else (reader["type"] if isinstance(reader, dict) else None)
@@ -175,9 +180,9 @@ class _Compiler:
             self.emit(indent, f"{target} = {symbols}[{index}]")
             self.check(indent, target, hint)
         elif kind == "array":
-            self.array(indent, target, writer, reader, hint)
+            self.array(indent, target, writer, reader, hint, keep)
         elif kind == "record":
-            self.record(indent, target, writer, reader)
+            self.record(indent, target if keep else None, writer, reader)
         else:
             raise _Unsupported(f"type {kind}")
 
@@ -194,7 +199,7 @@ class _Compiler:
             self.emit(indent, f"if {target} not in {allowed}:")
             self.emit(indent + 1, "raise _Refused('enum value')")
 
-    def union(self, indent: int, target: str, writer: list, reader: Any, hint: Any) -> None:
+    def union(self, indent: int, target: str, writer: list, reader: Any, hint: Any, keep: bool) -> None:
         if not isinstance(reader, list) or len(writer) != 2 or writer[0] != "null" or reader[0] != "null" \
                 or len(reader) != 2:
             raise _Unsupported("only [null, T] unions below the top level")
@@ -203,17 +208,18 @@ class _Compiler:
         self.emit(indent, f"if {index} == 0:")
         self.emit(indent + 1, f"{target} = None")
         self.emit(indent, f"elif {index} == 1:")
-        self.value(indent + 1, target, writer[1], reader[1], hint)
+        self.value(indent + 1, target, writer[1], reader[1], hint, keep)
         self.emit(indent, "else:")
         self.emit(indent + 1, "raise _Refused('union index')")
 
-    def array(self, indent: int, target: str, writer: dict, reader: Any, hint: Any) -> None:
+    def array(self, indent: int, target: str, writer: dict, reader: Any, hint: Any, keep: bool) -> None:
         if not (isinstance(reader, dict) and reader.get("type") == "array"):
             raise _Unsupported("array read as another type")
         args = typing.get_args(hint)
         item_hint = args[0] if args else Any
         count, item = self.name("n"), self.name("v")
-        self.emit(indent, f"{target} = []")
+        if keep:
+            self.emit(indent, f"{target} = []")
         self.emit(indent, "while True:")
         self.long(indent + 1, count)
         self.emit(indent + 1, f"if {count} == 0:")
@@ -222,11 +228,17 @@ class _Compiler:
         self.emit(indent + 2, f"{count} = -{count}")
         self.long(indent + 2, self.name("size"))
         self.emit(indent + 1, f"for _ in range({count}):")
-        self.value(indent + 2, item, writer["items"], reader["items"], item_hint)
-        self.emit(indent + 2, f"{target}.append({item})")
+        self.value(indent + 2, item, writer["items"], reader["items"], item_hint, keep)
+        if keep:
+            self.emit(indent + 2, f"{target}.append({item})")
 
-    def record(self, indent: int, target: str | None, writer: dict, reader: dict) -> dict[str, str]:
-        """Reads a record's fields into locals; returns reader field -> local (or constant default)."""
+    def record(self, indent: int, target: str | None, writer: dict, reader: dict,
+               needed: frozenset[str] = frozenset()) -> dict[str, str]:
+        """Reads a record's fields into locals; returns reader field -> local (or constant default).
+
+        ``target`` None: the fields stay in locals (those in ``needed`` built, the others only
+        read and checked); else the record is built as a tuple into ``target``.
+        """
         if not isinstance(reader, dict) or reader.get("type") != "record" or \
                 reader["name"].rpartition(".")[2] != writer["name"].rpartition(".")[2]:
             raise _Unsupported(f"record {writer.get('name')} read as {reader!r:.60}")
@@ -240,11 +252,12 @@ class _Compiler:
             local = self.name(f"f_{field['name']}_")
             reader_field = reader_fields.get(field["name"])
             if reader_field is None:  # read, then dropped: the reader has no such field
-                self.value(indent, local, field["type"], field["type"], Any)
+                self.value(indent, local, field["type"], field["type"], Any, keep=False)
                 continue
             if field["name"] not in hints:
                 raise _Unsupported(f"{cls.__name__} has no field {field['name']}")
-            self.value(indent, local, field["type"], reader_field["type"], hints[field["name"]])
+            keep = target is not None or field["name"] in needed
+            self.value(indent, local, field["type"], reader_field["type"], hints[field["name"]], keep)
             locals_[field["name"]] = local
         for name, field in reader_fields.items():
             if name not in locals_:
@@ -314,7 +327,10 @@ def _compile(writer: codec.WriterSchema, reader: codec.WriterSchema) -> Callable
         if short not in reader_branches:
             raise _Unsupported(f"payload branch {short}")
         emit(1, f"{'if' if index == 0 else 'elif'} branch == {index}:")
-        locals_ = compiler.record(2, None, branch, compiler.resolve(reader_branches[short], compiler.reader_named))
+        recipe = {"PositionState": _POSITION_ROW, "AuditRecord": _EVENT_ROW}.get(short, ())
+        needed = frozenset(re.findall(r"\{(\w+)\}", " ".join(recipe)))
+        locals_ = compiler.record(2, None, branch, compiler.resolve(reader_branches[short], compiler.reader_named),
+                                  needed)
         emit(2, "if pos != len(buf):")
         emit(3, "raise _Refused('length')")
         if short == "PositionState":
