@@ -27,13 +27,12 @@ import asyncio
 import os
 import statistics
 import time
-import uuid
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from benchmarks.figures import Figure, measure, report, runs_for
-from benchmarks.harness import scratch_database
+from benchmarks.harness import PARTITIONS as HARNESS_PARTITIONS
+from benchmarks.harness import deployment, produce_all, scratch_database
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from sinks.migrate import migrate
 from sinks.postgres import PostgresSink, write_batch
@@ -42,9 +41,8 @@ from stack import localstack
 from streams.wire import serde
 from streams.domain import AppliedInput, AuditRecord, KeyState, Position, decide
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
-PARTITIONS = 12
+PARTITIONS = HARNESS_PARTITIONS  # the deployment's topics
 POSITION_UPDATES_PER_CYCLE = 5  # pending_entry, pending_sl, active, closing, closed
 
 
@@ -68,23 +66,18 @@ def make_stream(positions: int, keys: int) -> list[tuple[str, Position | AuditRe
 
 async def bench_sink(bootstrap: str, database_url: str, stream) -> tuple[float, int]:
     """Seconds the sink takes from its first batch to the last record written, and its transactions."""
-    app_id = f"bench-sink-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env(kafka_bootstrap_servers=bootstrap, database_url=database_url, app_id=app_id,
-                                 topic_prefix=f"{app_id}.", topic_partitions=PARTITIONS)
-    await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        for key, _update, data in stream:
-            await producer.send(f"{app_id}.position-updates", key=key.encode(), value=data)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    # Its own topics, deleted afterwards: several runs must not pile topics up on a shared broker.
+    async with deployment(bootstrap, database_url, "bench-sink") as mine:
+        settings = mine.settings()
+        await produce_all(bootstrap, mine.topics.updates, ((key.encode(), data) for key, _update, data in stream))
+        return await _time_sink(settings, len(stream))
 
+
+async def _time_sink(settings: Settings, records: int) -> tuple[float, int]:
     sink = PostgresSink(settings, health_interval_s=3600)
     task = asyncio.create_task(sink.run())
     first_batch_at = None
-    while sink.stats.records_written < len(stream):
+    while sink.stats.records_written < records:
         if task.done():
             task.result()
         if first_batch_at is None and sink.stats.batches:
