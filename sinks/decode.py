@@ -9,16 +9,15 @@ object; decimals become ``Decimal`` (money stays exact), epoch-ms times aware da
 
 It checks what building the domain values checks (every decimal of the record finite,
 nested ones included; every string-valued enum a member) and the body read exactly to its
-end. It never decides on its own that a record is bad: ``decode_row`` runs the generic path
-on anything the compiled reader does not accept (or any writer schema it could not compile),
-so a bad record fails with the very error it always did (``CorruptPayload``, ``SerdeError``,
-...) and a good one the compiled reader refused still lands. ``tests/unit/sinks`` checks that
-both paths give the same rows.
+end. It never decides on its own that a record is bad: ``UpdateDecoder.decode`` runs the
+generic path on anything the compiled reader does not accept (or any writer schema it could
+not compile), so a bad record fails with the very error it always did (``CorruptPayload``,
+``SerdeError``, ...) and a good one the compiled reader refused still lands.
+``tests/unit/sinks/test_sink_decode.py`` holds the two paths to the same rows and errors.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 import typing
@@ -31,9 +30,9 @@ from sinks.rows import epoch_ms_to_datetime, event_row, position_row, split_key
 from streams.domain import AuditRecord, OrderRef, Position
 from streams.wire import codec, serde
 
-__all__ = ["POSITION", "EVENT", "UpdateDecoder", "decode_row"]
+__all__ = ["POSITION", "EVENT", "UpdateDecoder", "generic_row"]
 
-#: Kinds of row ``decode_row`` returns.
+#: Kinds of row ``UpdateDecoder.decode`` returns.
 POSITION = "position"
 EVENT = "event"
 
@@ -368,13 +367,16 @@ class UpdateDecoder:
             return self._compiled[fingerprint]
         except KeyError:
             pass
-        function = None
         try:
             writer = self._registry.writer_schema(fingerprint)
-            if writer.name == self._reader.name:
+        except codec.UnknownSchemaFingerprint:
+            return None  # not cached: only the registry's fingerprints take room here
+        function = None
+        if writer.name == self._reader.name:
+            try:
                 function = _compile(writer, self._reader)
-        except (codec.UnknownSchemaFingerprint, _Unsupported):
-            function = None
+            except _Unsupported:
+                function = None
         self._compiled[fingerprint] = function
         return function
 
@@ -398,16 +400,3 @@ def generic_row(data: bytes) -> tuple[str, tuple]:
     if isinstance(update, Position):
         return POSITION, position_row(update)
     return EVENT, event_row(update)
-
-
-_DEFAULT: list[UpdateDecoder] = []
-
-
-def decode_row(data: bytes) -> tuple[str, tuple]:
-    """``UpdateDecoder.decode`` with the default registry's decoder."""
-    if not _DEFAULT:
-        _DEFAULT.append(UpdateDecoder())
-    return _DEFAULT[0].decode(data)
-
-
-assert dataclasses.is_dataclass(Position)  # the checks above come from the dataclasses' hints
