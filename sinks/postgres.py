@@ -4,15 +4,17 @@ The only writer of positions. A plain aiokafka consumer (group ``<app_id>-postgr
 no auto-commit) reads update records in batches; each batch is written in ONE transaction
 and the consumer's offsets move only after that transaction has committed:
 
-- positions: COPY (binary) into a session temp table, then one
-  ``INSERT ... SELECT ... ORDER BY version ON CONFLICT (id) DO UPDATE ... WHERE version <
-  EXCLUDED.version``. COPY + one merge statement rather than ``executemany``: the data
+- each record is read straight from its Avro bytes into its table row (``sinks.decode``: a
+  reader compiled once per writer schema, no domain objects; anything it does not accept
+  is read by the generic ``serde`` path, so a bad record fails with its usual error);
+- positions: one ``INSERT ... SELECT ... FROM unnest(<one array per column>) ORDER BY
+  version ON CONFLICT (id) DO UPDATE ... WHERE version < EXCLUDED.version``. The data
   crosses the wire once in binary, the guard and the order are one SQL statement the
   planner runs as a single pass, and PostgreSQL applies the rows in the ``ORDER BY`` order
-  (which the partial unique index needs, see ``sinks.rows``). On the same batches it
-  writes about 1.5x the rows per second of ``executemany`` with the same guarded upsert
-  (``benchmarks/bench_sink.py``).
-- audit rows: the same COPY, then ``INSERT ... ON CONFLICT (key, input_offset) DO NOTHING``.
+  (which the partial unique index needs, see ``sinks.rows``);
+- audit rows: a plain binary COPY into ``monitoring.position_events`` under a savepoint;
+  when a row is there already (a batch read again), the savepoint is rolled back and the
+  rows go in by ``INSERT ... ON CONFLICT (key, input_offset) DO NOTHING``.
 
 Redelivery and replay converge on the same rows: an older or equal version never replaces
 a row, an audit row is written once per natural key. When PostgreSQL is down or drops the
@@ -53,6 +55,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sinks.retry import INITIAL_BACKOFF_S
+from sinks.decode import POSITION, UpdateDecoder
 from sinks.rows import BatchMerger
 from sinks.sql import RefusedRow, WriteResult, write_batch
 from sinks.stats import SinkStats
@@ -60,7 +63,6 @@ from sinks.writer import PostgresWriter, StopRequested
 from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.wire import serde
 from streams.heartbeat import beat_while_running
-from streams.domain import Position
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics, sink_group
 from streams.telemetry import metrics
@@ -126,6 +128,7 @@ class PostgresSink:
         self._written_next: dict[TopicPartition, int] = {}
         self._held_from: dict[TopicPartition, int] = {}  # first offset of the batch being written
         self._last_health = time.monotonic()
+        self._decoder = UpdateDecoder()  # update bytes -> rows, a compiled reader per writer schema
 
     def stop(self) -> None:
         """Asks ``run`` to finish the batch in hand (unless it waits for PostgreSQL) and return."""
@@ -198,26 +201,35 @@ class PostgresSink:
     async def _process(self, records: list) -> None:
         started = time.monotonic()
         merger = BatchMerger()
+        decode = self._decoder.decode
         undecodable = []
         position_records: dict[str, object] = {}  # position id -> the record of its newest version
         newest: dict[TopicPartition, int] = {}
         versions: dict[int, int] = {}
+        partitions: dict[int, TopicPartition] = {}  # one topic: a partition number names its TopicPartition
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            newest[tp] = max(newest.get(tp, -1), record.offset)
-            self._held_from.setdefault(tp, record.offset)
+            tp = partitions.get(record.partition)
+            if tp is None:
+                tp = partitions[record.partition] = TopicPartition(record.topic, record.partition)
+                self._held_from.setdefault(tp, record.offset)
+            if record.offset > newest.get(tp, -1):
+                newest[tp] = record.offset
             try:
                 if record.value is None:
                     raise ValueError("update record has no value")
-                update = serde.decode_update(record.value)
+                kind, row = decode(record.value)
             except Exception as error:  # noqa: BLE001 - one bad record must not stop the audit log
                 undecodable.append((record, error))
                 continue
-            merger.add(update)
-            if isinstance(update, Position):
-                position_records[update.id] = record
-            version = update.version if isinstance(update, Position) else update.offset
-            versions[record.partition] = max(versions.get(record.partition, -1), version)
+            if kind == POSITION:
+                merger.add_position_row(row)
+                position_records[row[0]] = record
+                version = row[-1]
+            else:
+                merger.add_event_row(row)
+                version = row[1]
+            if version > versions.get(record.partition, -1):
+                versions[record.partition] = version
         if undecodable:
             await self._dead_letter(undecodable)
         rows = merger.rows()

@@ -56,6 +56,11 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "time", "status_after", "client_order_id", "order_role", "order_outcome", "refusal_code",
 )
 
+_ID = POSITION_COLUMNS.index("id")
+_VERSION = POSITION_COLUMNS.index("version")
+_KEY = EVENT_COLUMNS.index("key")
+_OFFSET = EVENT_COLUMNS.index("input_offset")
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -139,32 +144,38 @@ class BatchRows:
 
 @dataclass
 class BatchMerger:
-    """Accumulates decoded updates of one batch; memory is bounded by the batch's size.
+    """Accumulates the rows of one batch; memory is bounded by the batch's size.
 
-    ``add`` keeps only the newest version of each position id (ties: the later record,
-    which is the same state: a version is a deterministic function of the log) and the first
-    audit record of each ``(key, offset)``.
+    Keeps only the newest version of each position id (ties: the later record, which is the
+    same state: a version is a deterministic function of the log) and the first audit row of
+    each ``(key, offset)``. The sink adds rows (``sinks.decode`` reads them straight from the
+    record's bytes); ``add`` takes a decoded update and adds its row.
     """
 
-    _positions: dict[str, Position] = field(default_factory=dict)
-    _audits: dict[tuple[str, int], AuditRecord] = field(default_factory=dict)
+    _positions: dict[str, tuple] = field(default_factory=dict)
+    _events: dict[tuple[str, int], tuple] = field(default_factory=dict)
 
     def add(self, update: Position | AuditRecord) -> None:
         """Takes one decoded update record into the batch."""
         if isinstance(update, Position):
-            current = self._positions.get(update.id)
-            if current is None or current.version <= update.version:
-                self._positions[update.id] = update
+            self.add_position_row(position_row(update))
         else:
-            self._audits.setdefault((update.key, update.offset), update)
+            self.add_event_row(event_row(update))
+
+    def add_position_row(self, row: tuple) -> None:
+        """Takes one position row (``POSITION_COLUMNS`` order) into the batch."""
+        current = self._positions.get(row[_ID])
+        if current is None or current[_VERSION] <= row[_VERSION]:
+            self._positions[row[_ID]] = row
+
+    def add_event_row(self, row: tuple) -> None:
+        """Takes one audit row (``EVENT_COLUMNS`` order) into the batch."""
+        self._events.setdefault((row[_KEY], row[_OFFSET]), row)
 
     def rows(self) -> BatchRows:
         """The rows to write, positions ordered by (version, id): see the module's docstring."""
-        positions = sorted(self._positions.values(), key=lambda position: (position.version, position.id))
-        return BatchRows(
-            positions=[position_row(position) for position in positions],
-            events=[event_row(audit) for audit in self._audits.values()],
-        )
+        positions = sorted(self._positions.values(), key=lambda row: (row[_VERSION], row[_ID]))
+        return BatchRows(positions=positions, events=list(self._events.values()))
 
 
 def merge_updates(updates: Iterable[Position | AuditRecord]) -> BatchRows:

@@ -1,8 +1,10 @@
 """Every statement the sink sends to PostgreSQL, and the one-attempt transactions that send them.
 
-A batch is written in ONE transaction: its position rows are copied (binary COPY) into a
-session temp table and merged into ``monitoring.positions`` by one guarded statement; its
-audit rows go the same way into ``monitoring.position_events``. Nothing here retries or
+A batch is written in ONE transaction: its position rows are merged into
+``monitoring.positions`` by one guarded statement that reads them from array parameters
+(one per column, binary); its audit rows are COPYed (binary) into
+``monitoring.position_events``, or, when some are there already (a redelivery), inserted
+from arrays with ``ON CONFLICT DO NOTHING``. Nothing here retries or
 reconnects: that is ``sinks.writer``'s job. Failures come out as the package's exceptions
 (``sinks.exceptions``), sorted by whether a retry can help.
 
@@ -33,16 +35,31 @@ __all__ = [
     "RefusedRow",
     "WriteResult",
     "as_sink_error",
-    "create_temp_tables",
     "translated_errors",
     "write_batch",
     "write_batch_isolating_conflicts",
 ]
 
-_TEMP_TABLES = """
-CREATE TEMP TABLE IF NOT EXISTS sink_positions (LIKE monitoring.positions) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS sink_events (LIKE monitoring.position_events) ON COMMIT DELETE ROWS;
-"""
+#: PostgreSQL type of each column the sink writes (the arrays' element types).
+_POSITION_TYPES = {
+    "id": "text", "symbol": "text", "exchange": "text", "side": "text", "quantity": "numeric",
+    "requested_quantity": "numeric", "entry_price": "numeric", "stop_loss_pct": "numeric",
+    "stop_loss_price": "numeric", "status": "text", "source": "text", "signal_id": "text",
+    "opened_at": "timestamptz", "closed_at": "timestamptz", "updated_at": "timestamptz",
+    "deadline_at": "timestamptz", "close_requested": "boolean", "version": "bigint",
+}
+_EVENT_TYPES = {
+    "key": "text", "input_offset": "bigint", "symbol": "text", "exchange": "text", "position_id": "text",
+    "kind": "text", "decision": "text", "reason": "text", "event_id": "text", "time": "timestamptz",
+    "status_after": "text", "client_order_id": "text", "order_role": "text", "order_outcome": "text",
+}
+
+
+def _unnest(columns: Sequence[str], types: dict[str, str]) -> str:
+    # One array parameter per column, in ``columns`` order: the batch crosses the wire once,
+    # in binary, and the statement is prepared once per connection.
+    arrays = ", ".join(f"${number}::{types[column]}[]" for number, column in enumerate(columns, start=1))
+    return f"unnest({arrays}) AS batch ({', '.join(columns)})"
 
 
 def _merge_positions_sql() -> str:
@@ -52,7 +69,7 @@ def _merge_positions_sql() -> str:
     # before its next one enters it; see sinks.rows. The WHERE is the version guard.
     return (
         f"INSERT INTO monitoring.positions AS stored ({columns}) "
-        f"SELECT {columns} FROM sink_positions ORDER BY version, id "
+        f"SELECT {columns} FROM {_unnest(POSITION_COLUMNS, _POSITION_TYPES)} ORDER BY version, id "
         f"ON CONFLICT (id) DO UPDATE SET {updates} "
         "WHERE stored.version < EXCLUDED.version"
     )
@@ -61,13 +78,16 @@ def _merge_positions_sql() -> str:
 def _insert_events_sql() -> str:
     columns = ", ".join(EVENT_COLUMNS)
     return (
-        f"INSERT INTO monitoring.position_events ({columns}) SELECT {columns} FROM sink_events "
+        f"INSERT INTO monitoring.position_events ({columns}) SELECT {columns} "
+        f"FROM {_unnest(EVENT_COLUMNS, _EVENT_TYPES)} "
         "ON CONFLICT (key, input_offset) DO NOTHING"
     )
 
 
 MERGE_POSITIONS_SQL = _merge_positions_sql()
 INSERT_EVENTS_SQL = _insert_events_sql()
+#: The audit table the first attempt COPYs into directly (schema ``monitoring``).
+EVENTS_TABLE = "position_events"
 
 _LIVE_ROW_OF_KEY_SQL = (
     "SELECT * FROM monitoring.positions WHERE symbol = $1 AND exchange = $2 "
@@ -118,34 +138,44 @@ def translated_errors(doing: str) -> Iterator[None]:
         raise wrapped from error
 
 
-async def create_temp_tables(connection: asyncpg.Connection) -> None:
-    """Creates the session's staging tables the COPYs write to (once per connection)."""
-    await connection.execute(_TEMP_TABLES)
-
-
 def _row_count(status: str) -> int:
     # asyncpg returns the command tag, e.g. "INSERT 0 42".
     return int(status.rsplit(" ", 1)[-1])
 
 
+def _columns(records: Sequence[tuple], width: int) -> list[list]:
+    """Rows -> one list per column (the statements' array parameters)."""
+    columns = [list(column) for column in zip(*records)]
+    return columns or [[] for _ in range(width)]
+
+
 async def _merge_positions(connection: asyncpg.Connection, records: Sequence[tuple]) -> int:
-    """COPYs position rows into the temp table and merges them; returns the rows changed."""
+    """Merges position rows by one guarded statement; returns the rows changed."""
     if not records:
         return 0
-    await connection.copy_records_to_table("sink_positions", records=records, columns=POSITION_COLUMNS)
-    return _row_count(await connection.execute(MERGE_POSITIONS_SQL))
+    return _row_count(await connection.execute(MERGE_POSITIONS_SQL, *_columns(records, len(POSITION_COLUMNS))))
 
 
 async def _insert_events(connection: asyncpg.Connection, records: Sequence[tuple]) -> int:
-    """COPYs audit rows into the temp table and inserts the new ones; returns how many."""
+    """Writes audit rows, each once per (key, input_offset); returns how many are new.
+
+    First a plain COPY into the table under a savepoint: an audit row is written once per
+    input, so outside a redelivery none is there yet and this is all it costs. When one is
+    (a batch read again after a crash or a rebalance), the COPY is rolled back to the
+    savepoint and the rows go in by ``INSERT ... ON CONFLICT DO NOTHING``: the same rows.
+    """
     if not records:
         return 0
-    await connection.copy_records_to_table("sink_events", records=records, columns=EVENT_COLUMNS)
-    return _row_count(await connection.execute(INSERT_EVENTS_SQL))
+    try:
+        async with connection.transaction():  # a savepoint
+            return _row_count(await connection.copy_records_to_table(
+                EVENTS_TABLE, schema_name="monitoring", records=records, columns=EVENT_COLUMNS))
+    except asyncpg.UniqueViolationError:
+        return _row_count(await connection.execute(INSERT_EVENTS_SQL, *_columns(records, len(EVENT_COLUMNS))))
 
 
 async def write_batch(connection: asyncpg.Connection, rows: BatchRows) -> WriteResult:
-    """Writes one batch in one transaction (one attempt); the session's temp tables must exist.
+    """Writes one batch in one transaction (one attempt).
 
     Raises ``DatabaseUnavailableError`` (retry), ``IntegrityViolationError`` or
     ``DatabaseError`` (do not).
@@ -173,8 +203,6 @@ async def write_batch_isolating_conflicts(connection: asyncpg.Connection, rows: 
                 try:
                     async with connection.transaction():  # a savepoint
                         positions += await _merge_positions(connection, [row])
-                        # ON COMMIT DELETE ROWS empties the temp table only at the outer commit.
-                        await connection.execute("DELETE FROM sink_positions")
                 except asyncpg.IntegrityConstraintViolationError as error:
                     refused_row = dict(zip(POSITION_COLUMNS, row))
                     existing = await connection.fetchrow(_LIVE_ROW_OF_KEY_SQL, refused_row["symbol"],

@@ -23,7 +23,6 @@ from streams.edge.backoff import sleep_unless_stopped
 from sinks.rows import BatchRows
 from sinks.sql import (
     WriteResult,
-    create_temp_tables,
     translated_errors,
     write_batch,
     write_batch_isolating_conflicts,
@@ -81,7 +80,7 @@ class PostgresWriter:
         self._migrated = False
 
     async def _connect(self) -> asyncpg.Connection:
-        """A new connection with the schema migrated (first time) and the temp tables created."""
+        """A new connection with the schema migrated (first time)."""
         connection = None
         try:
             with translated_errors("connecting"):
@@ -94,7 +93,6 @@ class PostgresWriter:
                     if applied:
                         logger.info("migrated monitoring schema: applied %s", applied)
                     self._migrated = True
-                await create_temp_tables(connection)
                 return connection
         except BaseException:
             if connection is not None:

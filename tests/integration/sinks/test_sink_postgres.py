@@ -132,6 +132,30 @@ async def test_a_batch_in_any_order_writes_the_same_rows_as_the_stream_in_order(
         await writer.close()
 
 
+async def test_a_batch_partly_written_before_writes_only_its_new_rows_and_counts_them(fresh_database):
+    # Arrange: the first half of the stream is in the table; the whole stream comes again
+    # (a batch read again after a crash, extended by what came since), so the audit rows'
+    # first COPY meets rows that are there and gives way to the insert that skips them.
+    stream = UpdateStream.lives(keys=3, cycles=3)
+    values = [update.value for update in stream.updates]
+    half = len(values) // 2
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        first = await writer.write(merge_updates(values[:half]), asyncio.Event())
+        whole = merge_updates(values)
+
+        # Act
+        again = await writer.write(whole, asyncio.Event())
+
+        # Assert
+        assert first.events_inserted + again.events_inserted == len(whole.events)
+        assert 0 < again.events_inserted < len(whole.events)
+        assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+        assert_events_match(await events_by_key(fresh_database), stream.audits())
+    finally:
+        await writer.close()
+
+
 def close_and_reopen() -> tuple[UpdateStream, list, list]:
     """A key's first position active (first batch), then closed and the next one active (second)."""
     stream = UpdateStream()
