@@ -301,6 +301,7 @@ _POSITION_ROW = (
 _EVENT_ROW = (
     "{key}", "{offset}", "sym", "exch", "{position_id}", "{input_kind}", "{decision}", "{reason}", "{event_id}",
     "(_TIMES.get({ts}) or _ts({ts}))", "{status_after}", "{client_order_id}", "{order_role}", "{order_outcome}",
+    "{refusal_code}",
 )
 
 

@@ -52,6 +52,7 @@ _EVENT_TYPES = {
     "key": "text", "input_offset": "bigint", "symbol": "text", "exchange": "text", "position_id": "text",
     "kind": "text", "decision": "text", "reason": "text", "event_id": "text", "time": "timestamptz",
     "status_after": "text", "client_order_id": "text", "order_role": "text", "order_outcome": "text",
+    "refusal_code": "text",
 }
 
 
