@@ -39,6 +39,7 @@ __all__ = [
     "COMMAND_RECORD",
     "UPDATE_RECORD",
     "KEY_STATE_RECORD",
+    "key_state_last_offset",
     "DEAD_LETTER_RECORD",
     "SerdeError",
     "encode_input",
@@ -320,6 +321,49 @@ def key_state_from_record(record: dict[str, Any]) -> KeyState:
     newest = max(state.last_exchange_ts, state.position.updated_at if state.position is not None else 0)
     migrated = tuple(SeenSignal(signal_id=signal_id, first_seen_at=newest) for signal_id in legacy)
     return dataclasses.replace(state, seen_signals=(*migrated, *state.seen_signals))
+
+
+def key_state_last_offset(data: bytes) -> int:
+    """``last_offset`` of a table value (``KeyState`` bytes), read without decoding the rest.
+
+    A worker scans every key of its partitions after an assignment to learn what the table
+    has applied; decoding 100,000 whole states for one number held the first decision back
+    by seconds. Every writer schema of ``KeyState`` begins with ``key`` (string) and
+    ``last_offset`` (long): the header, one string and one zig-zag varint. Bytes of any other
+    writer, or that do not read so, are decoded whole (and raise as ``decode`` does).
+    """
+    if data[:2] == codec.MARKER and bytes(data[2:codec.HEADER_LENGTH]) in _offset_first_writers():
+        try:
+            length, position = _zigzag_varint(data, codec.HEADER_LENGTH)
+            last_offset, _ = _zigzag_varint(data, position + length)
+        except IndexError:
+            pass  # truncated: the whole decode names the damage
+        else:
+            if length >= 0:
+                return last_offset
+    return codec.decode(KEY_STATE_RECORD, data)["last_offset"]
+
+
+@functools.cache
+def _offset_first_writers() -> frozenset[bytes]:
+    """Fingerprints of the ``KeyState`` writer schemas whose first fields are ``key`` and ``last_offset``."""
+    leading = ({"name": "key", "type": "string"}, {"name": "last_offset", "type": "long"})
+    return frozenset(
+        writer.fingerprint for writer in codec.default_registry().writer_schemas(KEY_STATE_RECORD)
+        if [{"name": field["name"], "type": field["type"]} for field in writer.schema["fields"][:2]] == list(leading))
+
+
+def _zigzag_varint(data: bytes, position: int) -> tuple[int, int]:
+    """Avro's zig-zag varint at ``position``: ``(value, position after it)``."""
+    shift = 0
+    result = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:

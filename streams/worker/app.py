@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 REPORT_BACKOFF = Backoff(0.1, 5.0)
 #: How often the worker looks for inputs Faust acked without delivering them.
 SKIPPED_INPUTS_CHECK_S = 1.0
+#: Table records the deadline index's rebuild decodes between two turns of the event loop.
+REBUILD_STEP = 500
 
 
 def _event_of(app: faust.App, record: Any) -> faust.EventT:
@@ -123,6 +125,35 @@ class KeyStateTable(faust.Table):
     def __init__(self, app: faust.App, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.value_serializer = self.VALUE_CODEC
+
+
+def table_last_offsets(table: Any) -> Iterator[tuple[bytes, int]]:
+    """``(key, last_offset)`` of every key the table holds for this worker, values not decoded.
+
+    A rocksdb store (the deployed one) is read raw, its active partitions only, and only the
+    offset is read from each value (``serde.key_state_last_offset``); another store is
+    iterated as a table.
+    """
+    store = table.data
+    if hasattr(store, "_dbs_for_actives"):  # faust-streaming 0.15.3's rocksdb Store (pinned)
+        for key, value in list(store._iteritems()):
+            yield key, serde.key_state_last_offset(value)
+    else:
+        for key, record in list(table.items()):
+            yield key, record["last_offset"]
+
+
+def table_records(table: Any, wanted: Callable[[bytes], bool]) -> Iterator[dict]:
+    """The decoded values of the ``wanted`` keys of the table, decoded one at a time as iterated."""
+    store = table.data
+    if hasattr(store, "_dbs_for_actives"):
+        for key, value in list(store._iteritems()):
+            if wanted(key):
+                yield codec.decode(serde.KEY_STATE_RECORD, value)
+    else:
+        for key, record in list(table.items()):
+            if wanted(key):
+                yield record
 
 
 def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
@@ -228,8 +259,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
     def table_applied_through() -> dict[int, int]:
         owned = active_partitions(app, changelog_name)
         return applied_through(
-            (partition, record["last_offset"]) for partition, record in (
-                (partition_for_key(key, settings.topic_partitions), record) for key, record in list(key_to_state.items()))
+            (partition, last_offset) for partition, last_offset in (
+                (partition_for_key(key, settings.topic_partitions), last_offset)
+                for key, last_offset in table_last_offsets(key_to_state))
             if partition in owned)
 
     applied = AppliedOffsets(table_applied_through)
@@ -394,9 +426,19 @@ def build_pipeline(settings: Settings) -> Pipeline:
         if owned != deadlines.partitions:
             if app.rebalancing or not app.tables.recovery.completed.is_set():
                 return  # the table of the new assignment is not there yet
+            # In steps, so that the agent decides meanwhile: decoding 100,000 states in one go
+            # held a restarted worker's first decision back by seconds.
+            deadlines.begin_rebuild()
             # Standby copies are another worker's to time out (a memory store iterates them too).
-            deadlines.rebuild([record for key, record in list(key_to_state.items())
-                               if partition_for_key(key, settings.topic_partitions) in owned], owned)
+            for count, record in enumerate(table_records(key_to_state, lambda key: partition_for_key(
+                    key, settings.topic_partitions) in owned), start=1):
+                deadlines.rebuild_note(record)
+                if count % REBUILD_STEP == 0:
+                    await asyncio.sleep(0)
+                    if app.rebalancing or active_partitions(app, key_to_state.changelog_topic.get_topic_name()) != owned:
+                        deadlines.abandon_rebuild()  # the next tick starts over on the new assignment
+                        return
+            deadlines.finish_rebuild(owned)
         for event in deadlines.due(now_ms):
             if partition_for_key(event.key.encode(), settings.topic_partitions) in owned:
                 await inputs_topic.send(key=event.key.encode(), value=serde.encode_input(with_policy(event, settings)))

@@ -863,3 +863,28 @@ def test_faust_registry_corrupt_value_raises_value_decode_error_caused_by_codec_
     with pytest.raises(ValueDecodeError) as info:
         registry.loads_value(None, b"not avro")
     assert isinstance(info.value.__cause__, NotSingleObjectEncoded)
+
+
+@settings(max_examples=300, deadline=None)
+@given(KEY_STATES, st.sampled_from([0, 1, 2]))
+def test_a_key_states_last_offset_is_read_without_decoding_it_from_every_writer(datum, writer_index):
+    from streams.wire import serde
+
+    writers = default_registry().writer_schemas("KeyState")
+    writer = writers[min(writer_index, len(writers) - 1)]
+    field_names = {field["name"] for field in writer.schema["fields"]}
+    if not writer.current:
+        datum = {**datum, "position": None}  # a retired writer's position lacks later fields
+    data = default_registry().encode_with_writer(writer.fingerprint, {k: v for k, v in datum.items() if k in field_names})
+    assert serde.key_state_last_offset(data) == datum["last_offset"] == decode("KeyState", data)["last_offset"]
+
+
+def test_bytes_that_are_no_key_state_fail_as_the_whole_decode_does():
+    from streams.wire import serde
+
+    with pytest.raises(codec.CodecError):
+        serde.key_state_last_offset(b"\xc3\x01" + default_registry().fingerprint("KeyState") + b"\x07")
+    with pytest.raises(codec.CodecError):
+        serde.key_state_last_offset(encode("DeadLetter", {
+            "source_topic": "t", "source_partition": 0, "source_offset": 1, "key": None, "value": None,
+            "error_type": "E", "reason": "r", "ts": 0}))

@@ -131,6 +131,34 @@ def test_the_deadline_index_follows_stored_states_and_names_only_passed_deadline
     assert index.partitions == frozenset({0})
 
 
+def test_a_rebuild_in_steps_keeps_what_the_agent_stored_meanwhile():
+    # Arrange: the scan reads A in flight and B in flight; meanwhile the agent stores A answered
+    # and C newly in flight (the scan read C before that, with nothing in flight).
+    from streams.worker.deadlines import DeadlineIndex
+
+    def record(key: str, status: str, deadline_at: int | None) -> dict:
+        return {"key": key, "position": {"id": f"{key}/1", "status": status, "deadline_at": deadline_at}}
+
+    index = DeadlineIndex()
+    index.rebuild([record("OLD@binance", "entry_placed", 10)], frozenset({0}))
+
+    # Act
+    index.begin_rebuild()
+    index.rebuild_note(record("B@binance", "pending_sl", 2000))
+    index.note(record("A@binance", "active", None))
+    index.note(record("C@binance", "closing", 3000))
+    during = index.due(10_000)
+    index.rebuild_note(record("A@binance", "entry_placed", 1000))  # older than the stored state
+    index.rebuild_note(record("C@binance", "active", None))  # older too
+    index.finish_rebuild(frozenset({0, 1}))
+
+    # Assert: until the rebuild ends the old index answers (plus what was noted); then the scan's,
+    # with the keys stored meanwhile as stored.
+    assert sorted(e.key for e in during) == ["C@binance", "OLD@binance"]
+    assert sorted(e.key for e in index.due(10_000)) == ["B@binance", "C@binance"]
+    assert index.partitions == frozenset({0, 1})
+
+
 class FlakyKafka:
     """A producer whose n-th acknowledgement of a chosen topic fails once."""
 
