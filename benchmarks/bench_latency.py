@@ -1,6 +1,6 @@
 """Decision latency: an open signal appended to ``position-inputs`` -> its PlaceEntry appended to ``position-commands``.
 
-``python -m benchmarks.bench_latency [--rates 500,2000] [--seconds 5] [--runs N]``
+``python -m benchmarks.bench_latency [--rates 300,1000,5000] [--seconds 5] [--runs N]``
 
 Each contender runs on a fresh deployment whose ``position-commands`` is created with
 ``message.timestamp.type=LogAppendTime`` (the pipeline creates ``position-inputs`` so): both
@@ -42,7 +42,9 @@ from benchmarks.harness import (
 )
 from benchmarks.lifecycle import encoded_open_signals
 
-RATES = (500, 2_000)
+# The issue's figures are at 1,000 and 5,000 inputs/s (decision_latency_p99_at_1000 is the target);
+# 300/s shows the agent below its capacity on two cores.
+RATES = (300, 1_000, 5_000)
 SECONDS = 5.0
 CONTENDERS = ("agent", "aiokafka")
 
