@@ -33,7 +33,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.wire import codec
+from streams.wire import codec, serde
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics, topic_partitions
 
@@ -283,18 +283,6 @@ async def wait_until_committed(bootstrap: str, group: str, topic: str, timeout_s
         await consumer.stop()
 
 
-def _varint_end(data: bytes, position: int) -> tuple[int, int]:
-    """A zigzag varint at ``position``: (value, the position after it)."""
-    shift = result = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), position
-        shift += 7
-
-
 def is_audit_update(value: bytes) -> bool:
     """True for an AuditRecord on ``position-updates``, False for a position state, without decoding it.
 
@@ -302,9 +290,9 @@ def is_audit_update(value: bytes) -> bool:
     payload: [PositionState, AuditRecord]}``: skip the header, the key and the offset, read
     the union branch.
     """
-    length, position = _varint_end(value, codec.HEADER_LENGTH)
-    _offset, position = _varint_end(value, position + length)
-    branch, _position = _varint_end(value, position)
+    length, position = serde.zigzag_varint(value, codec.HEADER_LENGTH)
+    _offset, position = serde.zigzag_varint(value, position + length)
+    branch, _position = serde.zigzag_varint(value, position)
     return branch == 1
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "UPDATE_RECORD",
     "KEY_STATE_RECORD",
     "key_state_last_offset",
+    "zigzag_varint",
     "DEAD_LETTER_RECORD",
     "SerdeError",
     "encode_input",
@@ -334,8 +335,8 @@ def key_state_last_offset(data: bytes) -> int:
     """
     if data[:2] == codec.MARKER and bytes(data[2:codec.HEADER_LENGTH]) in _offset_first_writers():
         try:
-            length, position = _zigzag_varint(data, codec.HEADER_LENGTH)
-            last_offset, _ = _zigzag_varint(data, position + length)
+            length, position = zigzag_varint(data, codec.HEADER_LENGTH)
+            last_offset, _ = zigzag_varint(data, position + length)
         except IndexError:
             pass  # truncated: the whole decode names the damage
         else:
@@ -353,8 +354,8 @@ def _offset_first_writers() -> frozenset[bytes]:
         if [{"name": field["name"], "type": field["type"]} for field in writer.schema["fields"][:2]] == list(leading))
 
 
-def _zigzag_varint(data: bytes, position: int) -> tuple[int, int]:
-    """Avro's zig-zag varint at ``position``: ``(value, position after it)``."""
+def zigzag_varint(data: bytes, position: int) -> tuple[int, int]:
+    """Avro's zig-zag varint (an int, a long, a length) at ``position``: ``(value, position after it)``."""
     shift = 0
     result = 0
     while True:
