@@ -28,7 +28,6 @@ Where to call them:
 from __future__ import annotations
 
 import functools
-
 import threading
 from collections.abc import Iterable
 

@@ -127,33 +127,22 @@ class KeyStateTable(faust.Table):
         self.value_serializer = self.VALUE_CODEC
 
 
-def table_last_offsets(table: Any) -> Iterator[tuple[bytes, int]]:
-    """``(key, last_offset)`` of every key the table holds for this worker, values not decoded.
+def scan_table(table: Any, from_bytes: Callable[[bytes], Any], from_record: Callable[[dict], Any],
+               wanted: Callable[[bytes], bool] | None = None) -> Iterator[tuple[bytes, Any]]:
+    """``(key, value read)`` of the table's keys this worker holds, each value read only as iterated.
 
-    A rocksdb store (the deployed one) is read raw, its active partitions only, and only the
-    offset is read from each value (``serde.key_state_last_offset``); another store is
-    iterated as a table.
+    A rocksdb store (the deployed one) is iterated raw, its active partitions only, and each
+    value given to ``from_bytes`` as stored (a caller needing one field reads only that);
+    another store is iterated as a table, its decoded values given to ``from_record``.
     """
     store = table.data
     if hasattr(store, "_dbs_for_actives"):  # faust-streaming 0.15.3's rocksdb Store (pinned)
-        for key, value in list(store._iteritems()):
-            yield key, serde.key_state_last_offset(value)
+        items, read = list(store._iteritems()), from_bytes
     else:
-        for key, record in list(table.items()):
-            yield key, record["last_offset"]
-
-
-def table_records(table: Any, wanted: Callable[[bytes], bool]) -> Iterator[dict]:
-    """The decoded values of the ``wanted`` keys of the table, decoded one at a time as iterated."""
-    store = table.data
-    if hasattr(store, "_dbs_for_actives"):
-        for key, value in list(store._iteritems()):
-            if wanted(key):
-                yield codec.decode(serde.KEY_STATE_RECORD, value)
-    else:
-        for key, record in list(table.items()):
-            if wanted(key):
-                yield record
+        items, read = list(table.items()), from_record
+    for key, value in items:
+        if wanted is None or wanted(key):
+            yield key, read(value)
 
 
 def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
@@ -261,7 +250,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         return applied_through(
             (partition, last_offset) for partition, last_offset in (
                 (partition_for_key(key, settings.topic_partitions), last_offset)
-                for key, last_offset in table_last_offsets(key_to_state))
+                for key, last_offset in scan_table(key_to_state, serde.key_state_last_offset,
+                                                   lambda record: record["last_offset"]))
             if partition in owned)
 
     applied = AppliedOffsets(table_applied_through)
@@ -430,12 +420,14 @@ def build_pipeline(settings: Settings) -> Pipeline:
             # held a restarted worker's first decision back by seconds.
             deadlines.begin_rebuild()
             # Standby copies are another worker's to time out (a memory store iterates them too).
-            for count, record in enumerate(table_records(key_to_state, lambda key: partition_for_key(
-                    key, settings.topic_partitions) in owned), start=1):
+            records = scan_table(key_to_state, lambda value: codec.decode(serde.KEY_STATE_RECORD, value),
+                                 lambda record: record,
+                                 lambda key: partition_for_key(key, settings.topic_partitions) in owned)
+            for count, (_key, record) in enumerate(records, start=1):
                 deadlines.rebuild_note(record)
                 if count % REBUILD_STEP == 0:
                     await asyncio.sleep(0)
-                    if app.rebalancing or active_partitions(app, key_to_state.changelog_topic.get_topic_name()) != owned:
+                    if app.rebalancing or active_partitions(app, changelog_name) != owned:
                         deadlines.abandon_rebuild()  # the next tick starts over on the new assignment
                         return
             deadlines.finish_rebuild(owned)
