@@ -36,7 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 from streams.wire import serde
-from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
+from streams.worker.processor import ConsumedRecord, InputProcessor, input_of, load_from
 from streams.domain import AuditRecord, Command, KeyState, Policy, Position
 from streams.settings import Settings
 from streams.ops.log import from_start
@@ -271,7 +271,7 @@ async def diff_decisions(settings: Settings, *, overrides: Mapping[str, Any] | N
         return acknowledged
 
     table: dict[bytes, KeyState | None] = {}  # decoded states, never re-encoded: nothing is stored
-    processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get,
+    processor = InputProcessor(settings=settings, topics=names, send=collect, load=load_from(table),
                                store=table.__setitem__, policy_overrides=result.overrides)
     in_range: list[tuple[str, int, int, str]] = []
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from streams.wire import codec, serde
 from streams.domain import KeyState
-from streams.worker.processor import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor, load_from
 from streams.settings import Settings
 from streams.ops.log import from_start
 from streams.topics import TopicNames, ensure_table_changelog, table_changelog_topic, topic_partitions
@@ -171,7 +171,7 @@ async def replay(settings: Settings, *, from_offset: int | None = None, from_tim
                 summary.skipped += 1
             return done
 
-        processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get,
+        processor = InputProcessor(settings=settings, topics=names, send=collect, load=load_from(table),
                                    store=table.__setitem__)
         total = sum(ends[tp] - starts[tp] for tp in partitions)
         bar = tqdm(total=total, unit="input", desc="replaying position-inputs", disable=not progress)

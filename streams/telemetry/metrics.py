@@ -65,6 +65,7 @@ __all__ = [
     "observe_exchange_error",
     "observe_input",
     "observe_input_gap",
+    "observe_changelog_resend",
     "observe_refusal",
     "observe_restored_record",
     "observe_sink_refused_row",
@@ -120,6 +121,10 @@ INPUT_GAPS = Counter(
     "pipeline_input_gaps",
     "Inputs of position-inputs the consumer skipped between two it delivered to the agent "
     "(should stay 0; a rise means inputs went undecided).",
+)
+CHANGELOG_RESENDS = Counter(
+    "pipeline_changelog_resends",
+    "Table changelog records Kafka did not acknowledge, sent again with the next batch of states",
 )
 GROUP_LEADER = Gauge(
     "pipeline_group_leader",
@@ -262,6 +267,11 @@ def observe_sink_refused_row() -> None:
 def observe_input_gap(skipped: int) -> None:
     """Counts inputs the agent never saw between two offsets of one partition."""
     INPUT_GAPS.inc(skipped)
+
+
+def observe_changelog_resend() -> None:
+    """Counts a table changelog record sent again because Kafka did not acknowledge it."""
+    CHANGELOG_RESENDS.inc()
 
 
 def set_group_leader(is_leader: bool) -> None:

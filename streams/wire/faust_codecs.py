@@ -32,19 +32,8 @@ class AvroRecordCodec(faust_codecs.Codec):
     #: Short name of the record this codec encodes.
     record_name: ClassVar[str]
 
-    #: The last value encoded and its bytes. A table write encodes the same value object twice
-    #: in a row (for the local store, then for the changelog record); the second is a lookup.
-    #: The value is held, so its identity cannot be reused meanwhile; table values are never
-    #: mutated in place (a mutation would write no changelog), so the bytes stay its bytes.
-    _last_encoded: tuple[Any, bytes] | None = None
-
     def _dumps(self, obj: Any) -> bytes:
-        last = self._last_encoded
-        if last is not None and last[0] is obj:
-            return last[1]
-        data = default_registry().encode(self.record_name, obj)
-        self._last_encoded = (obj, data)
-        return data
+        return default_registry().encode(self.record_name, obj)
 
     def _loads(self, s: bytes) -> Any:
         return default_registry().decode(self.record_name, s)

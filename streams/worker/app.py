@@ -19,21 +19,22 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.events import Event
-from faust.types import TP, Message
+from faust.types import TP
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
 from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.domain import InputEvent, KeyState
 from streams.worker.deadlines import DeadlineIndex
-from streams.worker.in_flight import InFlightInput, InFlightInputs, run_in_event_context
-from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, with_policy
+from streams.worker.in_flight import InFlightInput, InFlightInputs
+from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, latest_states, \
+    with_policy
+from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -50,13 +51,10 @@ REPORT_BACKOFF = Backoff(0.1, 5.0)
 SKIPPED_INPUTS_CHECK_S = 1.0
 #: Table records the deadline index's rebuild decodes between two turns of the event loop.
 REBUILD_STEP = 500
-
-
-def _event_of(app: faust.App, record: Any) -> faust.EventT:
-    """A Faust event for a record read outside Faust's consumer (it names the record's partition to the table)."""
-    message = Message(record.topic, record.partition, record.offset, record.timestamp / 1000,
-                      record.timestamp_type, record.headers, record.key, record.value, None)
-    return Event(app, record.key, record.value, record.headers, message)
+#: Seconds between two writes of the acknowledged changelog offsets (``StateStore.persist_offsets``).
+PERSIST_OFFSETS_EVERY_S = 1.0
+#: Inputs the agent decides as one run at most (those Faust has fetched already; see ``apply_inputs``).
+MAX_RUN = 500
 
 
 async def _acknowledged(sending: Any) -> Any:
@@ -223,24 +221,20 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # The key's partition is the Java client's murmur2 of the raw bytes, as for the inputs.
         return await app.producer.send(topic, key, value, None, None, headers)
 
+    async def send_to_partition(topic: str, key: bytes, value: bytes, partition: int) -> Any:
+        return await app.producer.send(topic, key, value, partition, None, None)
+
     deadlines = DeadlineIndex()
-
-    def load(key: bytes) -> KeyState | None:
-        record = key_to_state.get(key)
-        return serde.key_state_from_record(record) if record is not None else None
-
-    def store(key: bytes, state: KeyState) -> None:
-        record = serde.key_state_to_record(state)
-        key_to_state[key] = record  # a new value every time: in-place mutation writes no changelog
-        deadlines.note(record)
-
-    processor = InputProcessor(settings=settings, topics=names, send=send, load=load, store=store)
+    states = StateStore(key_to_state, send_to_partition, deadlines.note)
+    # The worker writes the states itself (StateStore), a batch at a time: the processor has no store.
+    processor = InputProcessor(settings=settings, topics=names, send=send, load=states.load, store=None)
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.
     # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets
     # (faust-streaming #606). Not take_events: it acks a batch's events when its generator is
     # closed, processed or not; and with isolated_partitions a revoked actor's cancellation
-    # counted as a crash (three stop the worker). Inputs are decided one by one and made
+    # counted as a crash (three stop the worker). The agent gathers the inputs Faust has
+    # already fetched into a run, decides it and hands its outputs over; the run is made
     # durable in the background, in order (streams.worker.in_flight).
     known: dict[bytes, KeyState | None] = {}
     changelog_name = key_to_state.changelog_topic.get_topic_name()
@@ -257,8 +251,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
     applied = AppliedOffsets(table_applied_through)
 
     async def store_and_ack(items: list[InFlightInput]) -> None:
-        # Faust's table writes to the current event's partition: each key under its input's event.
-        processor.store_runs([item.run for item in items], lambda index: run_in_event_context(items[index].event))
+        runs = [item.run for item in items]
+        await states.write(latest_states(runs))
+        processor.count_applied(runs)
         for item in items:
             await item.ack()
 
@@ -271,6 +266,14 @@ def build_pipeline(settings: Settings) -> Pipeline:
         await in_flight.drain()  # Faust waited for every event's ack; nothing decided stays unstored
         known.clear()
         applied.forget()
+        # Where the next recovery of these partitions starts (here or, later, as a standby).
+        await app.producer.flush()
+        states.persist_offsets()
+
+    @app.timer(interval=PERSIST_OFFSETS_EVERY_S)
+    async def persist_changelog_offsets() -> None:
+        """Writes the changelog offsets acknowledged since the last time (a restart recovers from them)."""
+        states.persist_offsets()
 
     async def bound_known_states() -> None:
         if len(known) > KNOWN_STATES:
@@ -281,7 +284,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
         await in_flight.drain()  # what it reads from the table must be stored first
         await bound_known_states()
         try:
-            await processor.apply_batch(records, known)
+            run = processor.decide_run(records, known)
+            await processor.acknowledged(run, await processor.hand_over(run))
+            await states.write(latest_states([run]))
+            processor.count_applied([run])
         except BaseException:
             known.clear()  # a state decided but maybe not stored: read the table again
             raise
@@ -293,17 +299,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
                        tp.partition, start, end - 1)
         metrics.observe_input_gap(end - start)
         async for records in log_reader.read(tp.partition, start, end):
-            # The table writes to the current event's partition; the watch below has no event of its own.
-            # (Faust keeps the current event by weak reference: this name keeps it alive meanwhile.)
-            context_event = _event_of(app, records[0])
-            leave = run_in_event_context(context_event)
-            try:
-                await apply_records([ConsumedRecord(
-                    topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
-                    value=record.value, timestamp_ms=record.timestamp) for record in records])
-            finally:
-                leave()
-                del context_event
+            await apply_records([ConsumedRecord(
+                topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+                value=record.value, timestamp_ms=record.timestamp) for record in records])
         # Faust commits only offsets it acked or knows as a gap; these it never handed out, so
         # without this its committed offset would stop before them for good. _add_gap is
         # faust-streaming 0.15.3's own record of offsets it will not deliver (pinned version).
@@ -350,15 +348,51 @@ def build_pipeline(settings: Settings) -> Pipeline:
                 if applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
                     await fill_hole(TP(names.inputs, partition), start, end)
 
+    async def hand_over_run(events: list[Any], ack: Callable[[Any], Awaitable[Any]]) -> None:
+        """Decides ``events`` (in order) and hands their outputs over; the completer makes them durable."""
+        if not events:
+            return
+        await bound_known_states()
+        run = processor.decide_run([ConsumedRecord(
+            topic=message.topic, partition=message.partition, offset=message.offset,
+            key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
+        ) for message in (event.message for event in events)], known)
+        handover = await processor.hand_over(run)
+
+        async def ack_all() -> None:
+            for event in events:
+                await ack(event)
+
+        await in_flight.add(InFlightInput(run, handover, events, ack_all))
+
+    async def apply_events(events: list[Any], ack: Callable[[Any], Awaitable[Any]]) -> None:
+        """Applies a run of events in order, filling first any hole a partition shows before one of them."""
+        first = 0
+        for index, event in enumerate(events):
+            message = event.message
+            hole = applied.hole_before(message.partition, message.offset)
+            if hole is not None:
+                await hand_over_run(events[first:index], ack)  # decided before the hole's inputs are read
+                first = index
+                await fill_hole(message.tp, *hole)
+            applied.applied(message.partition, message.offset)
+        await hand_over_run(events[first:], ack)
+
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
         """Applies every input of the worker's partitions, each partition in offset order, none skipped.
 
-        Each input is decided at once against the states decided before it and its outputs
-        handed to the producer; ``InFlightInputs`` stores its states and acks it, in order,
-        once Kafka acknowledged them (see streams.worker.in_flight).
+        The inputs Faust has already fetched form a run (up to ``MAX_RUN``): each is decided
+        against the states decided before it and the run's outputs handed to the producer;
+        ``InFlightInputs`` stores its states and acks its events, in order, once Kafka
+        acknowledged them (see streams.worker.in_flight).
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
+        # The queue Faust's conductor fills for this stream: while it holds more events, the
+        # next one comes without waiting, so the run grows; once it is empty the run is applied
+        # (no event is held while the agent waits: at a revocation Faust waits for them).
+        fetched = stream.channel.queue
+        run: list[Any] = []
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
             async for event in stream.noack().events():
@@ -369,20 +403,18 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     # and this loop's variables would hold it until the next event, forever on
                     # an idle stream.
                     del event
+                    if run and fetched.empty():
+                        async with serial:
+                            await apply_events(run, stream.ack)
+                        run = []
                     continue
-                message = event.message
+                run.append(event)
+                del event
+                if len(run) < MAX_RUN and not fetched.empty():
+                    continue
                 async with serial:
-                    hole = applied.hole_before(message.partition, message.offset)
-                    if hole is not None:
-                        await fill_hole(message.tp, *hole)
-                    await bound_known_states()
-                    run = processor.decide_run([ConsumedRecord(
-                        topic=message.topic, partition=message.partition, offset=message.offset,
-                        key=message.key, value=message.value, timestamp_ms=int(message.timestamp * 1000),
-                    )], known)
-                    handover = await processor.hand_over(run)
-                    applied.applied(message.partition, message.offset)
-                    await in_flight.add(InFlightInput(run, handover, event, functools.partial(stream.ack, event)))
+                    await apply_events(run, stream.ack)
+                run = []
         finally:
             # Stopping (or restarted by Faust's supervisor): what was decided but not stored is
             # dropped, never acked; the table is asked again, and those inputs come back as a hole.

@@ -17,29 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-from faust import streams as faust_streams
 
 from streams.worker.processor import DecidedRun, Handover, InputProcessor
 
 logger = logging.getLogger(__name__)
 
-#: Inputs decided but not yet durable, at most: the agent waits for the oldest past this.
-MAX_IN_FLIGHT = 1000
+#: Runs of inputs decided but not yet durable, at most: the agent waits for the oldest past this
+#: (a run holds up to ``streams.worker.app.MAX_RUN`` inputs).
+MAX_IN_FLIGHT = 100
 
 
 @dataclass(frozen=True)
 class InFlightInput:
-    """One decided input: its run, the producer's handover of its outputs, and its Faust event."""
+    """A decided run of inputs: the run, the producer's handover of its outputs, and their Faust events."""
 
     run: DecidedRun
     handover: Handover
-    event: Any
-    #: Acks the event to Faust (its offset may then be committed).
+    #: The inputs' Faust events (held until acked: Faust keeps them by weak reference).
+    events: Any
+    #: Acks the events to Faust (their offsets may then be committed).
     ack: Callable[[], Awaitable[Any]]
 
 
@@ -140,15 +139,4 @@ def _acknowledged_already(handover: Handover) -> bool:
         for _, acknowledgement in handover.acknowledgements)
 
 
-def run_in_event_context(event: Any) -> Callable[[], None]:
-    """Makes ``event`` Faust's current event in this task: its table writes go to the event's partition.
-
-    Faust's table picks the changelog partition and the store from the current event, a
-    context variable of the task iterating the stream; the completer is another task. Faust
-    holds the event by weak reference: the caller keeps ``event`` alive until it leaves.
-    """
-    token = faust_streams._current_event.set(weakref.ref(event))
-    return lambda: faust_streams._current_event.reset(token)
-
-
-__all__ = ["MAX_IN_FLIGHT", "Complete", "CompleterFailed", "InFlightInput", "InFlightInputs", "run_in_event_context"]
+__all__ = ["MAX_IN_FLIGHT", "Complete", "CompleterFailed", "InFlightInput", "InFlightInputs"]

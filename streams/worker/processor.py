@@ -95,8 +95,10 @@ class InputProcessor:
     settings: Settings
     topics: TopicNames
     send: Send
-    load: Callable[[bytes], KeyState | None]
-    store: Callable[[bytes, KeyState], None]
+    #: ``load(key, partition)``: the key's stored state (the partition is its input's), or None.
+    load: Callable[[bytes, int], KeyState | None]
+    #: Where ``apply_batch`` writes the states; None for a caller that writes them itself.
+    store: Callable[[bytes, KeyState], None] | None
     policy_overrides: Mapping[str, Any] | None = None
     applied_inputs: int = 0
     dead_letters: int = 0
@@ -120,8 +122,8 @@ class InputProcessor:
         """Applies one record; returns the decision, or None when it went to the dead letters."""
         return (await self.apply_batch([record]))[0]
 
-    async def apply_batch(self, records: Sequence[ConsumedRecord], known: dict[bytes, KeyState | None] | None = None,
-                          enter_partition: Callable[[int], None] | None = None) -> list[Decision | None]:
+    async def apply_batch(self, records: Sequence[ConsumedRecord],
+                          known: dict[bytes, KeyState | None] | None = None) -> list[Decision | None]:
         """Applies a run of records in order; one decision (or None: a dead letter) per record.
 
         Each record is decided against the state the records before it produced (an
@@ -134,16 +136,13 @@ class InputProcessor:
         ``known`` (optional) are decoded states the caller keeps from run to run, the one
         writer of those keys: a key found there is not read back from the table and decoded
         again. They become the run's overlay; the caller drops them if this raises.
-        ``enter_partition(p)`` is called before the table is read or written for a key of
-        partition ``p`` (Faust's table works on the current event's partition).
         """
-        run = self.decide_run(records, {} if known is None else known, enter_partition)
+        run = self.decide_run(records, {} if known is None else known)
         await self.acknowledged(run, await self.hand_over(run))
-        self.store_run(run, enter_partition)
+        self.store_run(run)
         return run.decisions
 
-    def decide_run(self, records: Sequence[ConsumedRecord], overlay: dict[bytes, KeyState | None],
-                   enter_partition: Callable[[int], None] | None = None) -> "DecidedRun":
+    def decide_run(self, records: Sequence[ConsumedRecord], overlay: dict[bytes, KeyState | None]) -> "DecidedRun":
         """Decides ``records`` in order against ``overlay`` (updated in place) and the table: nothing sent or stored.
 
         The first half of ``apply_batch``: the run's outputs must be acknowledged
@@ -151,8 +150,6 @@ class InputProcessor:
         """
         run = DecidedRun()
         for record in records:
-            if enter_partition is not None and record.key not in overlay:
-                enter_partition(record.partition)
             run.decisions.append(self._decide(record, overlay, run.to_store, run.outputs))
         return run
 
@@ -203,30 +200,16 @@ class InputProcessor:
                 handover.errors.append(error)
         return handover
 
-    def store_run(self, run: "DecidedRun", enter_partition: Callable[[int], None] | None = None) -> None:
-        """Writes the states ``run`` decided (its outputs acknowledged) and counts its inputs."""
-        for key, (partition, state) in run.to_store.items():
-            if enter_partition is not None:
-                enter_partition(partition)
-            self.store(key, state)
-        self.applied_inputs += sum(1 for decision in run.decisions if decision is not None)
+    def store_run(self, run: "DecidedRun") -> None:
+        """Writes the states ``run`` decided (its outputs acknowledged) with ``store`` and counts its inputs."""
+        if self.store is None:
+            raise TypeError("this processor has no store: its caller writes the states (latest_states)")
+        for write in latest_states([run]):
+            self.store(write.key, write.state)
+        self.count_applied([run])
 
-    def store_runs(self, runs: Sequence["DecidedRun"], enter_run: Callable[[int], Callable[[], None]]) -> None:
-        """Writes the states of ``runs`` (all acknowledged, in decision order): each key's latest once.
-
-        ``enter_run(i)`` makes run ``i``'s input the table's current one before its key is
-        written and returns how to leave it (Faust picks the partition from that input).
-        """
-        latest: dict[bytes, tuple[int, KeyState]] = {}
-        for index, run in enumerate(runs):
-            for key, (_partition, state) in run.to_store.items():
-                latest[key] = (index, state)
-        for key, (index, state) in latest.items():
-            leave = enter_run(index)
-            try:
-                self.store(key, state)
-            finally:
-                leave()
+    def count_applied(self, runs: Iterable["DecidedRun"]) -> None:
+        """Counts the inputs of ``runs`` that were applied (not dead-lettered), once their states are stored."""
         self.applied_inputs += sum(1 for run in runs for decision in run.decisions if decision is not None)
 
     def _decide(self, record: ConsumedRecord, overlay: dict[bytes, KeyState | None],
@@ -238,7 +221,7 @@ class InputProcessor:
             # are appended (LogAppendTime), one clock for every producer whatever its host's,
             # kept with the record so a replay decides at the same times.
             event = dataclasses.replace(event, ts=record.timestamp_ms)
-            state = overlay[record.key] if record.key in overlay else self.load(record.key)
+            state = overlay[record.key] if record.key in overlay else self.load(record.key, record.partition)
             decision = decide(state, AppliedInput(record.offset, event), self.policy_for(event))
             metrics.observe_input(event)
             metrics.observe_decision(decision)
@@ -300,6 +283,24 @@ class DecidedRun:
     to_store: dict[bytes, tuple[int, KeyState]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StateWrite:
+    """A key's latest state of one or more runs and the partition (its input's) it is written to."""
+
+    key: bytes
+    partition: int
+    state: KeyState
+
+
+def latest_states(runs: Iterable[DecidedRun]) -> list[StateWrite]:
+    """The state each key reached over ``runs`` (in decision order), each key once."""
+    latest: dict[bytes, StateWrite] = {}
+    for run in runs:
+        for key, (partition, state) in run.to_store.items():
+            latest[key] = StateWrite(key, partition, state)
+    return list(latest.values())
+
+
 @dataclass
 class Handover:
     """Outputs given to the producer: ``(index, acknowledgement)`` of those it took, the indexes
@@ -314,6 +315,11 @@ class InvalidInputRecord(PipelineError, ValueError):
     """A record on ``position-inputs`` that is not an input at all (no key, wrong key, no value)."""
 
 
+def load_from(states: Mapping[bytes, KeyState]) -> Callable[[bytes, int], KeyState | None]:
+    """``load`` over a plain mapping of key -> state (one mapping for every partition: replay, diff, tests)."""
+    return lambda key, _partition: states.get(key)
+
+
 def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
     """``event`` carrying the policy of this process: the state machine decides it with that, in any replay."""
     return dataclasses.replace(event, policy=settings.policy())
@@ -321,4 +327,4 @@ def with_policy(event: InputEvent, settings: Settings) -> InputEvent:
 
 __all__ = ["INPUT_OFFSET_HEADER", "INPUT_PARTITION_HEADER", "SEND_BACKOFF", "ConsumedRecord", "DecidedRun", "Headers",
            "Handover", "InputProcessor",
-           "InvalidInputRecord", "Output", "input_headers", "input_of", "with_policy"]
+           "InvalidInputRecord", "Output", "StateWrite", "input_headers", "input_of", "latest_states", "load_from", "with_policy"]

@@ -27,7 +27,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.wire import codec, serde
-from streams.worker.processor import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor, load_from
 from streams.domain import (
     AuditRecord,
     Command,
@@ -453,7 +453,7 @@ async def fold_inputs_log(bootstrap: str, settings: Settings) -> LogFold:
                 positions[update.id] = update
         return acknowledged
 
-    processor = InputProcessor(settings=settings, topics=names, send=collect, load=table.get, store=table.__setitem__)
+    processor = InputProcessor(settings=settings, topics=names, send=collect, load=load_from(table), store=table.__setitem__)
     for partition, records in sorted((await read_topic(bootstrap, names.inputs)).items()):
         for record in records:
             await processor.apply(ConsumedRecord(names.inputs, partition, record.offset, record.key, record.value,

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from streams.wire import codec, serde
-from streams.worker.processor import ConsumedRecord, InputProcessor
+from streams.worker.processor import ConsumedRecord, InputProcessor, load_from
 from streams.domain import (
     AuditDecision,
     AuditRecord,
@@ -125,7 +125,7 @@ class Harness:
         self.sent: list[tuple[str, bytes]] = []
         self.processor = InputProcessor(
             settings=Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"}),
-            topics=TOPICS, send=self._send, load=self.table.get, store=self.table.__setitem__)
+            topics=TOPICS, send=self._send, load=load_from(self.table), store=self.table.__setitem__)
 
     async def _send(self, topic: str, key: bytes, value: bytes, headers: list) -> asyncio.Future:
         self.sent.append((topic, value))

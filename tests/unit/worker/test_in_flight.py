@@ -34,7 +34,7 @@ async def test_inputs_complete_in_order_and_only_once_acknowledged():
     batches: list[list[str]] = []
 
     async def complete(items: list[InFlightInput]) -> None:
-        batches.append([item.event for item in items])
+        batches.append([item.events for item in items])
         for item in items:
             await item.ack()
 
@@ -65,7 +65,7 @@ async def test_an_unacknowledged_input_starts_the_next_batch():
     batches: list[list[str]] = []
 
     async def complete(items: list[InFlightInput]) -> None:
-        batches.append([item.event for item in items])
+        batches.append([item.events for item in items])
 
     in_flight = InFlightInputs(AcknowledgedOnly(), complete)
     completer = asyncio.create_task(in_flight.complete_forever())

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from streams.wire import serde
 from streams.edge.backoff import Backoff
-from streams.worker.processor import ConsumedRecord, InputProcessor, input_of
+from streams.worker.processor import ConsumedRecord, InputProcessor, input_of, load_from
 from streams.domain import InputEvent, KeyState, PlaceEntry, Side, Signal, SignalAction
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -41,7 +41,7 @@ class Harness:
         self.stores: list[tuple[bytes, KeyState]] = []
         self.sent: list[tuple[str, bytes, bytes, list]] = []
         settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:1", "DATABASE_URL": "postgresql://u@h:1/d"})
-        self.processor = InputProcessor(settings=settings, topics=TOPICS, send=self._send, load=self.table.get,
+        self.processor = InputProcessor(settings=settings, topics=TOPICS, send=self._send, load=load_from(self.table),
                                         store=self._store)
 
     async def _send(self, topic: str, key: bytes, value: bytes, headers: list) -> asyncio.Future:
@@ -193,7 +193,7 @@ def _open_record(offset: int = 0) -> ConsumedRecord:
 
 def _processor(kafka: FlakyKafka, table: dict) -> InputProcessor:
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:9092", database_url="postgresql://x@127.0.0.1/x")
-    return InputProcessor(settings=settings, topics=TOPICS, send=kafka.send, load=table.get,
+    return InputProcessor(settings=settings, topics=TOPICS, send=kafka.send, load=load_from(table),
                           store=table.__setitem__)
 
 

@@ -49,28 +49,3 @@ def test_a_changelog_record_the_table_wrote_decodes_on_the_recovery_path(tmp_pat
     # Assert
     assert written[:2] == codec.MARKER
     assert serde.key_state_from_record(restored) == state
-
-
-
-def test_a_value_encoded_twice_in_a_row_is_encoded_once_and_another_value_afresh(tmp_path, monkeypatch):
-    # Arrange: a table write encodes one value object for the changelog and again for the store.
-    built = pipeline(tmp_path)
-    serializer = built.key_to_state.value_serializer
-    registry = codec.default_registry()
-    encodes = []
-    original = registry.encode
-    monkeypatch.setattr(registry, "encode", lambda name, datum: encodes.append(name) or original(name, datum))
-    first = serde.key_state_to_record(KeyState.initial("APTUSDT@binance"))
-    equal_but_new = serde.key_state_to_record(KeyState.initial("APTUSDT@binance"))
-    other = serde.key_state_to_record(KeyState.initial("BTCUSDT@binance"))
-
-    # Act
-    for_changelog = built.app.serializers.dumps_value(None, first, serializer=serializer)
-    for_store = built.app.serializers.dumps_value(None, first, serializer=serializer)
-    for_equal = built.app.serializers.dumps_value(None, equal_but_new, serializer=serializer)
-    for_other = built.app.serializers.dumps_value(None, other, serializer=serializer)
-
-    # Assert: the same object's bytes are reused; any other object is encoded.
-    assert for_store == for_changelog == for_equal
-    assert serde.key_state_from_record(codec.decode("KeyState", for_other)).key == "BTCUSDT@binance"
-    assert encodes == ["KeyState", "KeyState", "KeyState"]
