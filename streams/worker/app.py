@@ -30,6 +30,7 @@ from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
 from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.domain import InputEvent, KeyState
+from streams.worker.batch_send import BatchSender
 from streams.worker.deadlines import DeadlineIndex
 from streams.worker.in_flight import InFlightInput, InFlightInputs
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, latest_states, \
@@ -227,7 +228,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
     deadlines = DeadlineIndex()
     states = StateStore(key_to_state, send_to_partition, deadlines.note)
     # The worker writes the states itself (StateStore), a batch at a time: the processor has no store.
-    processor = InputProcessor(settings=settings, topics=names, send=send, load=states.load, store=None)
+    # A run's outputs go as one record batch per topic partition (streams.worker.batch_send).
+    batches = BatchSender(lambda: app.producer._ensure_producer())  # faust-streaming 0.15.3's aiokafka producer
+    processor = InputProcessor(settings=settings, topics=names, send=send, load=states.load, store=None,
+                               send_all=batches.send_all)
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.
     # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets

@@ -59,6 +59,8 @@ class Output:
     value: bytes
     headers: Headers
 
+SendAll = Callable[[Sequence[Output]], Awaitable[list[Any]]]
+
 #: Kafka headers on every output of an input: which input it was decided for, so a decision
 #: diff (``streams diff``) can put each recorded command beside the input that produced it.
 INPUT_PARTITION_HEADER = "pipeline-input-partition"
@@ -100,6 +102,9 @@ class InputProcessor:
     #: Where ``apply_batch`` writes the states; None for a caller that writes them itself.
     store: Callable[[bytes, KeyState], None] | None
     policy_overrides: Mapping[str, Any] | None = None
+    #: ``send_all(outputs)`` -> an acknowledgement per output, in order: hands a run's outputs
+    #: over at once (the worker's record batches); without it each goes through ``send``.
+    send_all: SendAll | None = None
     applied_inputs: int = 0
     dead_letters: int = 0
     _default_policy: Policy = field(init=False)
@@ -188,6 +193,18 @@ class InputProcessor:
 
     async def _hand_over(self, outputs: list[Output], indexes: Iterable[int]) -> "Handover":
         handover = Handover()
+        if self.send_all is not None:
+            selected = list(indexes)
+            try:
+                acknowledgements = await self.send_all([outputs[index] for index in selected])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - not handed to the producer: send them again
+                handover.refused.extend(selected)
+                handover.errors.append(error)
+                return handover
+            handover.acknowledgements.extend(zip(selected, acknowledgements))
+            return handover
         for index in indexes:
             output = outputs[index]
             try:

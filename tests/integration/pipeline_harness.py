@@ -294,6 +294,12 @@ class InputSender:
                                                       value=serde.encode_input(event))
         return metadata.offset
 
+    async def send_many(self, events: list[InputEvent]) -> None:
+        """Publishes ``events`` in order without a round trip each; returns once Kafka has them all."""
+        acknowledgements = [await self._producer.send(self.topic, key=event.key.encode(),
+                                                      value=serde.encode_input(event)) for event in events]
+        await asyncio.gather(*acknowledgements)
+
     async def open(self, symbol: str, side: Side, quantity: str, signal_id: str | None = None,
                    exchange: str = "binance", stop_loss_pct: str | None = "2.5") -> str:
         signal_id = signal_id or f"sig-{next(self._ids)}"

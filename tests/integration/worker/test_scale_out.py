@@ -21,7 +21,7 @@ import pytest
 
 from emulator.binance_usdm import DEFAULT_API_KEY, DEFAULT_API_SECRET, BinanceUsdmEmulator
 from streams.wire import serde
-from streams.domain import ExchangeSnapshot, PositionSource, Side, Status
+from streams.domain import ExchangeSnapshot, InputEvent, PositionSource, Side, Signal, SignalAction, Status
 from streams.settings import Settings
 from streams.web.render import position_to_json
 from streams.web.routing import partition_for_key
@@ -34,6 +34,7 @@ from tests.integration.pipeline_harness import (
     changelog_states,
     commands_on_topic,
     fold_inputs_log,
+    now_ms,
     wait_until_applied,
 )
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
@@ -383,6 +384,55 @@ async def test_failover_to_a_standby_takes_over_the_dead_workers_keys_without_re
     finally:
         sink.terminate()
         await asyncio.to_thread(sink.wait, 60)
+
+
+async def test_a_worker_killed_in_the_middle_of_a_backlog_resumes_to_what_one_uninterrupted_worker_decides(
+        kafka_bootstrap, unique_suffix, tmp_path):
+    # Arrange: 3,000 signals already in the log when the worker starts, so it decides them in
+    # runs of what Faust has fetched (hundreds at a time), outputs and states in flight.
+    app_id = f"midrun-{unique_suffix}"
+    no_deadlines = {name: "600" for name in ("PIPELINE_ENTRY_TIMEOUT_S", "PIPELINE_STOP_LOSS_TIMEOUT_S",
+                                             "PIPELINE_CLOSE_TIMEOUT_S")}
+    worker = PipelineWorker(kafka_bootstrap, app_id, tmp_path / "data", tmp_path / "worker.log",
+                            extra_env=no_deadlines)
+    await worker.start()  # declares the topics
+    worker.stop()
+    symbols = [f"RUN{index}USDT" for index in range(1000)]
+    backlog = [signal for symbol in symbols for signal in (
+        backlog_signal(symbol, f"{unique_suffix}-{symbol}-a", SignalAction.OPEN),
+        backlog_signal(symbol, f"{unique_suffix}-{symbol}-b", SignalAction.CLOSE),
+        backlog_signal(symbol, f"{unique_suffix}-{symbol}-c", SignalAction.OPEN))]
+    inputs = await InputSender(kafka_bootstrap, worker.topics.inputs).start()
+    updates = await UpdatesTap(kafka_bootstrap, worker.topics.updates).start()
+    try:
+        await inputs.send_many(backlog)
+
+        # Act: kill -9 once about a third is decided, then restart on the same data dir.
+        await worker.start()
+        await updates.wait_for(lambda: len(updates.audits()) >= len(backlog) // 3, 120, "a third of the backlog")
+        worker.kill()
+        decided_at_kill = len(updates.audits())
+        await worker.start()
+        await wait_until_applied(kafka_bootstrap, app_id, worker.topics.inputs, timeout_s=180)
+    finally:
+        await updates.stop()
+        await inputs.stop()
+        worker.stop()
+
+    # Assert: killed mid-backlog, the worker ends where one worker applying the log once does:
+    # the same table and the same distinct commands (a command sent again after the kill is the
+    # same bytes: the same client order id).
+    assert 0 < decided_at_kill < len(backlog)
+    fold = await assert_as_one_worker_would(worker)
+    assert len(fold.states) == len(symbols)
+
+
+def backlog_signal(symbol: str, signal_id: str, action: SignalAction) -> InputEvent:
+    ts = now_ms()
+    opening = action is SignalAction.OPEN
+    return InputEvent(event_id=f"signal:{signal_id}", key=f"{symbol}@binance", ts=ts, payload=Signal(
+        signal_id=signal_id, action=action, symbol=symbol, exchange="binance", side=Side.BUY if opening else None,
+        quantity=Decimal("5") if opening else None, stop_loss_pct=Decimal("2.5") if opening else None, ts=ts))
 
 
 async def test_one_worker_killed_under_load_restarts_on_its_own_data_dir_then_on_an_empty_one(

@@ -13,6 +13,7 @@ lands on position-commands.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 
 from streams.wire import serde
@@ -229,6 +230,44 @@ def test_send_durably_output_never_handed_to_the_producer_is_sent_again_alone(mo
     # Assert
     assert [type(c) for c in _commands(kafka.sent)] == [PlaceEntry]
     assert len([1 for topic, _ in kafka.sent if topic == TOPICS.updates]) == 2  # not repeated
+
+
+class FlakyBatches:
+    """Hands outputs over as one batch per topic (one acknowledgement each); a chosen topic's batch fails once."""
+
+    def __init__(self, fail_topic: str) -> None:
+        self.fail_topic = fail_topic
+        self.batches: list[list[tuple[str, bytes]]] = []
+
+    async def send_all(self, outputs) -> list[asyncio.Future]:
+        acknowledgements = {}
+        for output in outputs:
+            if output.topic not in acknowledgements:
+                acknowledgement = acknowledgements[output.topic] = asyncio.get_running_loop().create_future()
+                if output.topic == self.fail_topic:
+                    self.fail_topic = None
+                    acknowledgement.set_exception(TimeoutError("no acknowledgement from the broker"))
+                else:
+                    acknowledgement.set_result(None)
+        self.batches.append([(output.topic, output.value) for output in outputs])
+        return [acknowledgements[output.topic] for output in outputs]
+
+
+def test_outputs_handed_over_in_batches_are_sent_again_only_where_a_batch_failed(monkeypatch):
+    # Arrange: the updates' batch (position + audit) is not acknowledged once; the command's is.
+    monkeypatch.setattr("streams.worker.processor.SEND_BACKOFF", Backoff(1e-9, 1e-9))
+    batches, table = FlakyBatches(fail_topic=TOPICS.updates), {}
+    processor = dataclasses.replace(_processor(FlakyKafka(fail_ack_of_topic="none"), table),
+                                    send_all=batches.send_all)
+
+    # Act
+    asyncio.run(processor.apply(_open_record()))
+
+    # Assert: everything went in one hand-over, then only the two updates again; stored after that.
+    first, again = batches.batches
+    assert sorted(topic for topic, _ in first) == sorted([TOPICS.commands, TOPICS.updates, TOPICS.updates])
+    assert again == [(topic, value) for topic, value in first if topic == TOPICS.updates]
+    assert table[KEY.encode()].last_offset == 0
 
 
 def test_applied_offsets_name_a_hole_from_the_table_and_move_on_as_inputs_are_applied():

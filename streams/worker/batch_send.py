@@ -1,0 +1,93 @@
+"""Hands a run's outputs to Kafka as one record batch per topic partition.
+
+aiokafka's ``send`` costs a coroutine, a metadata wait, a partitioner call (a list of the
+topic's partitions built every time) and a future per record; the agent sends about three
+records per input, and profiled, the producer's per-record path was a fifth of the worker's
+time. aiokafka's documented ``create_batch`` / ``send_batch`` build the records of one topic
+partition into one batch (the records appended in C) with one future for the batch. The
+batch goes through the same producer: acks=all, idempotence (its sequence number is set
+when the sender drains it), retries, and Faust's flush before an offset commit.
+
+Each key goes to the partition the default partitioner gives it (murmur2 of the raw key
+bytes, as the Java client), the partition ``send`` would have chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.worker.processor import Output
+
+#: Distinct (topic, key) partitions remembered (cleared past this; a key is one symbol).
+KNOWN_PARTITIONS = 100_000
+
+
+class BatchSender:
+    """Sends outputs as record batches per topic partition through an aiokafka producer.
+
+    ``producer()`` gives the started ``AIOKafkaProducer`` (the worker's is created when Faust starts).
+    """
+
+    def __init__(self, producer: Callable[[], Any]) -> None:
+        self._get_producer = producer
+        self._partitions: dict[tuple[str, bytes], int] = {}
+
+    async def send_all(self, outputs: Sequence[Output]) -> list[Any]:
+        """Hands ``outputs`` to the producer; one acknowledgement (its batch's future) per output, in order.
+
+        A batch the producer refused gets an acknowledgement that fails with the error, so
+        only its outputs are sent again; the other batches are on their way.
+        """
+        producer = self._get_producer()
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for index, output in enumerate(outputs):
+            partition = await self._partition(producer, output.topic, output.key)
+            by_partition.setdefault((output.topic, partition), []).append(index)
+        acknowledgements: list[Any] = [None] * len(outputs)
+        for (topic, partition), indexes in by_partition.items():
+            batch, in_batch = producer.create_batch(), []
+            for index in indexes:
+                output = outputs[index]
+                # A batch takes its first record whatever its size; past that, a full one is sent.
+                if in_batch and batch.append(key=output.key, value=output.value, timestamp=None,
+                                             headers=output.headers) is not None:
+                    in_batch.append(index)
+                    continue
+                if in_batch:
+                    await self._send(producer, batch, topic, partition, in_batch, acknowledgements)
+                    batch, in_batch = producer.create_batch(), []
+                batch.append(key=output.key, value=output.value, timestamp=None, headers=output.headers)
+                in_batch.append(index)
+            await self._send(producer, batch, topic, partition, in_batch, acknowledgements)
+        return acknowledgements
+
+    async def _send(self, producer: Any, batch: Any, topic: str, partition: int, indexes: list[int],
+                    acknowledgements: list[Any]) -> None:
+        try:
+            acknowledgement = await producer.send_batch(batch, topic, partition=partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - refused: these outputs are sent again, the others not
+            acknowledgement = asyncio.get_running_loop().create_future()
+            acknowledgement.set_exception(error)
+        for index in indexes:
+            acknowledgements[index] = acknowledgement
+
+    async def _partition(self, producer: Any, topic: str, key: bytes) -> int:
+        known = self._partitions.get((topic, key))
+        if known is not None:
+            return known
+        await producer.client._wait_on_metadata(topic)
+        partitions = sorted(producer.client.cluster.partitions_for_topic(topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        if len(self._partitions) >= KNOWN_PARTITIONS:
+            self._partitions.clear()
+        self._partitions[(topic, key)] = partition
+        return partition
+
+
+__all__ = ["BatchSender"]
