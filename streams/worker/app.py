@@ -33,7 +33,7 @@ from streams.domain import InputEvent, KeyState
 from streams.worker.batch_send import BatchSender
 from streams.worker.deadlines import DeadlineIndex
 from streams.worker.in_flight import InFlightInput, InFlightInputs
-from streams.worker.processor import KNOWN_STATES, ConsumedRecord, Headers, InputProcessor, latest_states, \
+from streams.worker.processor import KNOWN_STATES, ConsumedRecord, InputProcessor, latest_states, \
     with_policy
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
@@ -216,21 +216,15 @@ def build_pipeline(settings: Settings) -> Pipeline:
         on_changelog_event=functools.partial(_count_restored_record, app),
     ))
 
-    async def send(topic: str, key: bytes, value: bytes, headers: Headers) -> Any:
-        # Straight to the app's producer (same connection, acks and idempotence): Faust's
-        # Topic.send wraps each record in futures and callbacks that halve the agent's rate.
-        # The key's partition is the Java client's murmur2 of the raw bytes, as for the inputs.
-        return await app.producer.send(topic, key, value, None, None, headers)
-
-    async def send_to_partition(topic: str, key: bytes, value: bytes, partition: int) -> Any:
-        return await app.producer.send(topic, key, value, partition, None, None)
-
     deadlines = DeadlineIndex()
-    states = StateStore(key_to_state, send_to_partition, deadlines.note)
+    # A run's outputs, and the changelog records of its states, go as one record batch per
+    # topic partition (streams.worker.batch_send) straight to the app's producer (its
+    # connection, acks=all and idempotence; Faust's Topic.send wraps each record in futures and
+    # callbacks), faust-streaming 0.15.3's aiokafka producer.
+    batches = BatchSender(lambda: app.producer._ensure_producer())
+    states = StateStore(key_to_state, batches.send_all, deadlines.note)
     # The worker writes the states itself (StateStore), a batch at a time: the processor has no store.
-    # A run's outputs go as one record batch per topic partition (streams.worker.batch_send).
-    batches = BatchSender(lambda: app.producer._ensure_producer())  # faust-streaming 0.15.3's aiokafka producer
-    processor = InputProcessor(settings=settings, topics=names, send=send, load=states.load, store=None,
+    processor = InputProcessor(settings=settings, topics=names, send=None, load=states.load, store=None,
                                send_all=batches.send_all)
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.

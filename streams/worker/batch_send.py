@@ -9,7 +9,8 @@ batch goes through the same producer: acks=all, idempotence (its sequence number
 when the sender drains it), retries, and Faust's flush before an offset commit.
 
 Each key goes to the partition the default partitioner gives it (murmur2 of the raw key
-bytes, as the Java client), the partition ``send`` would have chosen.
+bytes, as the Java client), the partition ``send`` would have chosen, unless the output
+names its partition (a table's changelog record goes to its input's).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class BatchSender:
         producer = self._get_producer()
         by_partition: dict[tuple[str, int], list[int]] = {}
         for index, output in enumerate(outputs):
-            partition = await self._partition(producer, output.topic, output.key)
+            partition = output.partition
+            if partition is None:
+                partition = await self._partition(producer, output.topic, output.key)
             by_partition.setdefault((output.topic, partition), []).append(index)
         acknowledgements: list[Any] = [None] * len(outputs)
         for (topic, partition), indexes in by_partition.items():

@@ -52,12 +52,16 @@ Send = Callable[[str, bytes, bytes, Headers], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Output:
-    """One record the agent sends for an input: its topic, key, value and input headers."""
+    """One record the agent sends for an input: its topic, key, value and input headers.
+
+    ``partition`` None: the key's default partition (murmur2, as the Java client).
+    """
 
     topic: str
     key: bytes
     value: bytes
     headers: Headers
+    partition: int | None = None
 
 SendAll = Callable[[Sequence[Output]], Awaitable[list[Any]]]
 
@@ -96,7 +100,8 @@ class InputProcessor:
 
     settings: Settings
     topics: TopicNames
-    send: Send
+    #: One record at a time (when there is no ``send_all``).
+    send: Send | None
     #: ``load(key, partition)``: the key's stored state (the partition is its input's), or None.
     load: Callable[[bytes, int], KeyState | None]
     #: Where ``apply_batch`` writes the states; None for a caller that writes them itself.
@@ -111,6 +116,8 @@ class InputProcessor:
     _overridden: dict[Policy, Policy] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.send is None and self.send_all is None:
+            raise TypeError("InputProcessor needs send or send_all")
         self._default_policy = self.settings.policy()
 
     def policy_for(self, event: InputEvent) -> Policy:

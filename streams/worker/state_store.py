@@ -6,9 +6,9 @@ the store under the current event's partition, and a RocksDB write of the change
 per record acknowledged. Profiled, that was an eighth of the agent's time. ``StateStore``
 writes what Faust would, byte for byte and to the same places, in batches:
 
-- the changelog record (raw key, the ``avro-key-state`` value bytes) through the app's own
-  producer, to the partition of the input that decided it, as Faust's ``eager_partitioning``
-  does; Faust flushes that producer before every offset commit, so no input offset is
+- the changelog records (raw key, the ``avro-key-state`` value bytes) through the app's own
+  producer, one record batch per partition (``streams.worker.batch_send``), each to the
+  partition of the input that decided it, as Faust's ``eager_partitioning`` does; Faust flushes that producer before every offset commit, so no input offset is
   committed before its state's changelog record is on its way, as before;
 - the local store: one RocksDB ``WriteBatch`` per partition (the deployed store), or the
   memory store's dict;
@@ -26,7 +26,7 @@ reads the partition of the task's current event, which is one of many in a run).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from faust.types import TP
@@ -35,12 +35,9 @@ from streams.domain import KeyState
 from streams.telemetry import metrics
 from streams.wire import serde
 from streams.wire.codec import default_registry
-from streams.worker.processor import StateWrite
+from streams.worker.processor import Output, SendAll, StateWrite
 
 logger = logging.getLogger(__name__)
-
-#: ``send(topic, key, value, partition)`` -> the producer's acknowledgement future.
-SendToPartition = Callable[[str, bytes, bytes, int], Awaitable[Any]]
 
 
 class StateStore:
@@ -50,9 +47,9 @@ class StateStore:
     its deadlines from it).
     """
 
-    def __init__(self, table: Any, send: SendToPartition, noted: Callable[[dict], None]) -> None:
+    def __init__(self, table: Any, send_all: SendAll, noted: Callable[[dict], None]) -> None:
         self._table = table
-        self._send = send
+        self._send_all = send_all
         self._noted = noted
         self._changelog = table.changelog_topic.get_topic_name()
         self._acknowledged: dict[int, int] = {}
@@ -80,38 +77,47 @@ class StateStore:
         self._store_locally(encoded)
         for _key, _partition, _value, record in encoded:
             self._noted(record)
+        records = [Output(self._changelog, key, value, [], partition) for key, partition, value, _record in encoded]
         if self._unsent:
             unsent, self._unsent = self._unsent, {}
-            for key, partition in unsent.items():
-                await self._send_changelog(key, partition, self._stored_value(key, partition))
-        for key, partition, value, _record in encoded:
-            await self._send_changelog(key, partition, value)
+            records[:0] = [Output(self._changelog, key, self._stored_value(key, partition), [], partition)
+                           for key, partition in unsent.items()]
+        await self._send_changelog(records)
 
-    async def _send_changelog(self, key: bytes, partition: int, value: bytes) -> None:
+    async def _send_changelog(self, records: list[Output]) -> None:
+        if not records:
+            return
         try:
-            acknowledgement = await self._send(self._changelog, key, value, partition)
-        except Exception as error:  # noqa: BLE001 - the producer refused it: sent again with the next batch
-            logger.error("changelog record of %r not handed to the producer (%s); sending it again with the next "
-                         "batch", key, error)
-            metrics.observe_changelog_resend()
-            self._unsent[key] = partition
+            acknowledgements = await self._send_all(records)
+        except Exception as error:  # noqa: BLE001 - the producer refused them: sent again with the next batch
+            logger.error("%d changelog records not handed to the producer (%s); sending them again with the next "
+                         "batch", len(records), error)
+            self._refused(records)
             return
-        acknowledgement.add_done_callback(
-            lambda done, key=key, partition=partition: self._on_sent(done, key, partition))
+        # The records of one batch (one partition) share its acknowledgement: the batch's first offset.
+        batches: dict[int, tuple[Any, list[Output]]] = {}
+        for record, acknowledgement in zip(records, acknowledgements):
+            batches.setdefault(id(acknowledgement), (acknowledgement, []))[1].append(record)
+        for acknowledgement, in_batch in batches.values():
+            acknowledgement.add_done_callback(lambda done, in_batch=in_batch: self._on_sent(done, in_batch))
 
-    def _on_sent(self, done: Any, key: bytes, partition: int) -> None:
+    def _on_sent(self, done: Any, records: list[Output]) -> None:
         if done.cancelled() or done.exception() is not None:
-            # The local store has the value and its input may be committed: the changelog
-            # (standbys, the next owner) must get it too. The key's value then stored is sent
-            # with the next batch (an older one sent late would overwrite a newer one).
-            logger.error("changelog record of %r not acknowledged (%s); sending the key again with the next batch",
-                         key, "cancelled" if done.cancelled() else done.exception())
-            metrics.observe_changelog_resend()
-            self._unsent[key] = partition
+            # The local store has the values and their inputs may be committed: the changelog
+            # (standbys, the next owner) must get them too. Each key's value then stored is
+            # sent with the next batch (an older one sent late would overwrite a newer one).
+            logger.error("%d changelog records not acknowledged (%s); sending those keys again with the next batch",
+                         len(records), "cancelled" if done.cancelled() else done.exception())
+            self._refused(records)
             return
-        offset = done.result().offset
-        if offset > self._acknowledged.get(partition, -1):
-            self._acknowledged[partition] = offset
+        partition, last_offset = records[0].partition, done.result().offset + len(records) - 1
+        if last_offset > self._acknowledged.get(partition, -1):
+            self._acknowledged[partition] = last_offset
+
+    def _refused(self, records: list[Output]) -> None:
+        for record in records:
+            metrics.observe_changelog_resend()
+            self._unsent[record.key] = record.partition
 
     def _stored_value(self, key: bytes, partition: int) -> bytes:
         store = self._table.data
@@ -156,4 +162,4 @@ class StateStore:
                 store.set_persisted_offset(tp, offset)
 
 
-__all__ = ["SendToPartition", "StateStore"]
+__all__ = ["StateStore"]

@@ -21,17 +21,20 @@ from streams.worker.state_store import StateStore
 
 
 class RecordedProducer:
-    """Takes changelog records and gives a future per record that the test resolves."""
+    """Takes changelog records, one batch (and acknowledgement) per call and partition, resolved by the test."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes, int]] = []
         self.acknowledgements: list[asyncio.Future] = []
 
-    async def send(self, topic: str, key: bytes, value: bytes, partition: int) -> asyncio.Future:
-        self.sent.append((topic, key, value, partition))
-        acknowledgement = asyncio.get_running_loop().create_future()
-        self.acknowledgements.append(acknowledgement)
-        return acknowledgement
+    async def send_all(self, outputs) -> list[asyncio.Future]:
+        batches: dict[int, asyncio.Future] = {}
+        for output in outputs:
+            self.sent.append((output.topic, output.key, output.value, output.partition))
+            if output.partition not in batches:
+                batches[output.partition] = asyncio.get_running_loop().create_future()
+                self.acknowledgements.append(batches[output.partition])
+        return [batches[output.partition] for output in outputs]
 
 
 def built(tmp_path):
@@ -50,7 +53,7 @@ async def test_a_batch_is_stored_and_its_changelog_records_are_what_recovery_dec
     table = pipeline.key_to_state
     producer = RecordedProducer()
     noted: list[dict] = []
-    states = StateStore(table, producer.send, noted.append)
+    states = StateStore(table, producer.send_all, noted.append)
     first, second = state("APTUSDT@binance", 3), state("BTCUSDT@binance", 7)
 
     # Act
@@ -74,7 +77,7 @@ async def test_a_changelog_record_kafka_refused_is_sent_again_with_the_next_batc
     # Arrange: the first value of a key is refused after a newer value of the key was stored.
     table = built(tmp_path).key_to_state
     producer = RecordedProducer()
-    states = StateStore(table, producer.send, lambda record: None)
+    states = StateStore(table, producer.send_all, lambda record: None)
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 1))])
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 5))])
     producer.acknowledgements[0].set_exception(RuntimeError("broker unreachable"))
@@ -94,7 +97,7 @@ async def test_a_refused_record_whose_key_the_next_batch_writes_again_is_not_sen
     # Arrange
     table = built(tmp_path).key_to_state
     producer = RecordedProducer()
-    states = StateStore(table, producer.send, lambda record: None)
+    states = StateStore(table, producer.send_all, lambda record: None)
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 1))])
     producer.acknowledgements[0].set_exception(RuntimeError("broker unreachable"))
     await asyncio.sleep(0)
