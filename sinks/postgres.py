@@ -2,7 +2,9 @@
 
 The only writer of positions. A plain aiokafka consumer (group ``<app_id>-postgres-sink``,
 no auto-commit) reads update records in batches; each batch is written in ONE transaction
-and the consumer's offsets move only after that transaction has committed:
+and the consumer's offsets move only after that transaction has committed. While PostgreSQL
+writes one batch, the sink fetches and decodes the next (batches are still written and
+committed one after the other, in order):
 
 - each record is read straight from its Avro bytes into its table row (``sinks.decode``: a
   reader compiled once per writer schema, no domain objects; anything it does not accept
@@ -47,6 +49,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -105,6 +108,20 @@ class _RebalanceListener(ConsumerRebalanceListener):
         logger.info("postgres sink assigned %s", sorted(tp.partition for tp in assigned))
 
 
+@dataclass
+class DecodedBatch:
+    """A batch of update records read into rows, and what its write must know of them."""
+
+    started: float
+    records: int
+    merger: BatchMerger = field(default_factory=BatchMerger)
+    undecodable: list = field(default_factory=list)
+    position_records: dict = field(default_factory=dict)  # position id -> the record of its newest version
+    newest: dict = field(default_factory=dict)  # TopicPartition -> its highest offset in the batch
+    versions: dict = field(default_factory=dict)  # partition -> its highest version in the batch
+    held_from: dict = field(default_factory=dict)  # TopicPartition -> its first offset in the batch
+
+
 class PostgresSink:
     """Consumes ``position-updates`` and writes them to PostgreSQL (see the module docstring).
 
@@ -127,6 +144,8 @@ class PostgresSink:
         self._uncommitted: dict[TopicPartition, int] = {}  # written, offset commit still owed
         self._written_next: dict[TopicPartition, int] = {}
         self._held_from: dict[TopicPartition, int] = {}  # first offset of the batch being written
+        #: One ``getmany`` at a time: the next batch's fetch runs while a write may poll (keep-alive).
+        self._polling = asyncio.Lock()
         self._last_health = time.monotonic()
         self._decoder = UpdateDecoder()  # update bytes -> rows, a compiled reader per writer schema
 
@@ -156,16 +175,31 @@ class PostgresSink:
         )
         self._consumer.subscribe([self.topics.updates], listener=_RebalanceListener(self))
         await self._consumer.start()
+        # The batch being written: PostgreSQL works on it (in its own process) while this
+        # one fetches and decodes the next batch. Batches are written, and their offsets
+        # committed, one after the other in order.
+        writing: asyncio.Task | None = None
         try:
             while not self._stopping.is_set():
                 records = await self._next_batch()
-                if records:
-                    await self._process(records)
+                decoded = self._decode(records) if records else None
+                if writing is not None:
+                    await writing
+                    writing = None
+                if decoded is not None:
+                    writing = asyncio.create_task(self._write(decoded), name="postgres-sink.write")
                 await self._maybe_log_health()
+            if writing is not None:
+                await writing
+                writing = None
             await self._commit_written()
         except StopRequested:
             logger.info("postgres sink stopping while waiting for PostgreSQL; the held batch stays uncommitted")
         finally:
+            if writing is not None:  # stopped by an error elsewhere: the batch stays uncommitted
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
             with contextlib.suppress(Exception):
                 await self.refresh_lag()
             logger.info("postgres sink stopped: %s", self.stats.summary())
@@ -187,7 +221,8 @@ class PostgresSink:
                 timeout_ms = IDLE_POLL_MS
             else:
                 timeout_ms = int(max(0.0, linger_until - time.monotonic()) * 1000)
-            fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=size - len(records))
+            async with self._polling:
+                fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=size - len(records))
             for partition_records in fetched.values():
                 records.extend(partition_records)
             if not records:
@@ -198,20 +233,19 @@ class PostgresSink:
                 break
         return records
 
-    async def _process(self, records: list) -> None:
-        started = time.monotonic()
-        merger = BatchMerger()
+    def _decode(self, records: list) -> "DecodedBatch":
+        """Reads a batch's records into rows (no I/O): the part done while the batch before is written."""
+        batch = DecodedBatch(started=time.monotonic(), records=len(records))
+        merger = batch.merger
         decode = self._decoder.decode
-        undecodable = []
-        position_records: dict[str, object] = {}  # position id -> the record of its newest version
-        newest: dict[TopicPartition, int] = {}
-        versions: dict[int, int] = {}
+        versions = batch.versions
+        newest = batch.newest
         partitions: dict[int, TopicPartition] = {}  # one topic: a partition number names its TopicPartition
         for record in records:
             tp = partitions.get(record.partition)
             if tp is None:
                 tp = partitions[record.partition] = TopicPartition(record.topic, record.partition)
-                self._held_from.setdefault(tp, record.offset)
+                batch.held_from[tp] = record.offset
             if record.offset > newest.get(tp, -1):
                 newest[tp] = record.offset
             try:
@@ -219,39 +253,43 @@ class PostgresSink:
                     raise ValueError("update record has no value")
                 kind, row = decode(record.value)
             except Exception as error:  # noqa: BLE001 - one bad record must not stop the audit log
-                undecodable.append((record, error))
+                batch.undecodable.append((record, error))
                 continue
             if kind == POSITION:
                 merger.add_position_row(row)
-                position_records[row[0]] = record
+                batch.position_records[row[0]] = record
                 version = row[-1]
             else:
                 merger.add_event_row(row)
                 version = row[1]
             if version > versions.get(record.partition, -1):
                 versions[record.partition] = version
-        if undecodable:
-            await self._dead_letter(undecodable)
-        rows = merger.rows()
+        return batch
+
+    async def _write(self, batch: "DecodedBatch") -> None:
+        self._held_from = batch.held_from
+        if batch.undecodable:
+            await self._dead_letter(batch.undecodable)
+        rows = batch.merger.rows()
         if rows:
             result = await self.writer.write(rows, self._stopping, self._keep_alive)
             self.stats.positions_upserted += result.positions_upserted
             self.stats.events_inserted += result.events_inserted
             if result.refused:
-                await self._dead_letter_refused(result.refused, position_records)
+                await self._dead_letter_refused(result.refused, batch.position_records)
         self._resume_all()
-        self._held_from.clear()
+        self._held_from = {}
 
         # Durable in PostgreSQL: now, and only now, the offsets may move.
-        for tp, offset in newest.items():
+        for tp, offset in batch.newest.items():
             self._uncommitted[tp] = offset + 1
             self._written_next[tp] = offset + 1
             self.stats.last_offsets[tp.partition] = offset
-        for partition, version in versions.items():
+        for partition, version in batch.versions.items():
             self.stats.last_versions[partition] = max(self.stats.last_versions.get(partition, -1), version)
-        self.stats.records_written += len(records) - len(undecodable)
+        self.stats.records_written += batch.records - len(batch.undecodable)
         self.stats.batches += 1
-        self.stats.last_batch_s = time.monotonic() - started
+        self.stats.last_batch_s = time.monotonic() - batch.started
         await self._commit_written()
 
     async def _commit_written(self, only: set[TopicPartition] | None = None) -> None:
@@ -290,7 +328,8 @@ class PostgresSink:
             return
         try:
             consumer.pause(*consumer.assignment())
-            stray = await consumer.getmany(timeout_ms=0)
+            async with self._polling:
+                stray = await consumer.getmany(timeout_ms=0)
         except KafkaError as error:
             logger.debug("keep-alive poll failed: %s", error)
             stray = {}

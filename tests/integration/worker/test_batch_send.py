@@ -37,10 +37,12 @@ async def test_a_run_sent_in_batches_lands_where_send_would_put_each_record_in_o
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True,
                                 max_batch_size=2048)
     await producer.start()
+    sender = BatchSender(lambda: producer)
     try:
-        # Act
-        acknowledgements = await BatchSender(lambda: producer).send_all(outputs)
-        await asyncio.gather(*set(acknowledgements))
+        # Act: a large run, then a run of two records (sent one by one into the open batches).
+        acknowledgements = await sender.send_all(outputs[:598])
+        trickle = await sender.send_all(outputs[598:])
+        await asyncio.gather(*set(acknowledgements), *trickle)
     finally:
         await producer.stop()
 
@@ -56,3 +58,4 @@ async def test_a_run_sent_in_batches_lands_where_send_would_put_each_record_in_o
             assert [(record.key, record.value, list(record.headers)) for record in records] == [
                 (output.key, output.value, output.headers) for output in expected]
     assert len(set(map(id, acknowledgements))) > 2 * PARTITIONS  # several batches per partition
+    assert trickle[0] is not trickle[1]
