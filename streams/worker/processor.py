@@ -114,10 +114,12 @@ class InputProcessor:
     dead_letters: int = 0
     _default_policy: Policy = field(init=False)
     _overridden: dict[Policy, Policy] = field(init=False, default_factory=dict)
+    _send_all: SendAll = field(init=False)
 
     def __post_init__(self) -> None:
         if self.send is None and self.send_all is None:
             raise TypeError("InputProcessor needs send or send_all")
+        self._send_all = self.send_all or self._send_one_by_one
         self._default_policy = self.settings.policy()
 
     def policy_for(self, event: InputEvent) -> Policy:
@@ -200,29 +202,31 @@ class InputProcessor:
 
     async def _hand_over(self, outputs: list[Output], indexes: Iterable[int]) -> "Handover":
         handover = Handover()
-        if self.send_all is not None:
-            selected = list(indexes)
-            try:
-                acknowledgements = await self.send_all([outputs[index] for index in selected])
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - not handed to the producer: send them again
-                handover.refused.extend(selected)
-                handover.errors.append(error)
-                return handover
-            handover.acknowledgements.extend(zip(selected, acknowledgements))
+        selected = list(indexes)
+        try:
+            acknowledgements = await self._send_all([outputs[index] for index in selected])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - not handed to the producer: send them again
+            handover.refused.extend(selected)
+            handover.errors.append(error)
             return handover
-        for index in indexes:
-            output = outputs[index]
+        handover.acknowledgements.extend(zip(selected, acknowledgements))
+        return handover
+
+    async def _send_one_by_one(self, outputs: Sequence[Output]) -> list[Any]:
+        """``send_all`` through ``send``: one acknowledgement per output; one the producer refused fails."""
+        acknowledgements = []
+        for output in outputs:
             try:
-                handover.acknowledgements.append(
-                    (index, await self.send(output.topic, output.key, output.value, output.headers)))
+                acknowledgement = await self.send(output.topic, output.key, output.value, output.headers)
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # noqa: BLE001 - not handed to the producer: send it again
-                handover.refused.append(index)
-                handover.errors.append(error)
-        return handover
+            except Exception as error:  # noqa: BLE001 - not handed to the producer: it is sent again
+                acknowledgement = asyncio.get_running_loop().create_future()
+                acknowledgement.set_exception(error)
+            acknowledgements.append(acknowledgement)
+        return acknowledgements
 
     def store_run(self, run: "DecidedRun") -> None:
         """Writes the states ``run`` decided (its outputs acknowledged) with ``store`` and counts its inputs."""
