@@ -39,7 +39,7 @@ async def test_a_run_sent_in_batches_lands_where_send_would_put_each_record_in_o
     await producer.start()
     sender = BatchSender(lambda: producer)
     try:
-        # Act: a large run, then a run of two records (sent one by one into the open batches).
+        # Act: a large run, then a run of two records.
         acknowledgements = await sender.send_all(outputs[:598])
         trickle = await sender.send_all(outputs[598:])
         await asyncio.gather(*set(acknowledgements), *trickle)
