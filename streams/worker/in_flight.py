@@ -1,11 +1,11 @@
 """Inputs in flight: decided and handed to the producer, made durable in order in the background.
 
 Waiting for Kafka's acknowledgement input by input held the agent to one broker round trip
-per input (about 330 inputs/s on two cores). The agent now decides an input against the
-states decided before it (its overlay, ``known``), hands the outputs to the producer and
-goes on to the next input; ``InFlightInputs`` completes the inputs in the order they were
+per input (about 330 inputs/s on two cores). The agent now decides a run of inputs against
+the states decided before them (its overlay, ``known``), hands the outputs to the producer
+and goes on to the next run; ``InFlightInputs`` completes the runs in the order they were
 decided: it waits for each one's acknowledgements (sending again what Kafka refused), then
-stores its states and acks its event. The crash rule is unchanged: no state is stored and no
+stores its states and acks its events. The crash rule is unchanged: no state is stored and no
 offset committed before Kafka acknowledged the outputs that state implies; a crash loses
 only decisions that were never durable, and the redelivered inputs decide the same again.
 
