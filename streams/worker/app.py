@@ -33,7 +33,7 @@ from streams.domain import InputEvent, KeyState
 from streams.worker.batch_send import BatchSender
 from streams.worker.deadlines import DeadlineIndex
 from streams.worker.in_flight import InFlightInput, InFlightInputs
-from streams.worker.processor import KNOWN_STATES, ConsumedRecord, InputProcessor, latest_states, \
+from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, InputProcessor, latest_states, \
     with_policy
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
@@ -248,10 +248,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     applied = AppliedOffsets(table_applied_through)
 
-    async def store_and_ack(items: list[InFlightInput]) -> None:
-        runs = [item.run for item in items]
+    async def store(runs: list[DecidedRun]) -> None:
+        # The runs' outputs are acknowledged: each key's latest state is written once.
         await states.write(latest_states(runs))
         processor.count_applied(runs)
+
+    async def store_and_ack(items: list[InFlightInput]) -> None:
+        await store([item.run for item in items])
         for item in items:
             await item.ack()
 
@@ -284,8 +287,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         try:
             run = processor.decide_run(records, known)
             await processor.acknowledged(run, await processor.hand_over(run))
-            await states.write(latest_states([run]))
-            processor.count_applied([run])
+            await store([run])
         except BaseException:
             known.clear()  # a state decided but maybe not stored: read the table again
             raise
@@ -394,25 +396,18 @@ def build_pipeline(settings: Settings) -> Pipeline:
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
             async for event in stream.noack().events():
-                if event.message.tp not in app.consumer.assignment():
-                    # Fetched before a rebalance took the partition away: its new owner applies it.
-                    # Not acked, and not kept either: at the next revocation Faust waits for every
-                    # message it handed out that is unacked and still referenced (wait_empty),
-                    # and this loop's variables would hold it until the next event, forever on
-                    # an idle stream.
-                    del event
-                    if run and fetched.empty():
-                        async with serial:
-                            await apply_events(run, stream.ack)
-                        run = []
-                    continue
-                run.append(event)
+                # An event fetched before a rebalance took its partition away is its new
+                # owner's to apply. It is neither acked nor kept: at the next revocation Faust
+                # waits for every message it handed out that is unacked and still referenced
+                # (wait_empty), and this loop's variables would hold it until the next event,
+                # forever on an idle stream.
+                if event.message.tp in app.consumer.assignment():
+                    run.append(event)
                 del event
-                if len(run) < MAX_RUN and not fetched.empty():
-                    continue
-                async with serial:
-                    await apply_events(run, stream.ack)
-                run = []
+                if run and (len(run) >= MAX_RUN or fetched.empty()):
+                    async with serial:
+                        await apply_events(run, stream.ack)
+                    run = []
         finally:
             # Stopping (or restarted by Faust's supervisor): what was decided but not stored is
             # dropped, never acked; the table is asked again, and those inputs come back as a hole.

@@ -63,6 +63,7 @@ class Output:
     headers: Headers
     partition: int | None = None
 
+
 SendAll = Callable[[Sequence[Output]], Awaitable[list[Any]]]
 
 #: Kafka headers on every output of an input: which input it was decided for, so a decision

@@ -33,8 +33,7 @@ from faust.types import TP
 
 from streams.domain import KeyState
 from streams.telemetry import metrics
-from streams.wire import serde
-from streams.wire.codec import default_registry
+from streams.wire import codec, serde
 from streams.worker.processor import Output, SendAll, StateWrite
 
 logger = logging.getLogger(__name__)
@@ -59,9 +58,9 @@ class StateStore:
     def load(self, key: bytes, partition: int) -> KeyState | None:
         """The state stored for ``key`` in ``partition``'s store, or None."""
         store = self._table.data
-        if getattr(store, "use_rocksdict", False):
+        if _is_rocksdb(store):
             value = store._db_for_partition(partition).get(key)
-            record = default_registry().decode(serde.KEY_STATE_RECORD, value) if value is not None else None
+            record = codec.decode(serde.KEY_STATE_RECORD, value) if value is not None else None
         else:
             record = store.data.get(key)
         return serde.key_state_from_record(record) if record is not None else None
@@ -71,8 +70,7 @@ class StateStore:
         encoded: list[tuple[bytes, int, bytes, dict]] = []
         for write in writes:
             record = serde.key_state_to_record(write.state)
-            encoded.append((write.key, write.partition, default_registry().encode(serde.KEY_STATE_RECORD, record),
-                            record))
+            encoded.append((write.key, write.partition, codec.encode(serde.KEY_STATE_RECORD, record), record))
             self._unsent.pop(write.key, None)  # this batch sends the key's newest value
         self._store_locally(encoded)
         for _key, _partition, _value, record in encoded:
@@ -121,13 +119,13 @@ class StateStore:
 
     def _stored_value(self, key: bytes, partition: int) -> bytes:
         store = self._table.data
-        if getattr(store, "use_rocksdict", False):
+        if _is_rocksdb(store):
             return store._db_for_partition(partition).get(key)
-        return default_registry().encode(serde.KEY_STATE_RECORD, store[key])
+        return codec.encode(serde.KEY_STATE_RECORD, store[key])
 
     def _store_locally(self, encoded: list[tuple[bytes, int, bytes, dict]]) -> None:
         store = self._table.data
-        if getattr(store, "use_rocksdict", False):  # the deployed store (faust-streaming 0.15.3, pinned)
+        if _is_rocksdb(store):
             import rocksdict
 
             batches: dict[int, Any] = {}
@@ -140,8 +138,6 @@ class StateStore:
                 key_index[key] = partition
             for partition, batch in batches.items():
                 store._db_for_partition(partition).write(batch)
-        elif hasattr(store, "_db_for_partition"):
-            raise RuntimeError("the rocksdb store needs rocksdict (python-rocksdb is not supported)")
         else:
             # The memory store keeps decoded values, as Faust's own table write leaves them.
             for key, _partition, _value, record in encoded:
@@ -160,6 +156,15 @@ class StateStore:
             persisted = store.persisted_offset(tp)
             if persisted is None or offset > persisted:
                 store.set_persisted_offset(tp, offset)
+
+
+def _is_rocksdb(store: Any) -> bool:
+    """True for faust-streaming 0.15.3's rocksdb store (pinned) over rocksdict; False for the memory store."""
+    if not hasattr(store, "_db_for_partition"):
+        return False
+    if not store.use_rocksdict:
+        raise RuntimeError("the rocksdb store needs rocksdict (python-rocksdb is not supported)")
+    return True
 
 
 __all__ = ["StateStore"]

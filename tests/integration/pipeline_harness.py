@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.wire import codec, serde
 from streams.worker.processor import ConsumedRecord, InputProcessor, load_from
@@ -393,6 +394,16 @@ class ScriptedExchange:
 
 
 # --------------------------------------------------------------------------- what one worker would do
+
+
+async def create_plain_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Creates ``names`` with ``partitions`` partitions each (replication 1, broker defaults otherwise)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names])
+    finally:
+        await admin.close()
 
 
 async def read_topic(bootstrap: str, topic: str) -> dict[int, list]:

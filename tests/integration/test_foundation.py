@@ -15,6 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.integration.pipeline_harness import create_plain_topics
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +36,6 @@ async def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float =
     finally:
         await consumer.stop()
     return received
-
-
-async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names])
-    finally:
-        await admin.close()
 
 
 async def test_broker_produce_then_consume_keeps_every_record_in_key_order(kafka_bootstrap, unique_suffix):
@@ -112,7 +105,7 @@ async def test_faust_table_is_recovered_from_its_changelog_after_worker_restart(
     app_id = f"foundation-counter-{unique_suffix}"
     log_path = tmp_path / "worker.log"
     # The table's changelog must match the source's partition count (co-partitioning).
-    await _create_topics(kafka_bootstrap, [f"{app_id}-events", f"{app_id}-counts-out"], partitions=3)
+    await create_plain_topics(kafka_bootstrap, [f"{app_id}-events", f"{app_id}-counts-out"], partitions=3)
     first = _start_counting_worker(kafka_bootstrap, app_id, tmp_path / "data-first", log_path)
     try:
         # Act: three events, then a restart with an empty data folder, then one more event.

@@ -10,12 +10,11 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.worker.batch_send import BatchSender
 from streams.worker.processor import Output, input_headers
-from tests.integration.pipeline_harness import read_topic
+from tests.integration.pipeline_harness import create_plain_topics, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +25,7 @@ async def test_a_run_sent_in_batches_lands_where_send_would_put_each_record_in_o
         kafka_bootstrap, unique_suffix):
     # Arrange: 600 outputs over 40 keys, two topics; batches of at most 2 KiB.
     topics = [f"batches-{unique_suffix}.commands", f"batches-{unique_suffix}.updates"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1) for topic in topics])
-    finally:
-        await admin.close()
+    await create_plain_topics(kafka_bootstrap, topics, PARTITIONS)
     outputs = [Output(topics[index % 2], f"SYM{index % 40}USDT@binance".encode(), f"value-{index:04d}-".encode() * 8,
                       input_headers(index % PARTITIONS, index)) for index in range(600)]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True,
