@@ -37,6 +37,7 @@ from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, I
     with_policy
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
+from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
@@ -157,6 +158,18 @@ async def _count_restored_record(app: faust.App, event: Any) -> None:
     """
     replica = "active" if event.message.tp in app.tables.recovery.active_tps else "standby"
     metrics.observe_restored_record(replica)
+
+
+def release_unowned(event: Any) -> None:
+    """Lets go of an event whose partition this worker no longer owns, without acking it.
+
+    Its new owner applies it, so its offset must not be committed here. Faust's stream keeps
+    the last event it yielded until the next one comes, and a revocation waits for every
+    event handed out and not acked (``Consumer.wait_empty``): on an idle stream that would be
+    for ever. Marked done, faust-streaming 0.15.3 (pinned) drops it from that wait without
+    recording its offset as acked.
+    """
+    event.message.acked = True
 
 
 @dataclass
@@ -378,6 +391,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
             applied.applied(message.partition, message.offset)
         await hand_over_run(events[first:], ack)
 
+    # The run the agent gathers; a rebalance hands it over too (streams.worker.gathered_run).
+    gathered = GatheredRun(apply_events, serial)
+    hand_over_on_rebalance = HandOverOnRebalance(app, gathered)
+    app.sensors.add(hand_over_on_rebalance)
+
     @app.agent(inputs_topic, name="apply_inputs", concurrency=1)
     async def apply_inputs(stream: faust.StreamT) -> None:
         """Applies every input of the worker's partitions, each partition in offset order, none skipped.
@@ -388,30 +406,27 @@ def build_pipeline(settings: Settings) -> Pipeline:
         acknowledged them (see streams.worker.in_flight).
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
+        hand_over_on_rebalance.bind_loop(asyncio.get_running_loop())
+        gathered.bind(stream.ack)
         # The queue Faust's conductor fills for this stream: while it holds more events, the
-        # next one comes without waiting, so the run grows; once it is empty the run is applied
-        # (no event is held while the agent waits: at a revocation Faust waits for them).
+        # next one comes without waiting, so the run grows; once it is empty the run is applied.
+        # A revocation can empty it meanwhile: HandOverOnRebalance then applies the run.
         fetched = stream.channel.queue
-        run: list[Any] = []
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
             async for event in stream.noack().events():
-                # An event fetched before a rebalance took its partition away is its new
-                # owner's to apply. It is neither acked nor kept: at the next revocation Faust
-                # waits for every message it handed out that is unacked and still referenced
-                # (wait_empty), and this loop's variables would hold it until the next event,
-                # forever on an idle stream.
                 if event.message.tp in app.consumer.assignment():
-                    run.append(event)
+                    gathered.add(event)
+                else:
+                    release_unowned(event)
                 del event
-                if run and (len(run) >= MAX_RUN or fetched.empty()):
-                    async with serial:
-                        await apply_events(run, stream.ack)
-                    run = []
+                if len(gathered) >= MAX_RUN or (len(gathered) and fetched.empty()):
+                    await gathered.hand_over()
         finally:
             # Stopping (or restarted by Faust's supervisor): what was decided but not stored is
             # dropped, never acked; the table is asked again, and those inputs come back as a hole.
             completer.cancel()
+            gathered.drop()
             in_flight.abandon()
             applied.forget()
             known.clear()

@@ -476,3 +476,55 @@ async def test_one_worker_killed_under_load_restarts_on_its_own_data_dir_then_on
         sink.terminate()
         await asyncio.to_thread(sink.wait, 60)
     assert "Error in recovery" not in worker.log_path.read_text(errors="replace")
+
+
+async def test_workers_joining_and_leaving_while_inputs_stream_in_rebalance_promptly_and_decide_as_one_worker_would(
+        kafka_bootstrap, unique_suffix, tmp_path):
+    # Arrange: one worker deciding a steady stream of signals, fast enough that Faust always
+    # has fetched inputs waiting, so the agent holds a run when a rebalance begins.
+    app_id = f"churn-{unique_suffix}"
+    environment = {name: "600" for name in ("PIPELINE_ENTRY_TIMEOUT_S", "PIPELINE_STOP_LOSS_TIMEOUT_S",
+                                            "PIPELINE_CLOSE_TIMEOUT_S")}  # no deadline inputs
+    environment.update({"PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS),
+                        "PIPELINE_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S)})
+    a, b = (PipelineWorker(kafka_bootstrap, app_id, tmp_path / f"data-{name}", tmp_path / f"{name}.log",
+                           extra_env=environment) for name in "ab")
+    await a.start()
+    inputs = await InputSender(kafka_bootstrap, a.topics.inputs).start()
+    symbols = [f"CHURN{index}USDT" for index in range(500)]
+    streaming = asyncio.Event()
+
+    async def stream_signals() -> None:
+        wave = 0
+        while streaming.is_set() or wave == 0:
+            action = SignalAction.OPEN if wave % 2 == 0 else SignalAction.CLOSE
+            await inputs.send_many([backlog_signal(symbol, f"{unique_suffix}-{symbol}-{wave}", action)
+                                    for symbol in symbols])
+            wave += 1
+            await asyncio.sleep(0.5)
+
+    streaming.set()
+    feeder = asyncio.create_task(stream_signals())
+    try:
+        # Act: a second worker joins and leaves three times while the signals stream in; every
+        # rebalance revokes what the first worker holds in the middle of its runs.
+        for _ in range(3):
+            await b.start()
+            await wait_ready([a, b], timeout_s=SESSION_TIMEOUT_S + 50)
+            b.stop()
+            await wait_ready([a], timeout_s=SESSION_TIMEOUT_S + 50)
+        streaming.clear()
+        await feeder
+        await wait_until_applied(kafka_bootstrap, app_id, a.topics.inputs, timeout_s=180)
+    finally:
+        streaming.clear()
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+        await inputs.stop()
+        a.stop()
+        b.stop()
+
+    # Assert: each rebalance completed (above), and the workers together decided what one does.
+    fold = await assert_as_one_worker_would(a)
+    assert len(fold.states) == len(symbols)

@@ -1,0 +1,99 @@
+"""The agent's gathered run: handed over whole and in order, by the agent or at a rebalance."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import SimpleNamespace
+
+from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
+
+
+class Recorder:
+    """An ``apply`` that records each run it is given and which ``ack`` came with it."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[list, object]] = []
+
+    async def apply(self, events: list, ack) -> None:
+        await asyncio.sleep(0)  # a real hand-over awaits the producer
+        self.runs.append((events, ack))
+
+
+async def acknowledge(event) -> None:
+    return None
+
+
+async def test_hand_over_applies_everything_gathered_as_one_run_and_leaves_the_run_empty():
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    for event in ("e1", "e2", "e3"):
+        run.add(event)
+
+    await run.hand_over()
+
+    assert recorder.runs == [(["e1", "e2", "e3"], acknowledge)]
+    assert len(run) == 0
+
+
+async def test_runs_handed_over_by_two_callers_are_applied_in_the_order_their_events_were_taken():
+    recorder = Recorder()
+    lock = asyncio.Lock()
+    run = GatheredRun(recorder.apply, lock)
+    run.bind(acknowledge)
+    run.add("e1")
+    async with lock:  # the agent is busy deciding an earlier run
+        first = asyncio.create_task(run.hand_over())
+        await asyncio.sleep(0)
+        run.add("e2")  # taken while the first hand-over waits for the lock
+        second = asyncio.create_task(run.hand_over())
+        await asyncio.sleep(0)
+    await asyncio.gather(first, second)
+
+    assert [events for events, _ in recorder.runs] == [["e1", "e2"]]
+
+
+async def test_an_empty_or_dropped_run_hands_nothing_over():
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    await run.hand_over()
+    run.add("e1")
+    run.drop()
+    await run.hand_over()
+
+    assert recorder.runs == []
+
+
+async def test_a_rebalance_started_on_faust_s_consumer_thread_hands_the_run_over_on_the_worker_s_loop():
+    # Arrange: streams still flowing when the rebalance begins, suspended a moment later.
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    flowing = {"active": True}
+    app = SimpleNamespace(rebalancing=True, flow_control=SimpleNamespace(is_active=lambda: flowing["active"]))
+    sensor = HandOverOnRebalance(app, run)
+    sensor.bind_loop(asyncio.get_running_loop())
+    run.add("held while waiting for the next event")
+
+    # Act: Faust calls the sensor from its consumer thread; one more event arrives before the
+    # streams are suspended.
+    thread = threading.Thread(target=sensor.on_rebalance_start, args=(app,))
+    thread.start()
+    thread.join()
+    for _ in range(100):
+        if recorder.runs:
+            break
+        await asyncio.sleep(0.01)
+    run.add("taken just before the suspension")
+    flowing["active"] = False
+    for _ in range(100):
+        if len(recorder.runs) == 2:
+            break
+        await asyncio.sleep(0.01)
+
+    # Assert
+    assert [events for events, _ in recorder.runs] == [
+        ["held while waiting for the next event"], ["taken just before the suspension"]]
+    assert len(run) == 0
