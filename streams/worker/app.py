@@ -169,7 +169,10 @@ def release_unowned(event: Any) -> None:
     for ever. Marked done, faust-streaming 0.15.3 (pinned) drops it from that wait without
     recording its offset as acked.
     """
-    event.message.acked = True
+    message = event.message
+    logger.warning("position-inputs[%d]@%d: the partition is no longer this worker's; left to its owner",
+                   message.partition, message.offset)
+    message.acked = True
 
 
 @dataclass
@@ -318,7 +321,22 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # Faust commits only offsets it acked or knows as a gap; these it never handed out, so
         # without this its committed offset would stop before them for good. _add_gap is
         # faust-streaming 0.15.3's own record of offsets it will not deliver (pinned version).
-        await app.consumer._add_gap(tp, start, end - 1)
+        # The gap starts at 0, not at ``start`` (Faust clamps it to its committed offset): every
+        # offset before ``end`` is applied now, but Faust may not have acked those before
+        # ``start`` in this generation (it fetches a restarted worker's partition from its
+        # beginning before seeking to the committed offset, and commits what that delivered),
+        # and an unacked offset between its committed one and the gap stops its commits for good.
+        await app.consumer._add_gap(tp, 0, end - 1)
+
+    async def note_applied_before(tp: Any, offset: int) -> None:
+        # A partition's first input since the table was asked, with no hole before it: the table
+        # shows every offset before it applied. Faust may not know: it fetches a restarted
+        # worker's partition from its start before seeking to the committed offset, commits
+        # what that delivered (its committed offset can go back), and then never commits
+        # again while an offset between that and the first one it acks is unacked
+        # (faust-streaming 0.15.3, Consumer._new_offset). Telling it those offsets are done
+        # (a gap, as fill_hole does) lets its commits go on.
+        await app.consumer._add_gap(tp, 0, offset - 1)
 
     # The agent and the watch apply inputs one at a time, each partition in offset order.
     serial = asyncio.Lock()
@@ -383,11 +401,14 @@ def build_pipeline(settings: Settings) -> Pipeline:
         first = 0
         for index, event in enumerate(events):
             message = event.message
+            first_of_partition = applied.first_since_recovered(message.partition)
             hole = applied.hole_before(message.partition, message.offset)
             if hole is not None:
                 await hand_over_run(events[first:index], ack)  # decided before the hole's inputs are read
                 first = index
                 await fill_hole(message.tp, *hole)
+            elif first_of_partition and message.offset > 0:
+                await note_applied_before(message.tp, message.offset)
             applied.applied(message.partition, message.offset)
         await hand_over_run(events[first:], ack)
 

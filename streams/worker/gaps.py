@@ -51,6 +51,14 @@ class AppliedOffsets:
     def __init__(self, recover: Callable[[], Mapping[int, int]]) -> None:
         self._recover = recover
         self._next: dict[int, int] | None = None
+        self._met: set[int] = set()
+
+    def first_since_recovered(self, partition: int) -> bool:
+        """True for the first input of ``partition`` met since the table was (re)asked, False after it."""
+        if partition in self._met:
+            return False
+        self._met.add(partition)
+        return True
 
     def expected(self, partition: int) -> int:
         """The next offset to apply in ``partition`` (0 when none of its inputs was applied)."""
@@ -80,6 +88,7 @@ class AppliedOffsets:
     def forget(self) -> None:
         """Drops what is known: the table is asked again at the next input (after a rebalance)."""
         self._next = None
+        self._met.clear()
 
 
 class LogRangeReader:

@@ -310,6 +310,18 @@ def test_applied_offsets_ask_the_table_again_after_a_rebalance():
     assert (before, after) == ((6, 20), None)
 
 
+def test_applied_offsets_name_each_partition_s_first_input_once_per_view_of_the_table():
+    from streams.worker.gaps import AppliedOffsets
+
+    applied = AppliedOffsets(lambda: {0: 5})
+    first_views = [applied.first_since_recovered(0), applied.first_since_recovered(1),
+                   applied.first_since_recovered(0)]
+    applied.forget()  # a rebalance: the next input of each partition is a first one again
+    after_forget = applied.first_since_recovered(0)
+
+    assert (first_views, after_forget) == ([True, True, False], True)
+
+
 async def test_an_input_is_decided_with_the_policy_recorded_in_it_then_the_overrides_on_top():
     # Arrange: the processor's own settings say 30 s; the input's producer ran with 5 s.
     import dataclasses
