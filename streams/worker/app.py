@@ -37,6 +37,7 @@ from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, I
     with_policy
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
+from streams.worker.faust_consumer import committed_offsets, note_done_before, owned_by_generation, release_unowned
 from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -158,39 +159,6 @@ async def _count_restored_record(app: faust.App, event: Any) -> None:
     """
     replica = "active" if event.message.tp in app.tables.recovery.active_tps else "standby"
     metrics.observe_restored_record(replica)
-
-
-def owned_by_generation(app: faust.App) -> Callable[[Any], bool]:
-    """``owned(tp)``: whether ``tp`` is in the consumer's assignment, asked once per group generation.
-
-    Faust builds a new set of its own TP tuples from aiokafka's on every ``assignment()``
-    call (tens of microseconds for a worker's few dozen partitions, a few percent of the
-    agent's time when asked per input); the assignment changes only with the generation.
-    """
-    seen: list[Any] = [None, frozenset()]
-
-    def owned(tp: Any) -> bool:
-        generation = app.consumer_generation_id
-        if seen[0] != generation:
-            seen[0], seen[1] = generation, frozenset(app.consumer.assignment())
-        return tp in seen[1]
-
-    return owned
-
-
-def release_unowned(event: Any) -> None:
-    """Lets go of an event whose partition this worker no longer owns, without acking it.
-
-    Its new owner applies it, so its offset must not be committed here. Faust's stream keeps
-    the last event it yielded until the next one comes, and a revocation waits for every
-    event handed out and not acked (``Consumer.wait_empty``): on an idle stream that would be
-    for ever. Marked done, faust-streaming 0.15.3 (pinned) drops it from that wait without
-    recording its offset as acked.
-    """
-    message = event.message
-    logger.warning("position-inputs[%d]@%d: the partition is no longer this worker's; left to its owner",
-                   message.partition, message.offset)
-    message.acked = True
 
 
 @dataclass
@@ -336,25 +304,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
             await apply_records([ConsumedRecord(
                 topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
                 value=record.value, timestamp_ms=record.timestamp) for record in records])
-        # Faust commits only offsets it acked or knows as a gap; these it never handed out, so
-        # without this its committed offset would stop before them for good. _add_gap is
-        # faust-streaming 0.15.3's own record of offsets it will not deliver (pinned version).
-        # The gap starts at 0, not at ``start`` (Faust clamps it to its committed offset): every
-        # offset before ``end`` is applied now, but Faust may not have acked those before
-        # ``start`` in this generation (it fetches a restarted worker's partition from its
-        # beginning before seeking to the committed offset, and commits what that delivered),
-        # and an unacked offset between its committed one and the gap stops its commits for good.
-        await app.consumer._add_gap(tp, 0, end - 1)
-
-    async def note_applied_before(tp: Any, offset: int) -> None:
-        # A partition's first input since the table was asked, with no hole before it: the table
-        # shows every offset before it applied. Faust may not know: it fetches a restarted
-        # worker's partition from its start before seeking to the committed offset, commits
-        # what that delivered (its committed offset can go back), and then never commits
-        # again while an offset between that and the first one it acks is unacked
-        # (faust-streaming 0.15.3, Consumer._new_offset). Telling it those offsets are done
-        # (a gap, as fill_hole does) lets its commits go on.
-        await app.consumer._add_gap(tp, 0, offset - 1)
+        await note_done_before(app, tp, end)  # Faust never handed them out (see streams.worker.faust_consumer)
 
     # The agent and the watch apply inputs one at a time, each partition in offset order.
     serial = asyncio.Lock()
@@ -379,11 +329,10 @@ def build_pipeline(settings: Settings) -> Pipeline:
             seen_holes.clear()
             return
         owned = active_partitions(app, changelog_name)
-        # faust-streaming 0.15.3 (pinned): the offsets it committed, kept in memory per partition.
-        committed_offsets = app.consumer._committed_offset
+        committed_by_partition = committed_offsets(app)
         holes: dict[int, tuple[int, int]] = {}
         for tp in app.consumer.assignment():
-            committed = committed_offsets.get(tp) if tp.topic == names.inputs and tp.partition in owned else None
+            committed = committed_by_partition.get(tp) if tp.topic == names.inputs and tp.partition in owned else None
             hole = applied.hole_before(tp.partition, committed) if committed is not None else None
             if hole is not None:
                 holes[tp.partition] = hole
@@ -425,8 +374,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
                 await hand_over_run(events[first:index], ack)  # decided before the hole's inputs are read
                 first = index
                 await fill_hole(message.tp, *hole)
-            elif first_of_partition and message.offset > 0:
-                await note_applied_before(message.tp, message.offset)
+            elif first_of_partition:  # Faust's committed offset may lag behind the table's
+                await note_done_before(app, message.tp, message.offset)
             applied.applied(message.partition, message.offset)
         await hand_over_run(events[first:], ack)
 

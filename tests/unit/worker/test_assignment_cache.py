@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from streams.worker.app import owned_by_generation
+from streams.worker.faust_consumer import owned_by_generation
 
 
 class CountingConsumer:
