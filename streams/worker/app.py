@@ -36,7 +36,7 @@ from streams.worker.in_flight import InFlightInput, InFlightInputs
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, InputProcessor, latest_states, \
     with_policy
 from streams.worker.state_store import StateStore
-from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through
+from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through
 from streams.worker.faust_consumer import committed_offsets, note_done_before, owned_by_generation, release_unowned
 from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
 from streams.settings import Settings
@@ -255,10 +255,19 @@ def build_pipeline(settings: Settings) -> Pipeline:
         await states.write(latest_states(runs))
         processor.count_applied(runs)
 
+    # Per partition, the offset after the last input whose outputs and state are durable and
+    # whose event is acked: every offset before it is applied (inputs go in order, holes filled).
+    durable_next: dict[int, int] = {}
+
     async def store_and_ack(items: list[InFlightInput]) -> None:
         await store([item.run for item in items])
         for item in items:
             await item.ack()
+        for item in items:
+            for event in item.events:
+                message = event.message
+                if message.offset >= durable_next.get(message.partition, 0):
+                    durable_next[message.partition] = message.offset + 1
 
     in_flight = InFlightInputs(processor, store_and_ack)
     log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
@@ -269,6 +278,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         await in_flight.drain()  # Faust waited for every event's ack; nothing decided stays unstored
         known.clear()
         applied.forget()
+        durable_next.clear()
+        stalled_commits.forget()
         # Where the next recovery of these partitions starts (here or, later, as a standby).
         await app.producer.flush()
         states.persist_offsets()
@@ -309,6 +320,9 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # The agent and the watch apply inputs one at a time, each partition in offset order.
     serial = asyncio.Lock()
 
+    # A committed offset that has not moved for two commit intervals while behind is stalled.
+    stalled_commits = StalledCommits(patience_s=2 * settings.commit_interval_s + SKIPPED_INPUTS_CHECK_S)
+
     # Holes seen at the previous check: a hole is filled only when the next check sees it
     # still there, so the watch never races an assignment that is still seeking or restoring.
     seen_holes: dict[int, tuple[int, int]] = {}
@@ -345,6 +359,12 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     return  # a rebalance began: the next assignment is checked afresh
                 if applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
                     await fill_hole(TP(names.inputs, partition), start, end)
+        inputs_committed = {tp.partition: committed_by_partition.get(tp) for tp in app.consumer.assignment()
+                            if tp.topic == names.inputs and tp.partition in owned}
+        for partition, next_offset in stalled_commits.check(inputs_committed, durable_next, time.monotonic()):
+            logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
+                           "is applied; telling it they are done", partition, inputs_committed[partition], next_offset)
+            await note_done_before(app, TP(names.inputs, partition), next_offset)
 
     async def hand_over_run(events: list[Any], ack: Callable[[Any], Awaitable[Any]]) -> None:
         """Decides ``events`` (in order) and hands their outputs over; the completer makes them durable."""

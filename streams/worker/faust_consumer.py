@@ -56,16 +56,33 @@ def committed_offsets(app: faust.App) -> Mapping[Any, int | None]:
 async def note_done_before(app: faust.App, tp: Any, end: int) -> None:
     """Tells Faust that every offset of ``tp`` before ``end`` is applied, acked by it or not.
 
-    Faust commits only offsets it acked or holds as a gap (``Consumer._add_gap``, clamped to
-    its committed offset). The worker calls this once every offset before ``end`` is durable:
+    Faust commits only offsets it acked or holds as a gap (``Consumer._add_gap``). The worker
+    calls this once every offset before ``end`` is durable:
 
     - after filling a hole: Faust never handed those inputs out, so without the gap its
       committed offset would stop before them for good;
-    - at a partition's first input since the table was asked, with no hole before it. Faust
-      fetches a restarted worker's partition from its start before seeking to the committed
-      offset and commits what that delivered, so its committed offset can go back; then it
-      never commits again while an offset between that one and the first it acks is unacked
-      (``Consumer._new_offset``).
+    - at a partition's first input since the table was asked, and when its committed
+      offset stays behind what is durably applied. Faust fetches a restarted worker's
+      partition from its start before seeking to the committed offset and commits what that
+      delivered, so its committed offset can go back below offsets it then never acks; it
+      never commits again while such an offset lies between its committed offset and the
+      first one it acked (``Consumer._new_offset``).
+
+    Only the offsets neither acked nor in a gap yet become gaps: Faust adds a gap's offsets
+    to its acked ones, and an offset there twice splits its runs of consecutive offsets, so
+    each commit would move one offset on.
     """
-    if end > 0:
-        await app.consumer._add_gap(tp, 0, end - 1)
+    consumer = app.consumer
+    committed = consumer._committed_offset.get(tp)
+    acked = consumer._acked_index.get(tp, set())
+    gaps = consumer._gap.get(tp)
+    missing_from: int | None = None
+    for offset in range(committed + 1 if committed is not None else 0, end):
+        done = offset in acked or (gaps is not None and gaps.overlaps_point(offset))
+        if not done and missing_from is None:
+            missing_from = offset
+        elif done and missing_from is not None:
+            await consumer._add_gap(tp, missing_from, offset - 1)
+            missing_from = None
+    if missing_from is not None:
+        await consumer._add_gap(tp, missing_from, end - 1)

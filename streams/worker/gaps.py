@@ -122,3 +122,38 @@ class LogRangeReader:
 
 
 __all__ = ["AppliedOffsets", "LogRangeReader", "applied_through"]
+
+
+class StalledCommits:
+    """Partitions whose committed offset has stayed behind what is durably applied for too long.
+
+    ``check`` is given, per partition, the offset Faust says it committed and the offset
+    after the last input whose outputs and state are durable (``durable_next``). A committed
+    offset behind it is normal for a commit interval; one that has not moved for
+    ``patience_s`` while behind is stalled (see ``faust_consumer.note_done_before``).
+    """
+
+    def __init__(self, patience_s: float) -> None:
+        self._patience_s = patience_s
+        self._behind_since: dict[int, tuple[int | None, float]] = {}
+
+    def check(self, committed: Mapping[int, int | None], durable_next: Mapping[int, int],
+              now: float) -> list[tuple[int, int]]:
+        """``(partition, durable_next)`` of each stalled partition; each is named again only after another wait."""
+        stalled = []
+        for partition, next_offset in durable_next.items():
+            offset = committed.get(partition)
+            if partition not in committed or (offset is not None and offset >= next_offset):
+                self._behind_since.pop(partition, None)
+                continue
+            seen = self._behind_since.get(partition)
+            if seen is None or seen[0] != offset:
+                self._behind_since[partition] = (offset, now)
+            elif now - seen[1] >= self._patience_s:
+                stalled.append((partition, next_offset))
+                self._behind_since[partition] = (offset, now)
+        return stalled
+
+    def forget(self) -> None:
+        """Drops what was seen (a rebalance: the committed offsets are asked afresh)."""
+        self._behind_since.clear()

@@ -1,0 +1,70 @@
+"""Telling Faust's consumer which offsets are done, checked against faust-streaming's own commit logic."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from streams.worker.faust_consumer import note_done_before
+from streams.worker.gaps import StalledCommits
+
+INPUTS = TP("position-inputs", 1)
+
+
+class ConsumerState(SimpleNamespace):
+    """The state faust-streaming 0.15.3's ``Consumer`` keeps per partition, driven by its own methods."""
+
+    def __init__(self, committed: int | None, acked: list[int]) -> None:
+        super().__init__(_committed_offset=defaultdict(lambda: None), _acked=defaultdict(list),
+                         _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree))
+        self._committed_offset[INPUTS] = committed
+        self._acked[INPUTS].extend(acked)
+        self._acked_index[INPUTS].update(acked)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        await Consumer._add_gap(self, tp, offset_from, offset_to)
+
+    def next_commit(self) -> int | None:
+        return Consumer._new_offset(self, INPUTS)
+
+
+async def test_a_committed_offset_moved_back_below_unacked_offsets_commits_again_once_they_are_noted_done():
+    # Arrange: Faust committed 8 (what it delivered before seeking), then acked 12..48 only.
+    consumer = ConsumerState(committed=8, acked=list(range(12, 49)))
+    stalled = ConsumerState(committed=8, acked=list(range(12, 49)))
+
+    # Act: every input before 49 is durably applied.
+    await note_done_before(SimpleNamespace(consumer=consumer), INPUTS, 49)
+
+    # Assert: without the note Faust never commits; with it, all the way in one commit.
+    assert stalled.next_commit() is None
+    assert consumer.next_commit() == 49
+
+
+async def test_only_offsets_neither_acked_nor_in_a_gap_become_gaps():
+    consumer = ConsumerState(committed=0, acked=[3, 4, 7])
+    await consumer._add_gap(INPUTS, 5, 5)
+
+    await note_done_before(SimpleNamespace(consumer=consumer), INPUTS, 10)
+
+    in_gaps = sorted(offset for interval in consumer._gap[INPUTS] for offset in range(interval.begin, interval.end))
+    assert in_gaps == [1, 2, 5, 6, 8, 9]  # 0 is committed; 3, 4 and 7 acked; 5 a gap already
+    # Faust takes gaps in up to its highest acked offset (7): 8 and 9 wait for a later ack.
+    assert consumer.next_commit() == 8
+
+
+def test_a_committed_offset_is_stalled_only_after_staying_behind_for_the_patience():
+    stalled = StalledCommits(patience_s=5.0)
+
+    moving = [stalled.check({1: committed}, {1: 49}, now) for committed, now in ((8, 0.0), (20, 3.0), (30, 6.0))]
+    stuck = [stalled.check({1: 30}, {1: 49}, now) for now in (9.0, 11.5, 12.0)]
+    caught_up = stalled.check({1: 49}, {1: 49}, 20.0)
+    not_owned = stalled.check({}, {2: 10}, 30.0)
+
+    assert moving == [[], [], []]
+    assert stuck == [[], [(1, 49)], []]
+    assert (caught_up, not_owned) == ([], [])
