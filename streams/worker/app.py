@@ -36,7 +36,7 @@ from streams.worker.in_flight import InFlightInput, InFlightInputs
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, InputProcessor, latest_states, \
     with_policy
 from streams.worker.state_store import StateStore
-from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through
+from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through, note_durable
 from streams.worker.faust_consumer import committed_offsets, note_done_before, owned_by_generation, release_unowned
 from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
 from streams.settings import Settings
@@ -255,19 +255,14 @@ def build_pipeline(settings: Settings) -> Pipeline:
         await states.write(latest_states(runs))
         processor.count_applied(runs)
 
-    # Per partition, the offset after the last input whose outputs and state are durable and
-    # whose event is acked: every offset before it is applied (inputs go in order, holes filled).
+    # Per partition, the offset after the last durable, acked input: all before it are applied.
     durable_next: dict[int, int] = {}
 
     async def store_and_ack(items: list[InFlightInput]) -> None:
         await store([item.run for item in items])
         for item in items:
             await item.ack()
-        for item in items:
-            for event in item.events:
-                message = event.message
-                if message.offset >= durable_next.get(message.partition, 0):
-                    durable_next[message.partition] = message.offset + 1
+            note_durable(durable_next, (event.message for event in item.events))
 
     in_flight = InFlightInputs(processor, store_and_ack)
     log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
@@ -323,18 +318,16 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # A committed offset that has not moved for two commit intervals while behind is stalled.
     stalled_commits = StalledCommits(patience_s=2 * settings.commit_interval_s + SKIPPED_INPUTS_CHECK_S)
 
-    # Holes seen at the previous check: a hole is filled only when the next check sees it
-    # still there, so the watch never races an assignment that is still seeking or restoring.
+    # Holes seen at the previous check: filled only when the next check sees them still there.
     seen_holes: dict[int, tuple[int, int]] = {}
 
     @app.timer(interval=SKIPPED_INPUTS_CHECK_S)
     async def apply_skipped_inputs() -> None:
-        """Applies the inputs Faust acked without ever delivering them (see streams.worker.gaps).
+        """Applies inputs Faust went past without delivering them, and unsticks stalled commits.
 
-        Faust acks, and so commits, the records a rebalance made stale while this worker keeps
-        their partition; the agent finds such a hole when the partition's next input comes,
-        but a quiet partition may get none. Faust's committed offset beyond what the table
-        shows applied, twice in a row, is such a hole: it is filled within two seconds.
+        The agent finds a hole when a partition's next input comes; a quiet partition may get
+        none. Faust's committed offset (or, the agent idle, its fetch position) beyond what
+        the table shows applied, twice in a row, is such a hole (see streams.worker.gaps).
         """
         def settled() -> bool:
             return not app.rebalancing and app.tables.recovery.completed.is_set()
@@ -344,10 +337,18 @@ def build_pipeline(settings: Settings) -> Pipeline:
             return
         owned = active_partitions(app, changelog_name)
         committed_by_partition = committed_offsets(app)
+        # Idle, nothing fetched waits for the agent: a fetch position beyond what is applied is
+        # a hole too (Faust can seek past inputs no one applied, then commit an older offset).
+        idle = all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending()
         holes: dict[int, tuple[int, int]] = {}
         for tp in app.consumer.assignment():
-            committed = committed_by_partition.get(tp) if tp.topic == names.inputs and tp.partition in owned else None
-            hole = applied.hole_before(tp.partition, committed) if committed is not None else None
+            if tp.topic != names.inputs or tp.partition not in owned:
+                continue
+            end = committed_by_partition.get(tp)
+            position = await app.consumer.position(tp) if idle else None
+            if position is not None and (end is None or position > end):
+                end = position
+            hole = applied.hole_before(tp.partition, end) if end is not None else None
             if hole is not None:
                 holes[tp.partition] = hole
         confirmed = {partition: hole for partition, hole in holes.items() if seen_holes.get(partition) == hole}
@@ -401,6 +402,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     # The run the agent gathers; a rebalance hands it over too (streams.worker.gathered_run).
     gathered = GatheredRun(apply_events, serial)
+    agent_queue: list[Any] = []  # the agent's stream's queue, once it runs
     hand_over_on_rebalance = HandOverOnRebalance(app, gathered)
     app.sensors.add(hand_over_on_rebalance)
 
@@ -420,6 +422,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # next one comes without waiting, so the run grows; once it is empty the run is applied.
         # A revocation can empty it meanwhile: HandOverOnRebalance then applies the run.
         fetched = stream.channel.queue
+        agent_queue[:] = [fetched]
         owned = owned_by_generation(app)
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).

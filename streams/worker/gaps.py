@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -122,6 +123,13 @@ class LogRangeReader:
 
 
 __all__ = ["AppliedOffsets", "LogRangeReader", "applied_through"]
+
+
+def note_durable(durable_next: dict[int, int], messages: Iterable[Any]) -> None:
+    """Moves each partition's next offset past ``messages`` (inputs durably applied and acked)."""
+    for message in messages:
+        if message.offset >= durable_next.get(message.partition, 0):
+            durable_next[message.partition] = message.offset + 1
 
 
 class StalledCommits:
