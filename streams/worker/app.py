@@ -339,7 +339,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         committed_by_partition = committed_offsets(app)
         # Idle, nothing fetched waits for the agent: a fetch position beyond what is applied is
         # a hole too (Faust can seek past inputs no one applied, then commit an older offset).
-        idle = all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending()
+        idle = all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
         holes: dict[int, tuple[int, int]] = {}
         for tp in app.consumer.assignment():
             if tp.topic != names.inputs or tp.partition not in owned:
