@@ -340,11 +340,11 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # Idle, nothing fetched waits for the agent: a fetch position beyond what is applied is
         # a hole too (Faust can seek past inputs no one applied, then commit an older offset).
         idle = all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
+        inputs = [tp for tp in app.consumer.assignment() if tp.topic == names.inputs and tp.partition in owned]
+        inputs_committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
         holes: dict[int, tuple[int, int]] = {}
-        for tp in app.consumer.assignment():
-            if tp.topic != names.inputs or tp.partition not in owned:
-                continue
-            end = committed_by_partition.get(tp)
+        for tp in inputs:
+            end = inputs_committed[tp.partition]
             position = await app.consumer.position(tp) if idle else None
             if position is not None and (end is None or position > end):
                 end = position
@@ -360,8 +360,6 @@ def build_pipeline(settings: Settings) -> Pipeline:
                     return  # a rebalance began: the next assignment is checked afresh
                 if applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
                     await fill_hole(TP(names.inputs, partition), start, end)
-        inputs_committed = {tp.partition: committed_by_partition.get(tp) for tp in app.consumer.assignment()
-                            if tp.topic == names.inputs and tp.partition in owned}
         for partition, next_offset in stalled_commits.check(inputs_committed, durable_next, time.monotonic()):
             logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
                            "is applied; telling it they are done", partition, inputs_committed[partition], next_offset)

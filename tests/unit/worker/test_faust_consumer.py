@@ -1,4 +1,5 @@
-"""Telling Faust's consumer which offsets are done, checked against faust-streaming's own commit logic."""
+"""The worker's uses of Faust's consumer internals: the assignment per generation, and which offsets are done
+(checked against faust-streaming's own commit logic)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.worker.faust_consumer import note_done_before
+from streams.worker.faust_consumer import note_done_before, owned_by_generation
 from streams.worker.gaps import StalledCommits
 
 INPUTS = TP("position-inputs", 1)
@@ -68,3 +69,30 @@ def test_a_committed_offset_is_stalled_only_after_staying_behind_for_the_patienc
     assert moving == [[], [], []]
     assert stuck == [[], [(1, 49)], []]
     assert (caught_up, not_owned) == ([], [])
+
+
+class CountingConsumer:
+    """A consumer whose ``assignment()`` calls are counted (Faust builds a new set on each)."""
+
+    def __init__(self, assignment: set[TP]) -> None:
+        self.current = assignment
+        self.calls = 0
+
+    def assignment(self) -> set[TP]:
+        self.calls += 1
+        return set(self.current)
+
+
+def test_the_assignment_is_asked_once_per_generation_and_again_after_a_rebalance():
+    consumer = CountingConsumer({TP("inputs", 0), TP("inputs", 1)})
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    owned = owned_by_generation(app)
+
+    before = [owned(TP("inputs", 0)), owned(TP("inputs", 1)), owned(TP("inputs", 2))]
+    calls_in_one_generation = consumer.calls
+    consumer.current = {TP("inputs", 2)}  # a rebalance moved partitions 0 and 1 away
+    app.consumer_generation_id = 2
+    after = [owned(TP("inputs", 0)), owned(TP("inputs", 2))]
+
+    assert (before, calls_in_one_generation, after, consumer.calls) == (
+        [True, True, False], 1, [False, True], 2)
