@@ -65,6 +65,7 @@ __all__ = [
     "observe_exchange_error",
     "observe_input",
     "observe_input_gap",
+    "observe_command_gap",
     "observe_changelog_resend",
     "observe_refusal",
     "observe_restored_record",
@@ -121,6 +122,11 @@ INPUT_GAPS = Counter(
     "pipeline_input_gaps",
     "Inputs of position-inputs the consumer skipped between two it delivered to the agent "
     "(should stay 0; a rise means inputs went undecided).",
+)
+COMMAND_GAPS = Counter(
+    "pipeline_command_gaps",
+    "Commands of position-commands the consumer skipped or fetched past without delivering them, "
+    "read from the log and carried out (a rise is Faust starting a partition late, caught).",
 )
 CHANGELOG_RESENDS = Counter(
     "pipeline_changelog_resends",
@@ -267,6 +273,11 @@ def observe_sink_refused_row() -> None:
 def observe_input_gap(skipped: int) -> None:
     """Counts inputs the agent never saw between two offsets of one partition."""
     INPUT_GAPS.inc(skipped)
+
+
+def observe_command_gap(skipped: int) -> None:
+    """Counts commands the executor read from the log because the consumer never delivered them."""
+    COMMAND_GAPS.inc(skipped)
 
 
 def observe_changelog_resend() -> None:

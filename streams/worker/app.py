@@ -28,9 +28,9 @@ from faust.types import TP
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
-from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.domain import InputEvent, KeyState
 from streams.worker.batch_send import BatchSender
+from streams.worker.command_agents import add_exchange_agents
 from streams.worker.deadlines import DeadlineIndex
 from streams.worker.in_flight import InFlightInput, InFlightInputs
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, InputProcessor, latest_states, \
@@ -48,8 +48,6 @@ from streams.web.routing import partition_for_key
 
 logger = logging.getLogger(__name__)
 
-#: Retries of an execution report Kafka did not acknowledge.
-REPORT_BACKOFF = Backoff(0.1, 5.0)
 #: How often the worker looks for inputs Faust acked without delivering them.
 SKIPPED_INPUTS_CHECK_S = 1.0
 #: Table records the deadline index's rebuild decodes between two turns of the event loop.
@@ -58,53 +56,6 @@ REBUILD_STEP = 500
 PERSIST_OFFSETS_EVERY_S = 1.0
 #: Inputs the agent decides as one run at most (those Faust has fetched already; see ``apply_inputs``).
 MAX_RUN = 500
-
-
-async def _acknowledged(sending: Any) -> Any:
-    """Awaits a Faust send (a coroutine resolving to the delivery future) and then the delivery."""
-    return await (await sending)
-
-
-def _add_exchange_agents(app: faust.App, settings: Settings, names: TopicNames, edge: Any, inputs_topic: Any,
-                         output_topics: dict) -> None:
-    commands_topic = app.topic(names.commands, key_serializer="raw", value_serializer="raw",
-                               partitions=settings.topic_partitions)
-
-    # One actor per partition (isolated_partitions): a key's commands stay in order, while
-    # the keys of other partitions are carried out at the same time.
-    @app.agent(commands_topic, name="execute_commands", concurrency=1, isolated_partitions=True)
-    async def execute_commands(stream: faust.StreamT) -> None:
-        """Carries out each command at the exchange and publishes its execution report."""
-        async for event in stream.events():
-            message = event.message
-            try:
-                command = serde.decode_command(message.value)
-            except codec.DecodeError as error:
-                letter = serde.DeadLetter.of(message.topic, message.partition, message.offset, message.key,
-                                             message.value, error, int(message.timestamp * 1000))
-                await output_topics[names.dead_letters].send(key=message.key or b"",
-                                                             value=serde.encode_dead_letter(letter))
-                metrics.observe_dead_letter("executor", type(error).__name__)
-                continue
-            await edge.ready.wait()  # extra services start after the agents
-            # Carried out once even when delivered twice: the executor looks the order up by
-            # its client id, and the attempt ledger tells it whether an earlier send may land.
-            report = await edge.executor.execute(command)
-            if report.payload.error_code is not None:
-                metrics.observe_exchange_error(report.payload.error_code)
-            # Acknowledged before this command's offset can be committed; retried, never raised
-            # (an agent that raises makes Faust skip the event silently).
-            await retry_until_acknowledged(
-                lambda: _acknowledged(inputs_topic.send(key=report.key.encode(),
-                                                        value=serde.encode_input(with_policy(report, settings)))),
-                REPORT_BACKOFF, f"report for {command.command_id}", logger)
-
-    @app.timer(interval=settings.sync_interval_s, on_leader=True)
-    async def poll_exchange_positions() -> None:
-        """Publishes what every exchange holds (the leader only: one snapshot per key and cycle)."""
-        await edge.ready.wait()
-        await edge.tracked.caught_up.wait()
-        await edge.poller.poll_once()
 
 
 class KeyStateTable(faust.Table):
@@ -456,7 +407,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         async def start_exchange_edge() -> None:
             """Starts the edge with the worker; the app stops it on shutdown."""
             await app.add_runtime_dependency(edge)
-        _add_exchange_agents(app, settings, names, edge, inputs_topic, output_topics)
+        add_exchange_agents(app, settings, names, edge, inputs_topic, output_topics)
 
     @app.timer(interval=settings.deadline_scan_interval_s)
     async def emit_due_deadlines() -> None:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,74 @@ class LogRangeReader:
             await consumer.stop()
 
 
-__all__ = ["AppliedOffsets", "LogRangeReader", "applied_through"]
+async def group_committed_offsets(bootstrap_servers: str, group: str, topic: str,
+                                  partitions: Iterable[int]) -> dict[int, int | None]:
+    """The offsets ``group`` committed for ``partitions`` of ``topic`` (None where it committed none)."""
+    tps = [TopicPartition(topic, partition) for partition in partitions]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    offsets: dict[int, int | None] = {}
+    for tp in tps:
+        found = committed.get(tp)
+        offsets[tp.partition] = found.offset if found is not None and found.offset >= 0 else None
+    return offsets
+
+
+class CarriedOutCommands:
+    """Per partition, the next command offset the executor must carry out.
+
+    The executor's counterpart of ``AppliedOffsets``, without a table to ask. Two facts say
+    what is done: the group's committed offset (each command before it was carried out and
+    its report acknowledged; with no commit at all, nothing was) and the offsets this worker
+    carried out itself. The next offset is the later of the two; the committed offset is
+    asked again in each group generation (another worker may have moved the partition on).
+
+    Faust can start a newly assigned partition beyond commands no worker carried out (seen:
+    a worker that joined after the partition's owner was killed got its first command at
+    offset 3 while the group had committed none, and the entry order at offset 2 was never
+    placed). So a command delivered beyond the next offset, or a fetch position beyond it
+    that stays so, means commands to read from the log and carry out first.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[int, int] = {}
+        self._resumed_in: dict[int, int] = {}
+        self._looked: dict[int, tuple[int, int, int]] = {}
+
+    def next_offset(self, partition: int, generation: int) -> int | None:
+        """The next offset to carry out in ``partition``; None until ``resume`` in this generation."""
+        if self._resumed_in.get(partition) != generation:
+            return None
+        return self._next.get(partition, 0)
+
+    def resume(self, partition: int, generation: int, committed: int | None) -> None:
+        """Takes in the group's committed offset of ``partition`` (None: it committed none) in ``generation``."""
+        if committed is not None and committed > self._next.get(partition, 0):
+            self._next[partition] = committed
+        self._resumed_in[partition] = generation
+
+    def carried_out(self, partition: int, offset: int) -> None:
+        """Records that this worker carried out ``offset`` of ``partition`` (its report acknowledged)."""
+        if offset + 1 > self._next.get(partition, 0):
+            self._next[partition] = offset + 1
+
+    def undelivered(self, partition: int, generation: int, position: int) -> tuple[int, int] | None:
+        """``(next offset, position)`` when Faust's fetch position is beyond the next offset, as it was,
+        unchanged, at the previous look: commands fetched past and never carried out."""
+        known = self.next_offset(partition, generation)
+        if known is None or position <= known:
+            self._looked.pop(partition, None)
+            return None
+        now = (generation, known, position)
+        before, self._looked[partition] = self._looked.get(partition), now
+        return (known, position) if before == now else None
+
+
+__all__ = ["AppliedOffsets", "CarriedOutCommands", "LogRangeReader", "applied_through", "group_committed_offsets"]
 
 
 def note_durable(durable_next: dict[int, int], messages: Iterable[Any]) -> None:
