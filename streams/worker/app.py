@@ -280,6 +280,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
         none. Faust's committed offset (or, the agent idle, its fetch position) beyond what
         the table shows applied, twice in a row, is such a hole (see streams.worker.gaps).
         """
+        try:
+            await look_for_skipped_inputs()
+        except Exception:  # noqa: BLE001 - an exception in a Faust timer crashes the whole worker
+            # A hole half filled is seen again at a later check; its states were read again.
+            logger.exception("looking for skipped inputs failed; looking again in %.0fs", SKIPPED_INPUTS_CHECK_S)
+
+    async def look_for_skipped_inputs() -> None:
         def settled() -> bool:
             return not app.rebalancing and app.tables.recovery.completed.is_set()
 
