@@ -62,6 +62,7 @@ __all__ = [
     "NAMESPACE",
     *errors.__all__,
     "WriterSchema",
+    "build_writer_schema",
     "SchemaRegistry",
     "default_registry",
     "encode",
@@ -148,7 +149,8 @@ def _tagged_unions(schema: Mapping[str, Any], origin: str) -> dict[str, tuple[di
     return unions
 
 
-def _build(schema: dict[str, Any], origin: str, current: bool) -> WriterSchema:
+def build_writer_schema(schema: dict[str, Any], origin: str, current: bool) -> WriterSchema:
+    """A standalone (expanded) schema as a ``WriterSchema``: parsed, fingerprinted, its unions named."""
     try:
         # A fresh named_schemas per schema: a retired version defines the same names
         # as the current one, and a shared dict would let one overwrite the other.
@@ -294,7 +296,7 @@ class SchemaRegistry:
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
         for origin, document in documents.items():
             schema = expand(document, "", definitions, set(), origin)
-            self._add(_build(schema, origin, current=True))
+            self._add(build_writer_schema(schema, origin, current=True))
         shorts = [name.rpartition(".")[2] for name in self._current]
         # A short name is only a shortcut when exactly one namespace defines it.
         self._short = {
@@ -306,7 +308,7 @@ class SchemaRegistry:
             document = read_avsc(file, origin)
             own: dict[str, tuple[Any, str]] = {}
             collect_definitions(document, "", own, origin)
-            retired = _build(expand(document, "", own, set(), origin), origin, current=False)
+            retired = build_writer_schema(expand(document, "", own, set(), origin), origin, current=False)
             if retired.name not in self._current:
                 raise SchemaDefinitionError(f"{origin}: {retired.name} has no current schema to read it")
             if retired.fingerprint not in self._by_fingerprint:

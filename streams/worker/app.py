@@ -175,7 +175,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # connection, acks=all and idempotence; Faust's Topic.send wraps each record in futures and
     # callbacks), faust-streaming 0.15.3's aiokafka producer.
     batches = BatchSender(lambda: app.producer._ensure_producer())
-    states = StateStore(key_to_state, batches.send_all, deadlines.note)
+    states = StateStore(key_to_state, batches.send_all, deadlines.note_state)
     # The worker writes the states itself (StateStore), a batch at a time: the processor has no store.
     processor = InputProcessor(settings=settings, topics=names, send=None, load=states.load, store=None,
                                send_all=batches.send_all)

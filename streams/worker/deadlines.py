@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.domain import Deadline, InputEvent, Status
+from streams.domain import Deadline, InputEvent, KeyState, Status
 
 _Due = tuple[int, str, Status]  # (deadline_at, position id, status)
 
@@ -30,6 +30,16 @@ class DeadlineIndex:
         _set_due(self._due, key, record)
         if self._rebuilt is not None:
             self._noted_meanwhile.add(key)
+
+    def note_state(self, state: KeyState) -> None:
+        """Takes a stored ``KeyState`` (as ``note`` takes its record)."""
+        position = state.position
+        if position is not None and position.deadline_at is not None and position.status.is_in_flight:
+            self._due[state.key] = (position.deadline_at, position.id, position.status)
+        else:
+            self._due.pop(state.key, None)
+        if self._rebuilt is not None:
+            self._noted_meanwhile.add(state.key)
 
     def rebuild(self, records: list[dict], partitions: frozenset[int]) -> None:
         """Starts over from ``records`` (the table of ``partitions``)."""

@@ -34,6 +34,7 @@ from faust.types import TP
 from streams.domain import KeyState
 from streams.telemetry import metrics
 from streams.wire import codec, serde
+from streams.wire.key_state_bytes import KeyStateEncoder
 from streams.worker.processor import Output, SendAll, StateWrite
 
 logger = logging.getLogger(__name__)
@@ -42,14 +43,16 @@ logger = logging.getLogger(__name__)
 class StateStore:
     """Reads key states from the table's local store; writes batches of them to it and its changelog.
 
-    ``noted(record)`` sees each written value as a table record (the deadline index keeps
-    its deadlines from it).
+    ``noted(state)`` sees each written ``KeyState`` (the deadline index keeps its deadlines
+    from it). The values are encoded by ``streams.wire.key_state_bytes.KeyStateEncoder`` (only the fields that
+    changed since the key's last state).
     """
 
-    def __init__(self, table: Any, send_all: SendAll, noted: Callable[[dict], None]) -> None:
+    def __init__(self, table: Any, send_all: SendAll, noted: Callable[[KeyState], None]) -> None:
         self._table = table
         self._send_all = send_all
         self._noted = noted
+        self._encoder = KeyStateEncoder()
         self._changelog = table.changelog_topic.get_topic_name()
         self._acknowledged: dict[int, int] = {}
         #: key -> partition of changelog records Kafka did not acknowledge.
@@ -67,15 +70,14 @@ class StateStore:
 
     async def write(self, writes: Iterable[StateWrite]) -> None:
         """Stores each state locally and hands its changelog record to the producer (not awaiting Kafka)."""
-        encoded: list[tuple[bytes, int, bytes, dict]] = []
+        encoded: list[tuple[bytes, int, bytes, KeyState]] = []
         for write in writes:
-            record = serde.key_state_to_record(write.state)
-            encoded.append((write.key, write.partition, codec.encode(serde.KEY_STATE_RECORD, record), record))
+            encoded.append((write.key, write.partition, self._encoder.encode(write.state), write.state))
             self._unsent.pop(write.key, None)  # this batch sends the key's newest value
         self._store_locally(encoded)
-        for _key, _partition, _value, record in encoded:
-            self._noted(record)
-        records = [Output(self._changelog, key, value, [], partition) for key, partition, value, _record in encoded]
+        for _key, _partition, _value, state in encoded:
+            self._noted(state)
+        records = [Output(self._changelog, key, value, [], partition) for key, partition, value, _state in encoded]
         if self._unsent:
             unsent, self._unsent = self._unsent, {}
             records[:0] = [Output(self._changelog, key, self._stored_value(key, partition), [], partition)
@@ -123,14 +125,14 @@ class StateStore:
             return store._db_for_partition(partition).get(key)
         return codec.encode(serde.KEY_STATE_RECORD, store[key])
 
-    def _store_locally(self, encoded: list[tuple[bytes, int, bytes, dict]]) -> None:
+    def _store_locally(self, encoded: list[tuple[bytes, int, bytes, KeyState]]) -> None:
         store = self._table.data
         if _is_rocksdb(store):
             import rocksdict
 
             batches: dict[int, Any] = {}
             key_index = store._key_index  # where Faust's reads look a key up first
-            for key, partition, value, _record in encoded:
+            for key, partition, value, _state in encoded:
                 batch = batches.get(partition)
                 if batch is None:
                     batch = batches[partition] = rocksdict.WriteBatch(raw_mode=True)
@@ -140,8 +142,8 @@ class StateStore:
                 store._db_for_partition(partition).write(batch)
         else:
             # The memory store keeps decoded values, as Faust's own table write leaves them.
-            for key, _partition, _value, record in encoded:
-                store[key] = record
+            for key, _partition, _value, state in encoded:
+                store[key] = serde.key_state_to_record(state)
 
     def persist_offsets(self) -> None:
         """Writes the highest changelog offset Kafka acknowledged per partition, where Faust's recovery starts."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
 
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from streams.wire import codec, serde
+from streams.wire.key_state_bytes import KeyStateEncoder
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Status, decide
 
 
@@ -57,6 +59,32 @@ def test_serde_key_state_round_trip_through_the_table_codec_returns_an_equal_sta
     for decision in DECISIONS:
         data = codec.encode("KeyState", serde.key_state_to_record(decision.state))
         assert serde.key_state_from_record(codec.decode("KeyState", data)) == decision.state
+
+
+def test_key_state_encoder_writes_the_bytes_the_codec_writes_for_every_state_of_a_keys_lives():
+    # Each key's states in order, so unchanged fields are taken from the key's last state.
+    encoder = KeyStateEncoder()
+    many = _fold(lifecycle_inputs(keys=3, cycles=4))
+
+    for decision in many:
+        assert encoder.encode(decision.state) == codec.encode("KeyState", serde.key_state_to_record(decision.state))
+
+
+def test_key_state_encoder_re_encodes_a_field_whose_value_changed_and_keeps_the_others():
+    encoder = KeyStateEncoder()
+    first = DECISIONS[0].state
+    encoder.encode(first)
+    changed = dataclasses.replace(first, last_offset=first.last_offset + 40, last_exchange_ts=123_456)
+
+    data = encoder.encode(changed)
+
+    assert serde.key_state_from_record(codec.decode("KeyState", data)) == changed
+
+
+def test_key_state_encoder_forgets_its_keys_past_its_limit_and_still_writes_them_right():
+    encoder = KeyStateEncoder(kept_keys=1)
+    for decision in DECISIONS[:6]:
+        assert encoder.encode(decision.state) == codec.encode("KeyState", serde.key_state_to_record(decision.state))
 
 
 def test_serde_decimal_keeps_the_exchange_scale_exactly():

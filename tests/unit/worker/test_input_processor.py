@@ -344,3 +344,26 @@ async def test_an_input_is_decided_with_the_policy_recorded_in_it_then_the_overr
     assert plain.state.position.deadline_at == 5_000
     assert changed.state.position.deadline_at == 60_000
     assert unrecorded.state.position.deadline_at == 30_000  # no policy recorded: the settings'
+
+
+def test_the_deadline_index_takes_a_stored_state_as_it_takes_its_table_record():
+    # Arrange: every state of real position lives, noted as states and as table records.
+    from benchmarks.lifecycle import POLICY, lifecycle_inputs
+    from streams.domain import AppliedInput, decide
+    from streams.wire import serde
+    from streams.worker.deadlines import DeadlineIndex
+
+    by_state, by_record = DeadlineIndex(), DeadlineIndex()
+    states: dict = {}
+    dues = []
+    for offset, event in enumerate(lifecycle_inputs(keys=3, cycles=2)):
+        states[event.key] = decide(states.get(event.key), AppliedInput(offset, event), POLICY).state
+
+        # Act
+        by_state.note_state(states[event.key])
+        by_record.note(serde.key_state_to_record(states[event.key]))
+
+        # Assert
+        dues.append([e.event_id for e in by_state.due(2**62)])
+        assert dues[-1] == [e.event_id for e in by_record.due(2**62)]
+    assert len({len(due) for due in dues}) > 1  # keys entered and left the index

@@ -52,7 +52,7 @@ async def test_a_batch_is_stored_and_its_changelog_records_are_what_recovery_dec
     pipeline = built(tmp_path)
     table = pipeline.key_to_state
     producer = RecordedProducer()
-    noted: list[dict] = []
+    noted: list[KeyState] = []
     states = StateStore(table, producer.send_all, noted.append)
     first, second = state("APTUSDT@binance", 3), state("BTCUSDT@binance", 7)
 
@@ -70,14 +70,14 @@ async def test_a_batch_is_stored_and_its_changelog_records_are_what_recovery_dec
     assert states.load(b"APTUSDT@binance", 4) == first
     assert states.load(b"BTCUSDT@binance", 9) == second
     assert states.load(b"ETHUSDT@binance", 4) is None
-    assert [record["last_offset"] for record in noted] == [3, 7]
+    assert noted == [first, second]
 
 
 async def test_a_changelog_record_kafka_refused_is_sent_again_with_the_next_batch_as_the_newest_value(tmp_path):
     # Arrange: the first value of a key is refused after a newer value of the key was stored.
     table = built(tmp_path).key_to_state
     producer = RecordedProducer()
-    states = StateStore(table, producer.send_all, lambda record: None)
+    states = StateStore(table, producer.send_all, lambda noted_state: None)
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 1))])
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 5))])
     producer.acknowledgements[0].set_exception(RuntimeError("broker unreachable"))
@@ -97,7 +97,7 @@ async def test_a_refused_record_whose_key_the_next_batch_writes_again_is_not_sen
     # Arrange
     table = built(tmp_path).key_to_state
     producer = RecordedProducer()
-    states = StateStore(table, producer.send_all, lambda record: None)
+    states = StateStore(table, producer.send_all, lambda noted_state: None)
     await states.write([StateWrite(b"APTUSDT@binance", 2, state("APTUSDT@binance", 1))])
     producer.acknowledgements[0].set_exception(RuntimeError("broker unreachable"))
     await asyncio.sleep(0)

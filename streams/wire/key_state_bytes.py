@@ -1,0 +1,100 @@
+"""A key's state as table value bytes, encoding again only the fields that changed.
+
+The Avro specification encodes a record as "the encoding of the values of its fields in the
+order that they are declared". So the ``KeyState`` bytes are the single-object header
+followed by each top-level field's bytes, and a field's bytes can be encoded alone: as the
+only field of a record, whose body is exactly that field's encoding.
+
+``decide`` builds a key's new state with ``dataclasses.replace``: a field it left alone is
+the same (immutable) object as in the key's last state. ``KeyStateEncoder`` keeps, per key,
+each field's value object and bytes, and encodes only the fields whose object changed.
+Profiled, encoding whole states was a sixth of the worker's time (a state keeps its seen
+signal ids and its position, with its seen reports, and is written once per input); a
+lifecycle of 45,000 states took 68-80 us per state whole and 18-20 us this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable
+from typing import Any
+
+from fastavro import schemaless_writer
+
+from streams.domain import KeyState
+from streams.wire import codec
+from streams.wire.errors import InvalidRecord
+from streams.wire.schemas import collect_definitions, expand
+from streams.wire.serde import KEY_STATE_RECORD, to_record
+
+#: Keys whose last state is kept, at most (then all are dropped: it only saves work).
+KEPT_KEYS = 100_000
+
+
+def field_encoders(record_name: str) -> tuple[bytes, list[tuple[str, Callable[[Any], bytes]]]]:
+    """The single-object header of ``record_name``'s current schema and, per top-level field in
+    schema order, ``(field name, encode(value))`` giving that field's bytes alone (the value as
+    ``codec.encode`` takes it inside the record)."""
+    writer = codec.default_registry().current(record_name)
+    if writer.tagged_unions:
+        raise codec.SchemaDefinitionError(f"{writer.name}: a field of several record branches is encoded whole only")
+    definitions: dict[str, tuple[Any, str]] = {}
+    collect_definitions(writer.schema, "", definitions, writer.origin)
+    encoders = []
+    for field in writer.schema["fields"]:
+        alone = expand({"type": "record", "name": f"{writer.name}__{field['name']}", "fields": [field]}, "",
+                       definitions, set(), writer.origin)
+        encoders.append((field["name"], _encoder(codec.build_writer_schema(alone, writer.origin, current=False),
+                                                 field["name"])))
+    return codec.MARKER + writer.fingerprint, encoders
+
+
+def _encoder(alone: codec.WriterSchema, field: str) -> Callable[[Any], bytes]:
+    def encode_field(value: Any) -> bytes:
+        datum = {field: value}
+        if alone.name_union_records is not None:
+            datum = alone.name_union_records(datum)
+        buffer = io.BytesIO()
+        try:
+            schemaless_writer(buffer, alone.parsed, datum, strict_allow_default=True)
+        except Exception as e:  # fastavro raises TypeError, ValueError, OverflowError, ...
+            raise InvalidRecord(f"{alone.name} does not accept the value: {type(e).__name__}: {e}"[:500]) from e
+        return buffer.getvalue()
+    return encode_field
+
+
+class KeyStateEncoder:
+    """``KeyState`` -> table value bytes, byte for byte ``codec.encode(KEY_STATE_RECORD,
+    key_state_to_record(state))``, re-encoding only the fields changed since the key's last state."""
+
+    def __init__(self, kept_keys: int = KEPT_KEYS) -> None:
+        self._header, encoders = field_encoders(KEY_STATE_RECORD)
+        attributes = {field.name for field in dataclasses.fields(KeyState)}
+        #: Per schema field: (KeyState attribute, encode), or (None, its constant bytes) for a
+        #: field the state no longer has (the retired ``recent_signal_ids``, written empty).
+        self._fields: list[tuple[str | None, Any]] = [
+            (name, encode) if name in attributes else (None, encode([])) for name, encode in encoders]
+        self._kept_keys = kept_keys
+        self._last: dict[str, list[tuple[Any, bytes]]] = {}
+
+    def encode(self, state: KeyState) -> bytes:
+        """The table value of ``state``."""
+        previous = self._last.get(state.key)
+        parts: list[tuple[Any, bytes]] = []
+        for index, (name, encode) in enumerate(self._fields):
+            if name is None:
+                parts.append((None, encode))
+                continue
+            value = getattr(state, name)
+            if previous is not None and previous[index][0] is value:
+                parts.append(previous[index])
+            else:
+                parts.append((value, encode(to_record(value))))
+        if previous is None and len(self._last) >= self._kept_keys:
+            self._last.clear()
+        self._last[state.key] = parts
+        return self._header + b"".join(encoded for _value, encoded in parts)
+
+
+__all__ = ["KeyStateEncoder", "field_encoders"]
