@@ -35,12 +35,13 @@ def _start_with_the_web_slot(app: Any, server: PositionsWebServer) -> None:
 def _install_faust_sensor(app: Any) -> CollectorRegistry | None:
     """Faust's Prometheus sensor, in a registry of its own (one per app: tests build several)."""
     try:
-        from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+        from faust.sensors.prometheus import FaustMetrics
+        from streams.telemetry.faust_monitor import CachedLabelsMonitor
     except ImportError:  # pragma: no cover - prometheus-client is a dependency
         return None
     registry = CollectorRegistry(auto_describe=True)
     # A fixed "faust" prefix rather than the app id, so dashboards do not depend on it.
-    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    app.monitor = CachedLabelsMonitor(metrics=FaustMetrics.create(registry, "faust"))
     return registry
 
 
