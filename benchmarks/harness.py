@@ -16,6 +16,7 @@ Nothing here comes from ``tests/``: the benchmarks stand on their own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -50,7 +51,10 @@ def endpoints() -> tuple[str, str]:
     if not (kafka and database):
         from stack import localstack
 
-        found = localstack.ensure_running()
+        # The stack's readiness probe runs its own event loop: from inside a benchmark's
+        # running loop it has to run on a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+            found = thread.submit(localstack.ensure_running).result()
         kafka, database = kafka or found.kafka_bootstrap_servers, database or found.database_url
     return kafka, database
 

@@ -16,6 +16,7 @@ import asyncio
 import sys
 
 from streams.worker.app import build_pipeline
+from streams.worker.collector import freeze_startup_heap, tune_thresholds
 from streams.ops.commands import add_diff_command, add_replay_command
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -23,9 +24,17 @@ from streams.topics import ensure_topics
 
 def main() -> None:
     settings = Settings.from_env()
-    if "worker" in sys.argv[1:]:
+    worker = "worker" in sys.argv[1:]
+    if worker:
         asyncio.run(ensure_topics(settings))
+        tune_thresholds()  # short, rare collector pauses (streams.worker.collector)
     app = build_pipeline(settings).app
+    if worker:
+        @app.task
+        async def freeze_once_ready() -> None:
+            """Exempts the started worker's objects from garbage collection once its first recovery is done."""
+            await app.tables.recovery.completed.wait()
+            freeze_startup_heap()
     add_replay_command(app, settings)
     add_diff_command(app, settings)
     app.main()

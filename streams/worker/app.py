@@ -38,7 +38,7 @@ from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, I
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through, note_durable
 from streams.worker.faust_consumer import committed_offsets, note_done_before, owned_by_generation, release_unowned
-from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
+from streams.worker.gathered_run import MAX_GATHER_S, GatheredRun, HandOverOnRebalance, RecordsAhead
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
@@ -226,6 +226,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         applied.forget()
         durable_next.clear()
         stalled_commits.forget()
+        records_ahead.forget()
         # Where the next recovery of these partitions starts (here or, later, as a standby).
         await app.producer.flush()
         states.persist_offsets()
@@ -358,6 +359,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     # The run the agent gathers; a rebalance hands it over too (streams.worker.gathered_run).
     gathered = GatheredRun(apply_events, serial)
+    records_ahead = RecordsAhead(lambda tp: app.consumer.highwater(tp))
     agent_queue: list[Any] = []  # the agent's stream's queue, once it runs
     hand_over_on_rebalance = HandOverOnRebalance(app, gathered)
     app.sensors.add(hand_over_on_rebalance)
@@ -366,35 +368,43 @@ def build_pipeline(settings: Settings) -> Pipeline:
     async def apply_inputs(stream: faust.StreamT) -> None:
         """Applies every input of the worker's partitions, each partition in offset order, none skipped.
 
-        The inputs Faust has already fetched form a run (up to ``MAX_RUN``): each is decided
-        against the states decided before it and the run's outputs handed to the producer;
+        The inputs Faust has already fetched, and those Kafka reported as following them, form
+        a run (up to ``MAX_RUN``, at most ``MAX_GATHER_S`` old; streams.worker.gathered_run):
+        each is decided against the states decided before it and the run's outputs handed to the producer;
         ``InFlightInputs`` stores its states and acks its events, in order, once Kafka
         acknowledged them (see streams.worker.in_flight).
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
         hand_over_on_rebalance.bind_loop(asyncio.get_running_loop())
         gathered.bind(stream.ack)
-        # The queue Faust's conductor fills for this stream: while it holds more events, the
-        # next one comes without waiting, so the run grows; once it is empty the run is applied.
-        # A revocation can empty it meanwhile: HandOverOnRebalance then applies the run.
+        # The queue Faust's conductor fills for this stream: while it holds more events, or the
+        # partitions' high watermarks show more, the run grows; then it is applied. A
+        # revocation can empty it meanwhile: HandOverOnRebalance then applies the run.
         fetched = stream.channel.queue
         agent_queue[:] = [fetched]
         owned = owned_by_generation(app)
         try:
             # noack: an event is acked by the completer, once durable (outputs acknowledged, state stored).
             async for event in stream.noack().events():
-                if owned(event.message.tp):
+                message = event.message
+                if owned(message.tp):
                     gathered.add(event)
+                    records_ahead.delivered(message.tp, message.offset)
                 else:
                     release_unowned(event)
-                del event
-                if len(gathered) >= MAX_RUN or (len(gathered) and fetched.empty()):
+                del event, message
+                if not len(gathered):
+                    continue
+                if len(gathered) >= MAX_RUN or (fetched.empty() and not records_ahead.expected()):
                     await gathered.hand_over()
+                else:
+                    gathered.hand_over_within(MAX_GATHER_S)
         finally:
             # Stopping (or restarted by Faust's supervisor): what was decided but not stored is
             # dropped, never acked; the table is asked again, and those inputs come back as a hole.
             completer.cancel()
             gathered.drop()
+            records_ahead.forget()
             in_flight.abandon()
             applied.forget()
             known.clear()

@@ -6,7 +6,9 @@ import asyncio
 import threading
 from types import SimpleNamespace
 
-from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance
+from faust.types import TP
+
+from streams.worker.gathered_run import GatheredRun, HandOverOnRebalance, RecordsAhead
 
 
 class Recorder:
@@ -97,3 +99,79 @@ async def test_a_rebalance_started_on_faust_s_consumer_thread_hands_the_run_over
     assert [events for events, _ in recorder.runs] == [
         ["held while waiting for the next event"], ["taken just before the suspension"]]
     assert len(run) == 0
+
+
+async def test_a_run_planned_within_a_bound_is_handed_over_once_the_bound_passes():
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    run.add("e1")
+    run.hand_over_within(0.02)
+    run.add("e2")
+    run.hand_over_within(0.02)  # already planned: the first plan stands
+
+    await asyncio.sleep(0.01)
+    assert recorder.runs == []
+    await asyncio.sleep(0.05)
+
+    assert [events for events, _ in recorder.runs] == [["e1", "e2"]]
+
+
+async def test_a_run_handed_over_before_its_bound_is_not_handed_over_again_by_the_plan():
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    run.add("e1")
+    run.hand_over_within(0.02)
+    await run.hand_over()
+    run.add("e2")  # a new run, not yet planned
+
+    await asyncio.sleep(0.05)
+
+    assert [events for events, _ in recorder.runs] == [["e1"]]
+    assert len(run) == 1
+
+
+async def test_a_dropped_run_cancels_its_plan():
+    recorder = Recorder()
+    run = GatheredRun(recorder.apply, asyncio.Lock())
+    run.bind(acknowledge)
+    run.add("e1")
+    run.hand_over_within(0.01)
+    run.drop()
+    run.add("e2")
+
+    await asyncio.sleep(0.03)
+
+    assert recorder.runs == []
+
+
+INPUTS_0, INPUTS_1 = TP("position-inputs", 0), TP("position-inputs", 1)
+
+
+def test_records_are_expected_while_a_partition_s_high_watermark_is_beyond_the_next_offset_delivered():
+    highwaters = {INPUTS_0: 10, INPUTS_1: 4}
+    ahead = RecordsAhead(highwaters.get)
+    assert not ahead.expected()  # nothing delivered yet: nothing known to wait for
+
+    ahead.delivered(INPUTS_1, 3)  # offset 3 is partition 1's last record: its high watermark is 4
+    assert not ahead.expected()
+    ahead.delivered(INPUTS_0, 7)  # partition 0 has 8 and 9 still to come
+    assert ahead.expected()
+    ahead.delivered(INPUTS_0, 9)
+    assert not ahead.expected()
+
+
+def test_a_partition_without_a_high_watermark_yet_or_no_longer_assigned_expects_nothing():
+    def highwater(tp: TP) -> int | None:
+        if tp == INPUTS_1:
+            raise AssertionError("Partition is not assigned")  # aiokafka's answer after a revocation
+        return None  # no fetch response for it yet
+
+    ahead = RecordsAhead(highwater)
+    ahead.delivered(INPUTS_0, 5)
+    ahead.delivered(INPUTS_1, 5)
+
+    assert not ahead.expected()
+    ahead.forget()
+    assert not ahead.expected()
