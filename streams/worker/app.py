@@ -28,6 +28,7 @@ from faust.types import TP
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
+from streams.wire.key_state_bytes import PositionBytes
 from streams.domain import InputEvent, KeyState
 from streams.worker.batch_send import BatchSender
 from streams.worker.command_agents import add_exchange_agents
@@ -175,10 +176,12 @@ def build_pipeline(settings: Settings) -> Pipeline:
     # connection, acks=all and idempotence; Faust's Topic.send wraps each record in futures and
     # callbacks), faust-streaming 0.15.3's aiokafka producer.
     batches = BatchSender(lambda: app.producer._ensure_producer())
-    states = StateStore(key_to_state, batches.send_all, deadlines.note_state)
+    # A changed position's Avro body is encoded once, for its update and for the key's state.
+    positions = PositionBytes()
+    states = StateStore(key_to_state, batches.send_all, deadlines.note_state, positions)
     # The worker writes the states itself (StateStore), a batch at a time: the processor has no store.
     processor = InputProcessor(settings=settings, topics=names, send=None, load=states.load, store=None,
-                               send_all=batches.send_all)
+                               send_all=batches.send_all, encode_position_update=positions.update)
 
     # One actor for all of the worker's partitions, each partition's inputs in offset order.
     # concurrency=1: more reorders a key's events, forbids table writes and can lose offsets

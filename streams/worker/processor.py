@@ -20,7 +20,7 @@ from typing import Any
 
 from streams.edge.backoff import Backoff
 from streams.wire import codec, serde
-from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, decide
+from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, Position, decide
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
@@ -111,6 +111,9 @@ class InputProcessor:
     #: ``send_all(outputs)`` -> an acknowledgement per output, in order: hands a run's outputs
     #: over at once (the worker's record batches); without it each goes through ``send``.
     send_all: SendAll | None = None
+    #: ``(key, offset, position)`` -> the position update's record value (the worker shares
+    #: the position's bytes with its state: streams.wire.key_state_bytes.PositionBytes).
+    encode_position_update: Callable[[str, int, Position], bytes] = serde.encode_position_update
     applied_inputs: int = 0
     dead_letters: int = 0
     _default_policy: Policy = field(init=False)
@@ -257,7 +260,7 @@ class InputProcessor:
             encoded = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
             position = decision.state.position
             if decision.position_changed and position is not None:
-                encoded.append((self.topics.updates, serde.encode_position_update(key, record.offset, position)))
+                encoded.append((self.topics.updates, self.encode_position_update(key, record.offset, position)))
             if decision.audit is not None:
                 encoded.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
         except (codec.DecodeError, DomainError, InvalidInputRecord) as error:

@@ -34,7 +34,7 @@ from faust.types import TP
 from streams.domain import KeyState
 from streams.telemetry import metrics
 from streams.wire import codec, serde
-from streams.wire.key_state_bytes import KeyStateEncoder
+from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
 from streams.worker.processor import Output, SendAll, StateWrite
 
 logger = logging.getLogger(__name__)
@@ -45,14 +45,16 @@ class StateStore:
 
     ``noted(state)`` sees each written ``KeyState`` (the deadline index keeps its deadlines
     from it). The values are encoded by ``streams.wire.key_state_bytes.KeyStateEncoder`` (only the fields that
-    changed since the key's last state).
+    changed since the key's last state), the positions by ``positions`` when given (the ones
+    the position updates were written with are not encoded again).
     """
 
-    def __init__(self, table: Any, send_all: SendAll, noted: Callable[[KeyState], None]) -> None:
+    def __init__(self, table: Any, send_all: SendAll, noted: Callable[[KeyState], None],
+                 positions: PositionBytes | None = None) -> None:
         self._table = table
         self._send_all = send_all
         self._noted = noted
-        self._encoder = KeyStateEncoder()
+        self._encoder = KeyStateEncoder(positions=positions)
         self._changelog = table.changelog_topic.get_topic_name()
         self._acknowledged: dict[int, int] = {}
         #: key -> partition of changelog records Kafka did not acknowledge.

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from decimal import Decimal
 
+import fastavro
 import pytest
 
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from streams.wire import codec, serde
-from streams.wire.key_state_bytes import KeyStateEncoder
+from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes, avro_long, avro_string
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Status, decide
 
 
@@ -85,6 +87,45 @@ def test_key_state_encoder_forgets_its_keys_past_its_limit_and_still_writes_them
     encoder = KeyStateEncoder(kept_keys=1)
     for decision in DECISIONS[:6]:
         assert encoder.encode(decision.state) == codec.encode("KeyState", serde.key_state_to_record(decision.state))
+
+
+def test_position_bytes_write_the_updates_and_states_the_codec_writes_for_every_decision_of_a_keys_lives():
+    # As the worker: the update is encoded when decided, the state later with the same position object.
+    positions = PositionBytes()
+    encoder = KeyStateEncoder(positions=positions)
+    many = _fold(lifecycle_inputs(keys=3, cycles=4))
+    updates = 0
+
+    for offset, decision in enumerate(many):
+        position = decision.state.position
+        if decision.position_changed and position is not None:
+            updates += 1
+            assert positions.update(decision.state.key, offset, position) == serde.encode_position_update(
+                decision.state.key, offset, position)
+        assert encoder.encode(decision.state) == codec.encode("KeyState", serde.key_state_to_record(decision.state))
+    assert updates > 10
+
+
+def test_position_bytes_forget_their_keys_past_their_limit_and_still_write_them_right():
+    positions = PositionBytes(kept_keys=1)
+    for offset, decision in enumerate(DECISIONS[:8]):
+        if decision.state.position is not None:
+            key, position = decision.state.key, decision.state.position
+            assert positions.update(key, offset, position) == serde.encode_position_update(key, offset, position)
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**31, -(2**31), 2**63 - 1, -(2**63)])
+def test_avro_long_is_fastavro_s_encoding(value):
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, "long", value)
+    assert avro_long(value) == buffer.getvalue()
+
+
+@pytest.mark.parametrize("value", ["", "BTCUSDT@binance", "é€𝄞" * 50])
+def test_avro_string_is_fastavro_s_encoding(value):
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, "string", value)
+    assert avro_string(value) == buffer.getvalue()
 
 
 def test_serde_decimal_keeps_the_exchange_scale_exactly():
