@@ -30,6 +30,7 @@ from fastavro import schemaless_writer
 from streams.domain import KeyState, Position
 from streams.wire import codec
 from streams.wire.errors import InvalidRecord
+from streams.wire.flat_records import avro_long, avro_string, union_branch
 from streams.wire.schemas import collect_definitions, expand
 from streams.wire.serde import KEY_STATE_RECORD, UPDATE_RECORD, to_record
 
@@ -69,29 +70,11 @@ def _encoder(alone: codec.WriterSchema, field: str) -> Callable[[Any], bytes]:
     return encode_field
 
 
-def avro_long(value: int) -> bytes:
-    """A long (or int) as Avro's binary encoding writes it: zig-zag, then 7 bits a byte, lowest first."""
-    encoded = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while encoded > 0x7F:
-        out.append((encoded & 0x7F) | 0x80)
-        encoded >>= 7
-    out.append(encoded)
-    return bytes(out)
-
-
-def avro_string(value: str) -> bytes:
-    """A string as Avro's binary encoding writes it: its UTF-8 length as a long, then the bytes."""
-    data = value.encode("utf-8")
-    return avro_long(len(data)) + data
-
-
-def union_branch(record_name: str, field: str, branch: str) -> int:
+def field_branch(record_name: str, field: str, branch: str) -> int:
     """The index of ``branch`` (a type name, unqualified) in the union of ``record_name``'s field ``field``."""
     writer = codec.default_registry().current(record_name)
     (union,) = [declared["type"] for declared in writer.schema["fields"] if declared["name"] == field]
-    names = [(member if isinstance(member, str) else member["name"]).rsplit(".", 1)[-1] for member in union]
-    return names.index(branch)
+    return union_branch(union, branch)
 
 
 class PositionBytes:
@@ -103,10 +86,10 @@ class PositionBytes:
 
     def __init__(self, kept_keys: int = KEPT_KEYS) -> None:
         self._encode_field = dict(field_encoders(KEY_STATE_RECORD)[1])["position"]
-        self._absent = avro_long(union_branch(KEY_STATE_RECORD, "position", "null"))
-        self._present = avro_long(union_branch(KEY_STATE_RECORD, "position", "PositionState"))
+        self._absent = avro_long(field_branch(KEY_STATE_RECORD, "position", "null"))
+        self._present = avro_long(field_branch(KEY_STATE_RECORD, "position", "PositionState"))
         self._update_header = codec.MARKER + codec.default_registry().current(UPDATE_RECORD).fingerprint
-        self._update_branch = avro_long(union_branch(UPDATE_RECORD, "payload", "PositionState"))
+        self._update_branch = avro_long(field_branch(UPDATE_RECORD, "payload", "PositionState"))
         self._kept_keys = kept_keys
         self._last: dict[str, tuple[Position, bytes]] = {}
 
@@ -177,4 +160,4 @@ def _by_record(encode: Callable[[Any], bytes]) -> Callable[[str, Any], bytes]:
     return encode_value
 
 
-__all__ = ["KeyStateEncoder", "PositionBytes", "avro_long", "avro_string", "field_encoders", "union_branch"]
+__all__ = ["KeyStateEncoder", "PositionBytes", "field_branch", "field_encoders"]

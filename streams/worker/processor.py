@@ -20,7 +20,9 @@ from typing import Any
 
 from streams.edge.backoff import Backoff
 from streams.wire import codec, serde
-from streams.domain import AppliedInput, Decision, DomainError, InputEvent, KeyState, Policy, Position, decide
+from streams.wire.flat_records import AuditUpdates
+from streams.domain import AppliedInput, AuditRecord, Decision, DomainError, InputEvent, KeyState, Policy, Position, \
+    decide
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
@@ -114,6 +116,8 @@ class InputProcessor:
     #: ``(key, offset, position)`` -> the position update's record value (the worker shares
     #: the position's bytes with its state: streams.wire.key_state_bytes.PositionBytes).
     encode_position_update: Callable[[str, int, Position], bytes] = serde.encode_position_update
+    #: ``audit`` -> its update's record value (by hand, byte for byte the codec's: streams.wire.flat_records).
+    encode_audit_update: Callable[[AuditRecord], bytes] = field(default_factory=lambda: AuditUpdates().encode)
     applied_inputs: int = 0
     dead_letters: int = 0
     _default_policy: Policy = field(init=False)
@@ -262,7 +266,7 @@ class InputProcessor:
             if decision.position_changed and position is not None:
                 encoded.append((self.topics.updates, self.encode_position_update(key, record.offset, position)))
             if decision.audit is not None:
-                encoded.append((self.topics.updates, serde.encode_audit_update(decision.audit)))
+                encoded.append((self.topics.updates, self.encode_audit_update(decision.audit)))
         except (codec.DecodeError, DomainError, InvalidInputRecord) as error:
             outputs.append(self._dead_letter(record, error, headers))
             return None

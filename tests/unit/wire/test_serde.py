@@ -11,7 +11,9 @@ import pytest
 
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from streams.wire import codec, serde
-from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes, avro_long, avro_string
+from streams.wire.errors import InvalidRecord
+from streams.wire.flat_records import AuditUpdates, avro_long, avro_string
+from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Status, decide
 
 
@@ -112,6 +114,27 @@ def test_position_bytes_forget_their_keys_past_their_limit_and_still_write_them_
         if decision.state.position is not None:
             key, position = decision.state.key, decision.state.position
             assert positions.update(key, offset, position) == serde.encode_position_update(key, offset, position)
+
+
+def test_audit_updates_write_the_bytes_the_codec_writes_for_every_audit_record_of_a_keys_lives():
+    audits = AuditUpdates()
+    records = [decision.audit for decision in _fold(lifecycle_inputs(keys=3, cycles=4)) if decision.audit is not None]
+
+    for audit in records:
+        assert audits.encode(audit) == serde.encode_audit_update(audit)
+    assert {audit.order_outcome is None for audit in records} == {True, False}  # both union branches
+    bare = dataclasses.replace(records[0], position_id=None, status_after=None, client_order_id=None,
+                               order_role=None, order_outcome=None, refusal_code=None)
+    assert audits.encode(bare) == serde.encode_audit_update(bare)
+
+
+def test_audit_updates_refuse_a_value_that_does_not_fit_its_field_with_a_typed_error():
+    audit = next(decision.audit for decision in DECISIONS if decision.audit is not None)
+
+    with pytest.raises(InvalidRecord, match="AuditRecord"):
+        AuditUpdates().encode(dataclasses.replace(audit, ts="yesterday"))
+    with pytest.raises(InvalidRecord, match="AuditRecord"):
+        AuditUpdates().encode(dataclasses.replace(audit, reason=None))
 
 
 @pytest.mark.parametrize("value", [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**31, -(2**31), 2**63 - 1, -(2**63)])
