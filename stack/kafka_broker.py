@@ -71,6 +71,19 @@ def fetch_kafka_jars(paths: StackPaths) -> None:
     log(f"Kafka jars fetched in {time.monotonic() - started:.1f}s")
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding, as Kafka writes them.
+
+    Like Kafka's own ``Uuid.randomUuid()``, it never begins with ``-``: ``kafka-storage format``
+    would read such an id as an option and stop with "argument --cluster-id: expected one
+    argument" (one fresh stack in 64 failed that way).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_properties(paths: StackPaths, broker_port: int, controller_port: int) -> str:
     template = (KAFKA_TEMPLATE_DIR / "server.properties").read_text()
     return template.format(
@@ -167,7 +180,7 @@ def ensure_kafka(paths: StackPaths) -> str:
     properties_file.write_text(_kafka_properties(paths, ports["broker"], ports["controller"]))
 
     if not (kafka_dir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         log(f"formatting KRaft storage (cluster id {cluster_id})")
         run_checked(_java_command(paths, "kafka.tools.StorageTool", "format", "--standalone",
                                   "--cluster-id", cluster_id, "--config", str(properties_file)),

@@ -120,8 +120,9 @@ def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callabl
     raise codec.SchemaDefinitionError(f"{where}: {schema!r} is not a flat field type")
 
 
+# Like fastavro's writer, a field takes any str (a StrEnum member too) and any int (a bool too).
 def _string(value: str) -> bytes:
-    if type(value) is not str:
+    if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     data = value.encode("utf-8")
     size = len(data)
@@ -129,7 +130,7 @@ def _string(value: str) -> bytes:
 
 
 def _long(value: int) -> bytes:
-    if type(value) is not int:
+    if not isinstance(value, int):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     if 0 <= value < 8192:
         return _SMALL_LONGS[value]
@@ -139,7 +140,7 @@ def _long(value: int) -> bytes:
 
 
 def _boolean(value: bool) -> bytes:
-    if type(value) is not bool:
+    if not isinstance(value, bool):
         raise TypeError(f"expected a boolean, got {type(value).__name__}")
     return b"\x01" if value else b"\x00"
 

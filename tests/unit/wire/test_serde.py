@@ -14,7 +14,7 @@ from streams.wire import codec, serde
 from streams.wire.errors import InvalidRecord
 from streams.wire.flat_records import AuditUpdates, avro_long, avro_string
 from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
-from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Status, decide
+from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Side, Status, decide
 
 
 def _fold(events):
@@ -126,6 +126,13 @@ def test_audit_updates_write_the_bytes_the_codec_writes_for_every_audit_record_o
     bare = dataclasses.replace(records[0], position_id=None, status_after=None, client_order_id=None,
                                order_role=None, order_outcome=None, refusal_code=None)
     assert audits.encode(bare) == serde.encode_audit_update(bare)
+
+
+def test_audit_updates_take_what_the_codec_takes_a_str_enum_member_as_a_string_and_a_bool_as_a_long():
+    audit = next(decision.audit for decision in DECISIONS if decision.audit is not None)
+    lenient = dataclasses.replace(audit, reason=Status.ACTIVE, event_id=Side.BUY, offset=True)
+
+    assert AuditUpdates().encode(lenient) == serde.encode_audit_update(lenient)
 
 
 def test_audit_updates_refuse_a_value_that_does_not_fit_its_field_with_a_typed_error():
