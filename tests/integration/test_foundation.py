@@ -99,6 +99,15 @@ async def _send_events(bootstrap: str, topic: str, key: str, count: int) -> None
         await producer.stop()
 
 
+async def _consume_or_show_log(bootstrap: str, topic: str, expected: int, log_path: Path) -> list[tuple[str, str]]:
+    """``_consume`` within 90 s; on a timeout the test fails with the workers' log, the only witness."""
+    try:
+        return await _consume(bootstrap, topic, expected=expected, timeout_s=90)
+    except TimeoutError:
+        pytest.fail(f"fewer than {expected} counts on {topic} in 90 s; the workers' log ends:\n"
+                    f"{log_path.read_text(errors='replace')[-6000:]}")
+
+
 async def test_faust_table_is_recovered_from_its_changelog_after_worker_restart(
         kafka_bootstrap, unique_suffix, tmp_path):
     # Arrange
@@ -110,7 +119,7 @@ async def test_faust_table_is_recovered_from_its_changelog_after_worker_restart(
     try:
         # Act: three events, then a restart with an empty data folder, then one more event.
         await _send_events(kafka_bootstrap, f"{app_id}-events", "APTUSDT@binance", 3)
-        before_restart = await _consume(kafka_bootstrap, f"{app_id}-counts-out", expected=3, timeout_s=90)
+        before_restart = await _consume_or_show_log(kafka_bootstrap, f"{app_id}-counts-out", 3, log_path)
     finally:
         _stop_worker(first)
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -123,7 +132,7 @@ async def test_faust_table_is_recovered_from_its_changelog_after_worker_restart(
     second = _start_counting_worker(kafka_bootstrap, app_id, tmp_path / "data-second", log_path)
     try:
         await _send_events(kafka_bootstrap, f"{app_id}-events", "APTUSDT@binance", 1)
-        after_restart = await _consume(kafka_bootstrap, f"{app_id}-counts-out", expected=4, timeout_s=90)
+        after_restart = await _consume_or_show_log(kafka_bootstrap, f"{app_id}-counts-out", 4, log_path)
     finally:
         _stop_worker(second)
 
