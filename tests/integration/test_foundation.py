@@ -99,6 +99,16 @@ async def _send_events(bootstrap: str, topic: str, key: str, count: int) -> None
         await producer.stop()
 
 
+async def _wait_for_log_line(log_path: Path, line: str, occurrences: int, timeout_s: float) -> None:
+    """Waits until ``line`` is in the workers' log ``occurrences`` times; fails with the log's end otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while log_path.read_text(errors="replace").count(line) < occurrences:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{line!r} not {occurrences} times in the workers' log in {timeout_s:.0f} s:\n"
+                        f"{log_path.read_text(errors='replace')[-6000:]}")
+        await asyncio.sleep(0.2)
+
+
 async def _consume_or_show_log(bootstrap: str, topic: str, expected: int, log_path: Path) -> list[tuple[str, str]]:
     """``_consume`` within 90 s; on a timeout the test fails with the workers' log, the only witness."""
     try:
@@ -131,6 +141,14 @@ async def test_faust_table_is_recovered_from_its_changelog_after_worker_restart(
 
     second = _start_counting_worker(kafka_bootstrap, app_id, tmp_path / "data-second", log_path)
     try:
+        # Faust 0.15.3 can drop a record fetched while its recovery completes (the stream
+        # partitions are resumed before the final seek, and the channel queues are emptied when
+        # flow control resumes: clear_on_resume): a fourth event sent during the restart went
+        # uncounted in 2 of 12 runs here, its offset never committed. The worker's agent fills
+        # such holes itself (streams/worker/gaps.py, tests/integration/worker/test_input_holes.py);
+        # this plain Faust app does not, and this test's subject is the changelog, so the event
+        # goes in once the restarted worker is ready.
+        await _wait_for_log_line(log_path, "[^Worker]: Ready", occurrences=2, timeout_s=90)
         await _send_events(kafka_bootstrap, f"{app_id}-events", "APTUSDT@binance", 1)
         after_restart = await _consume_or_show_log(kafka_bootstrap, f"{app_id}-counts-out", 4, log_path)
     finally:
