@@ -66,7 +66,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def epoch_ms_to_datetime(ms: int) -> datetime:
     """Epoch milliseconds as an aware UTC datetime, exactly (no float rounding of ms)."""
-    return _EPOCH + timedelta(milliseconds=ms)
+    # timedelta(days, seconds, microseconds, milliseconds) by position: integer arithmetic
+    # as with the keyword, in 0.56 us instead of 1.0 (the sink converts every audit time).
+    return _EPOCH + timedelta(0, 0, 0, ms)
 
 
 def _optional_datetime(ms: int | None) -> datetime | None:

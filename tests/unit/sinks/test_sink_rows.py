@@ -82,6 +82,18 @@ def test_epoch_ms_to_datetime_is_exact_to_the_millisecond_and_timezone_aware():
     assert epoch_ms_to_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("ms", [-1, -86_400_001, 1, 999, 1_000, 86_399_999, 253_402_300_799_999, 1_796_278_865_564])
+def test_epoch_ms_to_datetime_agrees_with_the_calendar_before_and_after_the_epoch(ms):
+    seconds, milliseconds = divmod(ms, 1000)  # floor division: -1 ms is 23:59:59.999 the day before
+    days, seconds = divmod(seconds, 86_400)
+
+    expected = (datetime(1970, 1, 1, tzinfo=UTC).toordinal() + days, seconds, milliseconds * 1000)
+
+    moment = epoch_ms_to_datetime(ms)
+    assert (moment.toordinal(), moment.hour * 3600 + moment.minute * 60 + moment.second,
+            moment.microsecond) == expected
+
+
 @pytest.mark.parametrize(("key", "expected"), [
     ("APTUSDT@binance", ("APTUSDT", "binance")),
     ("1000PEPEUSDT@bybit", ("1000PEPEUSDT", "bybit")),
