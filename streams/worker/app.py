@@ -38,7 +38,13 @@ from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, I
     with_policy
 from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through, note_durable
-from streams.worker.faust_consumer import committed_offsets, note_done_before, owned_by_generation, release_unowned
+from streams.worker.faust_consumer import (
+    committed_offsets,
+    hand_records_over_with_one_task,
+    note_done_before,
+    owned_by_generation,
+    release_unowned,
+)
 from streams.worker.gathered_run import MAX_GATHER_S, GatheredRun, HandOverOnRebalance, RecordsAhead
 from streams.settings import Settings
 from streams.topics import TopicNames
@@ -378,6 +384,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         acknowledged them (see streams.worker.in_flight).
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
+        hand_records_over_with_one_task(app.consumer)
         hand_over_on_rebalance.bind_loop(asyncio.get_running_loop())
         gathered.bind(stream.ack)
         # The queue Faust's conductor fills for this stream: while it holds more events, or the

@@ -6,6 +6,7 @@ relies on, so an upgrade has one module to check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -86,3 +87,58 @@ async def note_done_before(app: faust.App, tp: Any, end: int) -> None:
             missing_from = None
     if missing_from is not None:
         await consumer._add_gap(tp, missing_from, end - 1)
+
+
+def hand_records_over_with_one_task(consumer: Any) -> None:
+    """Makes the fetcher's hand-over of each record cost one task instead of four.
+
+    ``Consumer._drain_messages`` hands every fetched record to the conductor with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())``: mode's
+    ``wait_first`` makes a task of each argument and two more for the service's ``stopped``
+    and ``crashed`` events, waits for the first, and cancels the other three: 55 us per
+    record on this machine (``/tmp/wf.py``-style loop, 2026-12-03), a fifth of the worker's
+    time per input at 3,700 inputs/s.
+
+    Installed on the consumer instance, this ``wait_first`` recognises that one call (its
+    second argument is the consumer's own ``suspend_flow.wait()``) and waits instead on the
+    callback's task and a guard shared by every record until it fires: the original
+    ``wait_first`` of ``suspend_flow`` (so the same three events end it). What happens is
+    what the original does: the callback is cancelled if a suspension, a stop or a crash
+    comes first, its exception propagates, and the drain goes on. Once the guard has fired,
+    the next record takes the original path and a new guard is made. Any other call goes to
+    the original unchanged.
+    """
+    if getattr(consumer, "_records_handed_over_with_one_task", False):
+        return  # installed already (an agent restarted by its supervisor)
+    consumer._records_handed_over_with_one_task = True
+    original = consumer.wait_first
+    suspend_flow = consumer.suspend_flow
+    guard: list[asyncio.Future | None] = [None]
+
+    def is_suspend_flow_wait(awaitable: Any) -> bool:
+        frame = getattr(awaitable, "cr_frame", None)
+        return frame is not None and frame.f_locals.get("self") is suspend_flow \
+            and awaitable.cr_code is type(suspend_flow).wait.__code__
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
+        if len(coros) != 2 or timeout is not None or not is_suspend_flow_wait(coros[1]):
+            return await original(*coros, timeout=timeout)
+        shared = guard[0]
+        if shared is None or shared.done():
+            guard[0] = None
+            result = await original(*coros)
+            guard[0] = asyncio.ensure_future(original(suspend_flow.wait()))
+            return result
+        callback, suspended = coros
+        suspended.close()  # never awaited: the shared guard stands for it
+        task = asyncio.ensure_future(callback)
+        try:
+            await asyncio.wait((task, shared), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            task.result()  # its exception propagates, as from the original
+        return None
+
+    consumer.wait_first = wait_first

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
+
+import pytest
 
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
+from mode import Service
 
-from streams.worker.faust_consumer import note_done_before, owned_by_generation
+from streams.worker.faust_consumer import hand_records_over_with_one_task, note_done_before, owned_by_generation
 from streams.worker.gaps import StalledCommits
 
 INPUTS = TP("position-inputs", 1)
@@ -96,3 +100,103 @@ def test_the_assignment_is_asked_once_per_generation_and_again_after_a_rebalance
 
     assert (before, calls_in_one_generation, after, consumer.calls) == (
         [True, True, False], 1, [False, True], 2)
+
+
+class DrainingService(Service):
+    """What ``hand_records_over_with_one_task`` needs of Faust's consumer: a mode service with
+    ``suspend_flow``, called as ``Consumer._drain_messages`` calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.original_calls = 0
+        original = self.wait_first
+
+        async def counted(*coros, timeout=None):
+            self.original_calls += 1
+            return await original(*coros, timeout=timeout)
+
+        self.wait_first = counted
+
+    async def hand_over(self, callback) -> None:
+        """The line of ``Consumer._drain_messages`` (faust-streaming 0.15.3) for one record."""
+        await self.wait_first(callback, self.suspend_flow.wait())
+
+
+async def test_records_are_handed_over_through_one_shared_guard_not_a_wait_first_each():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_with_one_task(service)
+    delivered: list[int] = []
+
+    async def deliver(record: int) -> None:
+        delivered.append(record)
+
+    try:
+        for record in range(100):
+            await service.hand_over(deliver(record))
+    finally:
+        await service.stop()
+
+    assert delivered == list(range(100))
+    # The first record takes the original path and makes the guard (a wait_first of its own).
+    assert service.original_calls == 2
+
+
+async def test_a_suspension_while_a_record_waits_cancels_its_hand_over_as_the_original_does():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_with_one_task(service)
+    queue_has_room = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def deliver_when_room(record: int) -> None:
+        try:
+            await queue_has_room.wait()
+            outcomes.append(f"delivered {record}")
+        except asyncio.CancelledError:
+            outcomes.append(f"cancelled {record}")
+            raise
+
+    try:
+        queue_has_room.set()
+        await service.hand_over(deliver_when_room(0))
+        queue_has_room.clear()
+        handing_over = asyncio.create_task(service.hand_over(deliver_when_room(1)))
+        await asyncio.sleep(0.01)
+        service.suspend_flow.set()  # a rebalance begins while record 1 waits for room
+        await asyncio.wait_for(handing_over, 1)
+        service.suspend_flow.clear()
+        queue_has_room.set()
+        await service.hand_over(deliver_when_room(2))  # after the guard fired: the original path
+        await service.hand_over(deliver_when_room(3))  # and a new guard
+    finally:
+        await service.stop()
+
+    assert outcomes == ["delivered 0", "cancelled 1", "delivered 2", "delivered 3"]
+
+
+async def test_a_hand_over_that_raises_propagates_and_other_calls_go_to_the_original():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_with_one_task(service)
+    hand_records_over_with_one_task(service)  # a restarted agent installs again: no second layer
+
+    async def refuse() -> None:
+        raise ValueError("refused")
+
+    async def fine() -> str:
+        return "done"
+
+    try:
+        await service.hand_over(fine())  # makes the guard
+        await asyncio.sleep(0)  # the guard's own wait_first begins
+        calls_before = service.original_calls
+        with pytest.raises(ValueError, match="refused"):
+            await service.hand_over(refuse())
+        other = await service.wait_first(fine())  # not the drain's call
+    finally:
+        await service.stop()
+
+    assert service.original_calls == calls_before + 1
+    assert other.results == ["done"]
