@@ -127,7 +127,11 @@ def hand_records_over_with_one_task(consumer: Any) -> None:
         if shared is None or shared.done():
             guard[0] = None
             result = await original(*coros)
-            guard[0] = asyncio.ensure_future(original(suspend_flow.wait()))
+            fresh = asyncio.ensure_future(original(suspend_flow.wait()))
+            # Its outcome is read here: a guard ended by a cancellation must not be logged
+            # later as "exception was never retrieved" (the next record makes a new one).
+            fresh.add_done_callback(lambda done: done.cancelled() or done.exception())
+            guard[0] = fresh
             return result
         callback, suspended = coros
         suspended.close()  # never awaited: the shared guard stands for it
