@@ -63,6 +63,14 @@ REBUILD_STEP = 500
 PERSIST_OFFSETS_EVERY_S = 1.0
 #: Inputs the agent decides as one run at most (those Faust has fetched already; see ``apply_inputs``).
 MAX_RUN = 500
+#: Events Faust may hold fetched for the agent (faust's ``stream_buffer_maxsize``, default 4,096).
+#: Faust's fetcher waits while the queue is full, so a larger one keeps more fetched while the
+#: agent decides a run. Quick e2e on one broker (1,000 keys, 54,000 and 72,000
+#: inputs), alternating: 4,096 did 3,267/3,842/3,689/3,564/3,979 inputs/s, 16,384 did
+#: 3,586/4,555/3,989/4,874/4,037 (higher in every pair). It costs at most this many fetched
+#: records in memory (an input is about 130 bytes), and a revocation drops more of them for the
+#: next owner to fetch again (never acked, so none is lost).
+STREAM_BUFFER_EVENTS = 16_384
 
 
 class KeyStateTable(faust.Table):
@@ -156,6 +164,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         broker_session_timeout=settings.session_timeout_s,
         # Kafka's rule of thumb: at most a third of the session, so one lost heartbeat is no failover.
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        stream_buffer_maxsize=STREAM_BUFFER_EVENTS,
         web_enabled=False,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
