@@ -3,12 +3,15 @@
 The only writer of positions. A plain aiokafka consumer (group ``<app_id>-postgres-sink``,
 no auto-commit) reads update records in batches; each batch is written in ONE transaction
 and the consumer's offsets move only after that transaction has committed. While PostgreSQL
-writes one batch, the sink fetches and decodes the next (batches are still written and
-committed one after the other, in order):
+writes one batch, the sink fetches the next and its decode processes read it into rows
+(``sinks.decode_process``; batches are still written and committed one after the other, in
+order):
 
-- each record is read straight from its Avro bytes into its table row (``sinks.decode``: a
-  reader compiled once per writer schema, no domain objects; anything it does not accept
-  is read by the generic ``serde`` path, so a bad record fails with its usual error);
+- each record is read straight from its Avro bytes into its table row (``sinks.batch_decode``:
+  an audit record of the current schema into its binary COPY row, ``sinks.audit_copy``; any
+  other by a reader compiled once per writer schema, ``sinks.decode``, no domain objects;
+  anything neither accepts is read by the generic ``serde`` path, so a bad record fails with
+  its usual error);
 - positions: one ``INSERT ... SELECT ... FROM unnest(<one array per column>) ORDER BY
   version ON CONFLICT (id) DO UPDATE ... WHERE version < EXCLUDED.version``. The data
   crosses the wire once in binary, the guard and the order are one SQL statement the
@@ -58,8 +61,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from sinks.retry import INITIAL_BACKOFF_S
-from sinks.decode import POSITION, UpdateDecoder
-from sinks.rows import BatchMerger
+from sinks.decode_process import BatchDecoding
+from sinks.rows import BatchRows
 from sinks.sql import RefusedRow, WriteResult, write_batch
 from sinks.stats import SinkStats
 from sinks.writer import PostgresWriter, StopRequested
@@ -114,8 +117,8 @@ class DecodedBatch:
 
     started: float
     records: int
-    merger: BatchMerger = field(default_factory=BatchMerger)
-    undecodable: list = field(default_factory=list)
+    rows: BatchRows = field(default_factory=lambda: BatchRows(positions=[], events=[]))
+    undecodable: list = field(default_factory=list)  # (record, error type name, message)
     position_records: dict = field(default_factory=dict)  # position id -> the record of its newest version
     newest: dict = field(default_factory=dict)  # TopicPartition -> its highest offset in the batch
     versions: dict = field(default_factory=dict)  # partition -> its highest version in the batch
@@ -147,7 +150,8 @@ class PostgresSink:
         #: One ``getmany`` at a time: the next batch's fetch runs while a write may poll (keep-alive).
         self._polling = asyncio.Lock()
         self._last_health = time.monotonic()
-        self._decoder = UpdateDecoder()  # update bytes -> rows, a compiled reader per writer schema
+        # Update bytes -> rows (sinks.batch_decode), in decode processes unless configured to 0.
+        self._decoding = BatchDecoding(processes=settings.sink_decode_processes)
 
     def stop(self) -> None:
         """Asks ``run`` to finish the batch in hand (unless it waits for PostgreSQL) and return."""
@@ -164,6 +168,12 @@ class PostgresSink:
         except StopRequested:
             await self.writer.close()
             return
+        try:
+            await self._decoding.start()
+        except BaseException:
+            self._decoding.close()
+            await self.writer.close()
+            raise
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=self.group_id,
@@ -176,13 +186,13 @@ class PostgresSink:
         self._consumer.subscribe([self.topics.updates], listener=_RebalanceListener(self))
         await self._consumer.start()
         # The batch being written: PostgreSQL works on it (in its own process) while this
-        # one fetches and decodes the next batch. Batches are written, and their offsets
-        # committed, one after the other in order.
+        # one fetches the next batch and the decode process reads it. Batches are written, and
+        # their offsets committed, one after the other in order.
         writing: asyncio.Task | None = None
         try:
             while not self._stopping.is_set():
                 records = await self._next_batch()
-                decoded = self._decode(records) if records else None
+                decoded = await self._decode(records) if records else None
                 if writing is not None:
                     await writing
                     writing = None
@@ -206,6 +216,7 @@ class PostgresSink:
             await self._consumer.stop()
             if self._producer is not None:
                 await self._producer.stop()
+            self._decoding.close()
             await self.writer.close()
 
     # ------------------------------------------------------------------ batches
@@ -233,12 +244,11 @@ class PostgresSink:
                 break
         return records
 
-    def _decode(self, records: list) -> "DecodedBatch":
-        """Reads a batch's records into rows (no I/O): the part done while the batch before is written."""
+    async def _decode(self, records: list) -> "DecodedBatch":
+        """Reads a batch's records into rows: done while the batch before is written."""
         batch = DecodedBatch(started=time.monotonic(), records=len(records))
-        merger = batch.merger
-        decode = self._decoder.decode
-        versions = batch.versions
+        decoded = await self._decoding.decode([record.value for record in records],
+                                              [record.partition for record in records])
         newest = batch.newest
         partitions: dict[int, TopicPartition] = {}  # one topic: a partition number names its TopicPartition
         for record in records:
@@ -248,29 +258,18 @@ class PostgresSink:
                 batch.held_from[tp] = record.offset
             if record.offset > newest.get(tp, -1):
                 newest[tp] = record.offset
-            try:
-                if record.value is None:
-                    raise ValueError("update record has no value")
-                kind, row = decode(record.value)
-            except Exception as error:  # noqa: BLE001 - one bad record must not stop the audit log
-                batch.undecodable.append((record, error))
-                continue
-            if kind == POSITION:
-                merger.add_position_row(row)
-                batch.position_records[row[0]] = record
-                version = row[-1]
-            else:
-                merger.add_event_row(row)
-                version = row[1]
-            if version > versions.get(record.partition, -1):
-                versions[record.partition] = version
+        batch.rows = decoded.rows
+        batch.undecodable = [(records[item.index], item.error_type, item.message) for item in decoded.undecodable]
+        batch.position_records = {position_id: records[index]
+                                  for position_id, index in decoded.position_records.items()}
+        batch.versions = decoded.versions
         return batch
 
     async def _write(self, batch: "DecodedBatch") -> None:
         self._held_from = batch.held_from
         if batch.undecodable:
             await self._dead_letter(batch.undecodable)
-        rows = batch.merger.rows()
+        rows = batch.rows
         if rows:
             result = await self.writer.write(rows, self._stopping, self._keep_alive)
             self.stats.positions_upserted += result.positions_upserted
@@ -359,10 +358,10 @@ class PostgresSink:
 
     async def _dead_letter(self, undecodable: list) -> None:
         """Logs, counts and publishes undecodable records to the dead-letter topic (acked before commit)."""
-        for record, error in undecodable:
+        for record, error_type, message in undecodable:
             logger.error("undecodable update %s[%d]@%d: %s: %s; sent to %s", record.topic, record.partition,
-                         record.offset, type(error).__name__, error, self.topics.dead_letters)
-            await self._publish_dead_letter(record, type(error).__name__, str(error) or type(error).__name__)
+                         record.offset, error_type, message, self.topics.dead_letters)
+            await self._publish_dead_letter(record, error_type, message)
             self.stats.undecodable += 1
 
     async def _publish_dead_letter(self, record, error_type: str, reason: str) -> None:

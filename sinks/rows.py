@@ -39,6 +39,7 @@ __all__ = [
     "event_row",
     "merge_updates",
     "position_row",
+    "sorted_positions",
     "split_key",
 ]
 
@@ -135,13 +136,25 @@ def event_row(audit: AuditRecord) -> tuple:
 
 @dataclass(frozen=True)
 class BatchRows:
-    """What one transaction writes: position rows in version order, unique audit rows."""
+    """What one transaction writes: position rows in version order, unique audit rows.
+
+    An audit row comes as a tuple (``EVENT_COLUMNS`` order) or, read straight from its
+    record by ``sinks.audit_copy``, as a binary COPY row: ``event_copy`` holds those rows one
+    after the other (``event_copy_rows`` of them), ready for one COPY.
+    """
 
     positions: list[tuple]
     events: list[tuple]
+    event_copy: bytes = b""
+    event_copy_rows: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.positions or self.events)
+        return bool(self.positions or self.events or self.event_copy_rows)
+
+    @property
+    def event_count(self) -> int:
+        """Audit rows in the batch, in either form."""
+        return len(self.events) + self.event_copy_rows
 
 
 @dataclass
@@ -155,7 +168,7 @@ class BatchMerger:
     """
 
     _positions: dict[str, tuple] = field(default_factory=dict)
-    _events: dict[tuple[str, int], tuple] = field(default_factory=dict)
+    _events: dict[tuple[str, int], tuple | bytes] = field(default_factory=dict)
 
     def add(self, update: Position | AuditRecord) -> None:
         """Takes one decoded update record into the batch."""
@@ -174,10 +187,24 @@ class BatchMerger:
         """Takes one audit row (``EVENT_COLUMNS`` order) into the batch."""
         self._events.setdefault((row[_KEY], row[_OFFSET]), row)
 
+    def add_event_copy(self, natural_key: tuple[str, int], copy_row: bytes) -> None:
+        """Takes one audit row as its binary COPY row (``sinks.audit_copy``), by ``(key, input_offset)``."""
+        self._events.setdefault(natural_key, copy_row)
+
     def rows(self) -> BatchRows:
         """The rows to write, positions ordered by (version, id): see the module's docstring."""
-        positions = sorted(self._positions.values(), key=lambda row: (row[_VERSION], row[_ID]))
-        return BatchRows(positions=positions, events=list(self._events.values()))
+        positions = sorted_positions(self._positions.values())
+        events: list[tuple] = []
+        copies: list[bytes] = []
+        for row in self._events.values():
+            (copies if type(row) is bytes else events).append(row)
+        return BatchRows(positions=positions, events=events, event_copy=b"".join(copies),
+                         event_copy_rows=len(copies))
+
+
+def sorted_positions(rows: Iterable[tuple]) -> list[tuple]:
+    """Position rows in the order they are written: by (version, id), see the module's docstring."""
+    return sorted(rows, key=lambda row: (row[_VERSION], row[_ID]))
 
 
 def merge_updates(updates: Iterable[Position | AuditRecord]) -> BatchRows:

@@ -26,11 +26,14 @@ from sinks.exceptions import (
     IntegrityViolationError,
     SinkError,
 )
+from sinks.audit_copy import copy_stream
 from sinks.retry import is_transient
 from sinks.rows import EVENT_COLUMNS, POSITION_COLUMNS, BatchRows
 
 __all__ = [
+    "CREATE_STAGED_EVENTS_SQL",
     "INSERT_EVENTS_SQL",
+    "INSERT_STAGED_EVENTS_SQL",
     "MERGE_POSITIONS_SQL",
     "RefusedRow",
     "WriteResult",
@@ -87,6 +90,19 @@ def _insert_events_sql() -> str:
 
 MERGE_POSITIONS_SQL = _merge_positions_sql()
 INSERT_EVENTS_SQL = _insert_events_sql()
+#: Audit rows in binary COPY form meet rows already written here first: a temporary table of
+#: the connection (schema ``pg_temp``), emptied when the transaction commits.
+STAGED_EVENTS_TABLE = "sink_staged_events"
+CREATE_STAGED_EVENTS_SQL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGED_EVENTS_TABLE} ("
+    + ", ".join(f"{column} {_EVENT_TYPES[column]}" for column in EVENT_COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
+)
+INSERT_STAGED_EVENTS_SQL = (
+    f"INSERT INTO monitoring.position_events ({', '.join(EVENT_COLUMNS)}) "
+    f"SELECT {', '.join(EVENT_COLUMNS)} FROM pg_temp.{STAGED_EVENTS_TABLE} "
+    "ON CONFLICT (key, input_offset) DO NOTHING"
+)
 #: The audit table the first attempt COPYs into directly (schema ``monitoring``).
 EVENTS_TABLE = "position_events"
 
@@ -157,22 +173,38 @@ async def _merge_positions(connection: asyncpg.Connection, records: Sequence[tup
     return _row_count(await connection.execute(MERGE_POSITIONS_SQL, *_columns(records, len(POSITION_COLUMNS))))
 
 
-async def _insert_events(connection: asyncpg.Connection, records: Sequence[tuple]) -> int:
-    """Writes audit rows, each once per (key, input_offset); returns how many are new.
+async def _insert_events(connection: asyncpg.Connection, rows: BatchRows) -> int:
+    """Writes a batch's audit rows, each once per (key, input_offset); returns how many are new.
 
     First a plain COPY into the table under a savepoint: an audit row is written once per
     input, so outside a redelivery none is there yet and this is all it costs. When one is
     (a batch read again after a crash or a rebalance), the COPY is rolled back to the
     savepoint and the rows go in by ``INSERT ... ON CONFLICT DO NOTHING``: the same rows.
+    Rows already in binary COPY form (``BatchRows.event_copy``) take that second step
+    through a temporary table of the connection, emptied at commit.
     """
-    if not records:
-        return 0
-    try:
-        async with connection.transaction():  # a savepoint
-            return _row_count(await connection.copy_records_to_table(
-                EVENTS_TABLE, schema_name="monitoring", records=records, columns=EVENT_COLUMNS))
-    except asyncpg.UniqueViolationError:
-        return _row_count(await connection.execute(INSERT_EVENTS_SQL, *_columns(records, len(EVENT_COLUMNS))))
+    inserted = 0
+    if rows.events:
+        try:
+            async with connection.transaction():  # a savepoint
+                inserted += _row_count(await connection.copy_records_to_table(
+                    EVENTS_TABLE, schema_name="monitoring", records=rows.events, columns=EVENT_COLUMNS))
+        except asyncpg.UniqueViolationError:
+            inserted += _row_count(await connection.execute(INSERT_EVENTS_SQL,
+                                                            *_columns(rows.events, len(EVENT_COLUMNS))))
+    if rows.event_copy_rows:
+        # A memoryview: asyncpg would take plain bytes for a file path.
+        stream = memoryview(copy_stream(rows.event_copy))
+        try:
+            async with connection.transaction():  # a savepoint
+                inserted += _row_count(await connection.copy_to_table(
+                    EVENTS_TABLE, schema_name="monitoring", source=stream, columns=EVENT_COLUMNS, format="binary"))
+        except asyncpg.UniqueViolationError:
+            await connection.execute(CREATE_STAGED_EVENTS_SQL)
+            await connection.copy_to_table(STAGED_EVENTS_TABLE, schema_name="pg_temp", source=stream,
+                                           columns=EVENT_COLUMNS, format="binary")
+            inserted += _row_count(await connection.execute(INSERT_STAGED_EVENTS_SQL))
+    return inserted
 
 
 async def write_batch(connection: asyncpg.Connection, rows: BatchRows) -> WriteResult:
@@ -184,7 +216,7 @@ async def write_batch(connection: asyncpg.Connection, rows: BatchRows) -> WriteR
     with translated_errors("writing a batch"):
         async with connection.transaction():
             positions = await _merge_positions(connection, rows.positions)
-            events = await _insert_events(connection, rows.events)
+            events = await _insert_events(connection, rows)
         return WriteResult(positions, events)
 
 
@@ -209,5 +241,5 @@ async def write_batch_isolating_conflicts(connection: asyncpg.Connection, rows: 
                     existing = await connection.fetchrow(_LIVE_ROW_OF_KEY_SQL, refused_row["symbol"],
                                                          refused_row["exchange"])
                     refused.append(RefusedRow(refused_row, dict(existing) if existing else None, str(error)))
-            events = await _insert_events(connection, rows.events)
+            events = await _insert_events(connection, rows)
         return WriteResult(positions, events, tuple(refused))

@@ -135,7 +135,7 @@ class PostgresWriter:
                 return await write_batch_isolating_conflicts(connection, rows)
 
         return await self._with_retries(attempt, f"writing {len(rows.positions)} positions and "
-                                                 f"{len(rows.events)} audit rows", stopping, while_waiting)
+                                                 f"{rows.event_count} audit rows", stopping, while_waiting)
 
     async def _with_retries(self, operation, doing: str, stopping: asyncio.Event,
                             while_waiting: WhileWaiting | None):

@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from sinks.batch_decode import decode_batch
 from sinks.exceptions import IntegrityViolationError
 from sinks.migrate import migrate
 from sinks.postgres import PostgresWriter, write_batch
@@ -150,6 +151,56 @@ async def test_a_batch_partly_written_before_writes_only_its_new_rows_and_counts
         # Assert
         assert first.events_inserted + again.events_inserted == len(whole.events)
         assert 0 < again.events_inserted < len(whole.events)
+        assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+        assert_events_match(await events_by_key(fresh_database), stream.audits())
+    finally:
+        await writer.close()
+
+
+def decoded_rows(updates) -> BatchRows:
+    """The rows of the updates as the sink reads them: audit rows in binary COPY form."""
+    return decode_batch([update.data for update in updates], [0] * len(updates)).rows
+
+
+async def test_a_batch_read_as_the_sink_reads_it_writes_the_rows_of_the_domain_values(fresh_database):
+    # Arrange: the bytes read by decode_batch (audit records straight to binary COPY rows),
+    # shuffled into one batch.
+    stream = UpdateStream.lives(keys=5, cycles=4)
+    shuffled = list(stream.updates)
+    random.Random(11).shuffle(shuffled)
+    rows = decoded_rows(shuffled)
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        # Act
+        result = await writer.write(rows, asyncio.Event())
+
+        # Assert
+        assert rows.event_copy_rows == len(stream.audits()) and not rows.events
+        assert result.events_inserted == len(stream.audits())
+        assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+        assert_events_match(await events_by_key(fresh_database), stream.audits())
+    finally:
+        await writer.close()
+
+
+async def test_copy_form_audit_rows_partly_written_before_write_only_their_new_rows(fresh_database):
+    # Arrange: the first half is in the table; the whole stream comes again in COPY form, so
+    # its COPY meets rows that are there and gives way to the staged insert that skips them.
+    stream = UpdateStream.lives(keys=3, cycles=3)
+    half = len(stream.updates) // 2
+    writer = PostgresWriter(fresh_database, max_backoff_s=0.5)
+    try:
+        first = await writer.write(decoded_rows(stream.updates[:half]), asyncio.Event())
+        whole = decoded_rows(stream.updates)
+
+        # Act
+        again = await writer.write(whole, asyncio.Event())
+        third = await writer.write(whole, asyncio.Event())  # the staging table is empty again after commit
+
+        # Assert
+        assert first.events_inserted + again.events_inserted == whole.event_copy_rows
+        assert 0 < again.events_inserted < whole.event_copy_rows
+        assert third.events_inserted == 0
         assert_rows_match(await positions_by_id(fresh_database), stream.positions())
         assert_events_match(await events_by_key(fresh_database), stream.audits())
     finally:

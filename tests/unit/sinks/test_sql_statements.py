@@ -31,6 +31,11 @@ REVIEWED_STATEMENTS = {
     ("sinks/sql.py", "INSERT_EVENTS_SQL"),
     ("sinks/sql.py", "_LIVE_ROW_OF_KEY_SQL"),
     ("sinks/sql.py", "EVENTS_TABLE"),
+    # Audit rows in binary COPY form, when some are written already: a temporary table, then
+    # the same ON CONFLICT DO NOTHING insert, from it.
+    ("sinks/sql.py", "CREATE_STAGED_EVENTS_SQL"),
+    ("sinks/sql.py", "STAGED_EVENTS_TABLE"),
+    ("sinks/sql.py", "INSERT_STAGED_EVENTS_SQL"),
     # Read-only, parameterised: a key's positions, then their events.
     ("streams/web/history.py", "_POSITIONS"),
     ("streams/web/history.py", "_EVENTS"),

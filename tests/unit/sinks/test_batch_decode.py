@@ -1,0 +1,131 @@
+"""A batch read as the sink reads it: the rows of the domain values, in a process of its own or not.
+
+``decode_batch`` must give what ``merge_updates`` of the decoded domain values gives (the
+audit rows in binary COPY form, read back here by ``read_copy_row``), report what it cannot
+read by index without raising, and give the same in the decode process as in the caller's
+thread, also after one was killed; a batch split among several processes as it is in one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import struct
+import zlib
+
+import pytest
+
+from sinks.batch_decode import combine, decode_batch, split_by_partition
+from sinks.decode_process import BatchDecoding
+from sinks.rows import merge_updates
+from streams.domain import Position
+from tests.integration.sink_support import UpdateStream
+from tests.unit.sinks.test_audit_copy import read_copy_row
+
+
+def copy_rows(rows) -> list[tuple]:
+    """The rows of ``BatchRows.event_copy`` (concatenated binary COPY rows), read back."""
+    found, position, data = [], 0, rows.event_copy
+    while position < len(data):
+        start = position
+        position += 2
+        for _ in range(struct.unpack_from(">h", data, start)[0]):
+            (length,) = struct.unpack_from(">i", data, position)
+            position += 4 + max(length, 0)
+        found.append(read_copy_row(data[start:position]))
+    return found
+
+
+def test_a_batch_gives_the_rows_of_its_domain_values():
+    # Arrange
+    stream = UpdateStream.lives(keys=4, cycles=3)
+    values = [update.data for update in stream.updates]
+    expected = merge_updates(update.value for update in stream.updates)
+
+    # Act
+    decoded = decode_batch(values, [7] * len(values))
+
+    # Assert
+    assert decoded.rows.positions == expected.positions
+    assert copy_rows(decoded.rows) == expected.events and not decoded.rows.events
+    assert decoded.rows.event_copy_rows == len(expected.events)
+    assert decoded.undecodable == []
+    newest_version = max(update.value.version if isinstance(update.value, Position) else update.value.offset
+                         for update in stream.updates)
+    assert decoded.versions == {7: newest_version}
+    for position_id, index in decoded.position_records.items():
+        assert stream.updates[index].value.id == position_id
+        assert stream.updates[index].value.version == max(
+            update.value.version for update in stream.updates
+            if isinstance(update.value, Position) and update.value.id == position_id)
+
+
+def test_records_no_path_reads_are_reported_by_index_and_the_others_decoded():
+    # Arrange
+    stream = UpdateStream.lives(keys=1, cycles=1)
+    values = [None, b"not avro", *(update.data for update in stream.updates)]
+
+    # Act
+    decoded = decode_batch(values, [0] * len(values))
+
+    # Assert
+    assert [(item.index, item.error_type) for item in decoded.undecodable] == [(0, "ValueError"),
+                                                                               (1, "NotSingleObjectEncoded")]
+    assert all(item.message for item in decoded.undecodable)
+    assert decoded.rows.positions == merge_updates(update.value for update in stream.updates).positions
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_decode_processes_give_the_rows_of_the_callers_thread_also_after_one_was_killed(processes):
+    # Arrange
+    stream = UpdateStream.lives(keys=3, cycles=2)
+    values = [update.data for update in stream.updates]
+    partitions = [zlib.crc32(update.key.encode()) % 3 for update in stream.updates]  # a key lives in one partition
+    here = decode_batch(values, partitions)
+
+    async def scenario():
+        decoding = BatchDecoding(processes=processes)
+        await decoding.start()
+        try:
+            first = await decoding.decode(values, partitions)
+            process = next(iter(decoding._pool._processes.values()))  # a decode process
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+            after_kill = await decoding.decode(values, partitions)  # decoded here, a new process is made
+            next_one = await decoding.decode(values, partitions)  # by the new process
+            return first, after_kill, next_one
+        finally:
+            decoding.close()
+
+    # Act
+    results = asyncio.run(scenario())
+
+    # Assert
+    for result in results:
+        assert result.rows.positions == here.rows.positions
+        assert sorted(copy_rows(result.rows)) == sorted(copy_rows(here.rows))  # the parts' blocks, one after the other
+        assert result.rows.event_copy_rows == here.rows.event_copy_rows and not result.rows.events
+        assert result.versions == here.versions and result.position_records == here.position_records
+
+
+def test_a_batch_split_by_partition_and_combined_is_the_batch_decoded_whole():
+    # Arrange: two keys on two partitions, and unreadable records in both parts.
+    stream = UpdateStream.lives(keys=2, cycles=2)
+    partition_of = {key: number for number, key in enumerate(sorted({update.key for update in stream.updates}))}
+    values = [b"junk", *(update.data for update in stream.updates), None]
+    partitions = [1, *(partition_of[update.key] for update in stream.updates), 0]
+    whole = decode_batch(values, partitions)
+
+    # Act
+    groups = split_by_partition(partitions, 2)
+    combined = combine([decode_batch([values[i] for i in group], [partitions[i] for i in group]) for group in groups],
+                       groups)
+
+    # Assert
+    assert len(groups) == 2 and sorted(sum(groups, [])) == list(range(len(values)))
+    assert combined.undecodable == whole.undecodable
+    assert [item.index for item in combined.undecodable] == [0, len(values) - 1]
+    assert combined.rows.positions == whole.rows.positions
+    assert sorted(copy_rows(combined.rows)) == sorted(copy_rows(whole.rows))
+    assert combined.position_records == whole.position_records and combined.versions == whole.versions
