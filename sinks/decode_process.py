@@ -44,11 +44,18 @@ class BatchDecoding:
         """Starts the decode processes and builds their readers (so the first batch does not wait for them)."""
         if self.processes < 1 or self._pool is not None:
             return
-        self._pool = self._new_pool()
         loop = asyncio.get_running_loop()
-        # One warm-up per process: each task holds its process until all have started.
-        await asyncio.gather(*(loop.run_in_executor(self._pool, warm_up, self.processes)
-                               for _ in range(self.processes)))
+        try:
+            self._pool = self._new_pool()
+            await asyncio.gather(*(loop.run_in_executor(self._pool, warm_up, self.processes)
+                                   for _ in range(self.processes)))
+        except (OSError, BrokenProcessPool) as error:
+            # No processes here (no /dev/shm for their queues, a process limit): slower, never wrong.
+            logger.warning("the sink cannot start its decode processes (%s: %s); it decodes in its own thread",
+                           type(error).__name__, error)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     async def decode(self, values: list[bytes | None], partitions: list[int]) -> DecodedRows:
         """The batch's rows (``sinks.batch_decode.decode_batch``)."""
