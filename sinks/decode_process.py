@@ -11,7 +11,8 @@ by side, then put together (``combine``). Records go over as bytes, rows come ba
 values, the audit rows as one block of binary COPY bytes.
 
 A decode process that dies (killed, out of memory) costs no record: the batch it held is
-decoded in the sink's own thread, new processes take the next one, and it is logged.
+decoded in the sink's own thread, new processes take the next one, and it is logged. A
+decode process whose sink is gone (killed by -9) ends within a second (``exit_with_parent``).
 ``PIPELINE_SINK_DECODE_PROCESSES=0`` decodes in the sink's thread throughout.
 """
 
@@ -20,14 +21,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from sinks.batch_decode import DecodedRows, combine, decode_batch, split_by_partition, warm_up
 
-__all__ = ["BatchDecoding"]
+__all__ = ["BatchDecoding", "exit_with_parent"]
+
+#: How often a decode process looks whether the sink's process is still its parent.
+PARENT_CHECK_S = 1.0
 
 logger = logging.getLogger(__name__)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """A decode process's initializer: the process ends once the sink's is gone, even killed by -9.
+
+    Its pool would never tell it (each process holds both ends of the task queue's pipe), so a
+    killed sink would leave it waiting forever.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="decode-process.exit-with-sink", daemon=True).start()
 
 
 class BatchDecoding:
@@ -38,7 +59,8 @@ class BatchDecoding:
         self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
 
     async def start(self) -> None:
         """Starts the decode processes and builds their readers (so the first batch does not wait for them)."""

@@ -12,7 +12,11 @@ import asyncio
 import os
 import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +133,38 @@ def test_a_batch_split_by_partition_and_combined_is_the_batch_decoded_whole():
     assert combined.rows.positions == whole.rows.positions
     assert sorted(copy_rows(combined.rows)) == sorted(copy_rows(whole.rows))
     assert combined.position_records == whole.position_records and combined.versions == whole.versions
+
+
+def test_a_decode_process_ends_when_the_sink_process_is_killed():
+    # Arrange: a process that starts its decode process, prints its pid, and is killed by -9.
+    script = (
+        "import asyncio, os, signal\n"
+        "from sinks.decode_process import BatchDecoding\n"
+        "async def main():\n"
+        "    decoding = BatchDecoding(processes=1)\n"
+        "    await decoding.start()\n"
+        "    print(next(iter(decoding._pool._processes)), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    sink = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[3])
+    decode_pid = int(sink.stdout.split()[0])
+
+    # Act: wait for the orphaned decode process to end.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(decode_pid):
+        time.sleep(0.1)
+
+    # Assert
+    assert sink.returncode == -signal.SIGKILL
+    assert not _alive(decode_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
