@@ -31,9 +31,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from sinks.decode import collect_named
 from sinks.rows import EVENT_COLUMNS
 from streams.domain import AuditDecision, InputKind, OrderRole, RefusalCode, ReportOutcome, Status
 from streams.wire import codec, serde
+from streams.wire.serde import zigzag_varint
 
 __all__ = ["AUDIT_FIELDS", "AuditTranscoder", "COPY_HEADER", "COPY_TRAILER", "copy_stream"]
 
@@ -105,15 +107,9 @@ def _signature(schema: Any, named: dict[str, Any]) -> Any:
 
 
 def _collect_named(schema: Any, named: dict[str, Any]) -> None:
-    if isinstance(schema, list):
-        for branch in schema:
-            _collect_named(branch, named)
-    elif isinstance(schema, dict):
-        if schema.get("type") in ("record", "enum", "fixed"):
-            named.setdefault(schema["name"], schema)
-            named.setdefault(schema["name"].rpartition(".")[2], schema)
-        for field in schema.get("fields", ()):
-            _collect_named(field["type"], named)
+    """``sinks.decode.collect_named``, each named type also under its short name."""
+    collect_named(schema, named)
+    named.update({name.rpartition(".")[2]: value for name, value in list(named.items())})
 
 
 def _audit_layout(writer: codec.WriterSchema) -> tuple[int, dict[str, tuple[str, ...]]] | None:
@@ -159,18 +155,11 @@ def _members(enum: Any) -> frozenset[bytes]:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """A zig-zag varint of more than one byte (the one-byte case is inlined by the callers)."""
-    result = 0
-    shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+    """``serde.zigzag_varint``, refused past 10 bytes (more than a long holds), as the compiled reader refuses."""
+    value, end = zigzag_varint(buf, pos)
+    if end - pos > 10:
+        raise ValueError("varint too long")
+    return value, end
 
 
 def _transcoder(audit_branch: int, status_symbols: tuple[str, ...],

@@ -30,7 +30,7 @@ from sinks.rows import epoch_ms_to_datetime, event_row, position_row, split_key
 from streams.domain import AuditRecord, OrderRef, Position
 from streams.wire import codec, serde
 
-__all__ = ["POSITION", "EVENT", "UpdateDecoder", "generic_row"]
+__all__ = ["POSITION", "EVENT", "UpdateDecoder", "collect_named", "generic_row"]
 
 #: Kinds of row ``UpdateDecoder.decode`` returns.
 POSITION = "position"
@@ -94,7 +94,7 @@ class _Compiler:
         self.constants: dict[str, Any] = {}
         self.writer_named: dict[str, Any] = {}
         self.reader_named: dict[str, Any] = {}
-        _collect(reader, self.reader_named)
+        collect_named(reader, self.reader_named)
 
     def name(self, prefix: str) -> str:
         self.counter += 1
@@ -271,17 +271,18 @@ class _Compiler:
         return locals_
 
 
-def _collect(schema: Any, into: dict) -> None:
+def collect_named(schema: Any, into: dict) -> None:
+    """Every named type (record, enum, fixed) defined in ``schema``, by its name, into ``into``."""
     if isinstance(schema, list):
         for branch in schema:
-            _collect(branch, into)
+            collect_named(branch, into)
     elif isinstance(schema, dict):
         if schema.get("type") in ("record", "enum", "fixed"):
             into.setdefault(schema["name"], schema)
         for field in schema.get("fields", ()):
-            _collect(field["type"], into)
+            collect_named(field["type"], into)
         if schema.get("type") == "array":
-            _collect(schema["items"], into)
+            collect_named(schema["items"], into)
 
 
 def _union_members(annotation: Any) -> tuple[Any, ...]:
@@ -308,7 +309,7 @@ _EVENT_ROW = (
 def _compile(writer: codec.WriterSchema, reader: codec.WriterSchema) -> Callable[[bytes], tuple[str, tuple]]:
     """The reader function of one writer schema (raises ``_Unsupported``)."""
     compiler = _Compiler(dict(writer.schema), dict(reader.schema))
-    _collect(dict(writer.schema), compiler.writer_named)
+    collect_named(dict(writer.schema), compiler.writer_named)
     writer_fields = [field["name"] for field in writer.schema["fields"]]
     reader_fields = [field["name"] for field in reader.schema["fields"]]
     if writer_fields != ["key", "offset", "payload"] or reader_fields != writer_fields:

@@ -84,8 +84,10 @@ class BatchDecoding:
         if self._pool is None:
             return decode_batch(values, partitions)
         loop = asyncio.get_running_loop()
-        groups = split_by_partition(partitions, self.processes)
         try:
+            if self.processes == 1:  # the batch as it is; several processes take its parts by partition
+                return await loop.run_in_executor(self._pool, decode_batch, values, partitions)
+            groups = split_by_partition(partitions, self.processes)
             parts = await asyncio.gather(*(
                 loop.run_in_executor(self._pool, decode_batch, [values[index] for index in group],
                                      [partitions[index] for index in group])

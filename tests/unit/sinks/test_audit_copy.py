@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sinks.audit_copy import AUDIT_FIELDS, COPY_HEADER, COPY_TRAILER, AuditTranscoder, _audit_layout, copy_stream
 from sinks.decode import EVENT, generic_row
 from sinks.rows import EVENT_COLUMNS
+from tests.unit.sinks.test_sink_decode import POSITIONS, mutate
 from streams.domain import (
     AuditDecision,
     AuditRecord,
@@ -123,8 +124,6 @@ def test_any_audit_record_becomes_the_row_of_the_row_path(key, offset, text, ts,
 
 def test_a_position_update_is_left_to_the_row_path():
     # Arrange
-    from tests.unit.sinks.test_sink_decode import POSITIONS
-
     data = serde.encode_position_update("APTUSDT@binance", 3, POSITIONS[1])
 
     # Act / Assert
@@ -165,15 +164,7 @@ def test_what_the_row_path_refuses_gets_no_row(case, data):
 @given(st.sampled_from([serde.encode_audit_update(value) for value in AUDITS]), st.data())
 def test_any_mutated_record_gets_the_row_paths_row_or_none(data, draw):
     # Arrange: one byte of the body replaced, or the body cut or extended.
-    body_at = st.integers(min_value=codec.HEADER_LENGTH, max_value=len(data) - 1)
-    mutation = draw.draw(st.sampled_from(["replace", "cut", "extend"]))
-    if mutation == "replace":
-        at = draw.draw(body_at)
-        mutated = data[:at] + bytes([draw.draw(st.integers(0, 255))]) + data[at + 1:]
-    elif mutation == "cut":
-        mutated = data[:draw.draw(body_at)]
-    else:
-        mutated = data + draw.draw(st.binary(min_size=1, max_size=8))
+    mutated = mutate(data, draw)
 
     # Act
     transcoded = TRANSCODER.transcode(mutated)

@@ -200,10 +200,8 @@ def test_damaged_bytes_fail_with_the_generic_paths_error(damage):
     assert issubclass(outcome[1], codec.DecodeError)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.sampled_from(encoded()), st.data())
-def test_any_mutated_record_gives_the_generic_paths_row_or_error(data, draw):
-    # Arrange: one byte of the body replaced, or the body cut or extended.
+def mutate(data: bytes, draw) -> bytes:
+    """One byte of the body replaced, or the body cut or extended (``draw``: hypothesis's ``st.data()``)."""
     body_at = st.integers(min_value=codec.HEADER_LENGTH, max_value=len(data) - 1)
     mutation = draw.draw(st.sampled_from(["replace", "cut", "extend"]))
     if mutation == "replace":
@@ -213,6 +211,14 @@ def test_any_mutated_record_gives_the_generic_paths_row_or_error(data, draw):
         mutated = data[:draw.draw(body_at)]
     else:
         mutated = data + draw.draw(st.binary(min_size=1, max_size=8))
+    return mutated
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.sampled_from(encoded()), st.data())
+def test_any_mutated_record_gives_the_generic_paths_row_or_error(data, draw):
+    # Arrange: one byte of the body replaced, or the body cut or extended.
+    mutated = mutate(data, draw)
 
     # Act
     outcome = _outcome(DECODER.decode, mutated)
