@@ -2,10 +2,10 @@
 
 The only writer of positions. A plain aiokafka consumer (group ``<app_id>-postgres-sink``,
 no auto-commit) reads update records in batches; each batch is written in ONE transaction
-and the consumer's offsets move only after that transaction has committed. While PostgreSQL
-writes one batch, the sink fetches the next and its decode processes read it into rows
-(``sinks.decode_process``; batches are still written and committed one after the other, in
-order):
+and the consumer's offsets move only after that transaction has committed. Three stages work
+at once: while PostgreSQL writes one batch, the sink's decode processes read the batches
+fetched after it into rows (``sinks.decode_process``) and the sink fetches the next; batches
+are still written and committed one after the other, in fetch order (``run``):
 
 - each record is read straight from its Avro bytes into its table row (``sinks.batch_decode``:
   an audit record of the current schema into its binary COPY row, ``sinks.audit_copy``; any
@@ -53,6 +53,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -154,7 +155,7 @@ class PostgresSink:
         self._decoding = BatchDecoding(processes=settings.sink_decode_processes)
 
     def stop(self) -> None:
-        """Asks ``run`` to finish the batch in hand (unless it waits for PostgreSQL) and return."""
+        """Asks ``run`` to write the batches in hand (unless it waits for PostgreSQL) and return."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -185,31 +186,39 @@ class PostgresSink:
         )
         self._consumer.subscribe([self.topics.updates], listener=_RebalanceListener(self))
         await self._consumer.start()
-        # The batch being written: PostgreSQL works on it (in its own process) while this
-        # one fetches the next batch and the decode process reads it. Batches are written, and
-        # their offsets committed, one after the other in order.
-        writing: asyncio.Task | None = None
+        # Three stages at once, each batch passing them in fetch order: this loop fetches, the
+        # decode processes read what it fetched (``_decode``), and the writer writes and
+        # commits one batch after the other (``_write_in_order``). The queue between them holds
+        # the batches fetched and not yet taken by the writer (their decoding, running or
+        # waiting for a decode process); a full queue holds the fetching back.
+        fetched: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(maxsize=self._decoding.batches_in_flight)
+        writer = asyncio.create_task(self._write_in_order(fetched), name="postgres-sink.write")
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not writer.done():
                 records = await self._next_batch()
-                decoded = await self._decode(records) if records else None
-                if writing is not None:
-                    await writing
-                    writing = None
-                if decoded is not None:
-                    writing = asyncio.create_task(self._write(decoded), name="postgres-sink.write")
+                if records:
+                    decoding = asyncio.ensure_future(self._decode(records))
+                    self.stats.batches_in_hand += 1
+                    if not await _unless_done(writer, fetched.put(decoding)):
+                        decoding.cancel()  # the writer has ended; its outcome ends the loop
                 await self._maybe_log_health()
-            if writing is not None:
-                await writing
-                writing = None
+            await _unless_done(writer, fetched.put(None))  # the writer writes what is fetched, then returns
+            await writer
             await self._commit_written()
         except StopRequested:
-            logger.info("postgres sink stopping while waiting for PostgreSQL; the held batch stays uncommitted")
+            logger.info("postgres sink stopping while waiting for PostgreSQL; the held batches stay uncommitted")
         finally:
-            if writing is not None:  # stopped by an error elsewhere: the batch stays uncommitted
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+            # Stopped by an error elsewhere: the batches in hand stay uncommitted (read again).
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+            while not fetched.empty():
+                decoding = fetched.get_nowait()
+                if decoding is not None:
+                    decoding.cancel()
+                    with contextlib.suppress(BaseException):
+                        await decoding
+            self.stats.batches_in_hand = 0
             with contextlib.suppress(Exception):
                 await self.refresh_lag()
             logger.info("postgres sink stopped: %s", self.stats.summary())
@@ -218,6 +227,12 @@ class PostgresSink:
                 await self._producer.stop()
             self._decoding.close()
             await self.writer.close()
+
+    async def _write_in_order(self, fetched: "asyncio.Queue[asyncio.Future | None]") -> None:
+        """Writes the fetched batches as their decoding ends, one after the other in fetch order, until None."""
+        while (decoding := await fetched.get()) is not None:
+            await self._write(await decoding)
+            self.stats.batches_in_hand -= 1
 
     # ------------------------------------------------------------------ batches
 
@@ -407,6 +422,22 @@ class PostgresSink:
         self._last_health = time.monotonic()
         await self.refresh_lag()
         logger.info("postgres sink: %s", self.stats.summary())
+
+
+async def _unless_done(task: asyncio.Task, awaitable: Any) -> bool:
+    """Awaits ``awaitable`` unless ``task`` ends first (then cancels it); True when it completed.
+
+    ``task``'s own outcome is left to its caller.
+    """
+    waiting = asyncio.ensure_future(awaitable)
+    await asyncio.wait((waiting, task), return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return False
+    waiting.result()
+    return True
 
 
 async def run_sink(settings: Settings) -> None:

@@ -21,13 +21,14 @@ class SinkStats:
     events_inserted: int = 0  # audit rows new to the table
     batches: int = 0
     retries: int = 0  # failed attempts to reach or write PostgreSQL
-    reconnects: int = 0  # successful connections after a failure
+    reconnects: int = 0  # successful connections after a failure, or after one was lost while idle
     undecodable: int = 0  # update records that could not be decoded (sent to dead letters)
     refused: int = 0  # position rows the one-live-position index refused (sent to dead letters)
     commit_failures: int = 0  # Kafka offset commits that failed (rows were written: replay only)
     last_offsets: dict[int, int] = field(default_factory=dict)  # partition -> last written update offset
     last_versions: dict[int, int] = field(default_factory=dict)  # partition -> newest input offset written
     lag: dict[int, int] = field(default_factory=dict)  # partition -> update records not yet written
+    batches_in_hand: int = 0  # batches fetched and not yet written: decoding, waiting, or being written
     last_batch_s: float = 0.0  # duration of the last transaction, retries included
     waiting_since: float | None = None  # monotonic time PostgreSQL became unreachable, if it is
 
@@ -45,7 +46,8 @@ class SinkStats:
             f"({self.positions_upserted} position upserts, {self.events_inserted} audit rows), "
             f"lag {self.total_lag} {_by_partition(self.lag)}, last offsets {_by_partition(self.last_offsets)}, "
             f"last versions {_by_partition(self.last_versions)}, retries {self.retries}, "
-            f"reconnects {self.reconnects}, undecodable {self.undecodable}, refused {self.refused}{waiting}"
+            f"reconnects {self.reconnects}, batches in hand {self.batches_in_hand}, "
+            f"undecodable {self.undecodable}, refused {self.refused}{waiting}"
         )
 
 
