@@ -176,6 +176,8 @@ def _transcoder(audit_branch: int, status_symbols: tuple[str, ...],
     def string(buf: bytes, pos: int) -> tuple[bytes, int]:
         n = buf[pos]
         if n < 0x80:
+            if n & 1:  # zig-zag: an odd byte is a negative length
+                raise ValueError("negative length")
             n >>= 1
             pos += 1
         else:
