@@ -3,7 +3,9 @@
 faust-streaming 0.15.3's ``PrometheusMonitor`` (pinned) asks prometheus-client for a labelled
 child on every message (two ``labels()`` calls, each taking a lock and building a key) and
 normalises the stream's label with a regular expression on every event. Profiled, its
-per-message hooks were about 7% of the worker's time. ``CachedLabelsMonitor`` exports the
+per-message hooks were about 7% of the worker's time; the end offset it sets for every record
+fetched (``track_tp_end_offset``, one ``labels()`` each) about 2.6% more (py-spy, 72,000
+lifecycle inputs, 2026-12-03). ``CachedLabelsMonitor`` exports the
 same ``faust_*`` metrics with the same labels and values; it only keeps each child it
 looked up once.
 """
@@ -23,6 +25,7 @@ class CachedLabelsMonitor(PrometheusMonitor):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._partition_children: dict[Any, tuple[Any, Any]] = {}
+        self._end_offset_children: dict[Any, Any] = {}
         # Weakly, as Faust's Monitor keeps its stream lookups: a revoked partition's actor goes.
         self._stream_children: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 
@@ -52,6 +55,15 @@ class CachedLabelsMonitor(PrometheusMonitor):
                 stream=f"stream.{self._stream_label(stream)}.events")
         child.inc()
         return state
+
+    def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        """Tracks a partition's end offset (as ``PrometheusMonitor.track_tp_end_offset``), once per fetched record."""
+        Monitor.track_tp_end_offset(self, tp, offset)
+        child = self._end_offset_children.get(tp)
+        if child is None:
+            child = self._end_offset_children[tp] = self._metrics.topic_partition_end_offset.labels(
+                topic=tp.topic, partition=tp.partition)
+        child.set(offset)
 
 
 __all__ = ["CachedLabelsMonitor"]

@@ -30,6 +30,7 @@ def exported_after_the_same_traffic(monitor_class: type) -> list[str]:
     for offset in range(7):
         for partition in (0, 3, 11):
             tp = TP("scale.position-inputs" if partition != 3 else "scale.position-commands", partition)
+            monitor.track_tp_end_offset(tp, offset + 10)
             monitor.on_message_in(tp, offset, SimpleNamespace(time_in=None))
             stream = streams[partition % 2]
             state = monitor.on_stream_event_in(tp, offset, stream, None)
@@ -48,3 +49,4 @@ def test_the_cached_labels_monitor_exports_the_same_counters_and_gauges_as_faust
     assert ours == faust_s
     assert any(line.startswith("faust_messages_received_per_topics_partition{") for line in ours)
     assert any(line.startswith("faust_total_events_per_stream_total{") for line in ours)
+    assert any(line.startswith("faust_topic_partition_end_offset{") for line in ours)
