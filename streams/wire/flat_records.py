@@ -68,7 +68,8 @@ def union_branch(union: list, branch: str) -> int:
 
 class FlatRecordEncoder:
     """A record's body (no header) from its ``to_record`` mapping, for records of strings,
-    longs, ints, booleans, enums and ``["null", one of those]`` unions only.
+    longs, ints, booleans, enums, records and arrays of those, and ``["null", one of those]``
+    unions only.
 
     Raises ``codec.SchemaDefinitionError`` at construction for any other field type, and
     ``InvalidRecord`` when a value does not fit its field.
@@ -87,6 +88,13 @@ class FlatRecordEncoder:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InvalidRecord(f"{self.name} does not accept the datum: {type(error).__name__}: {error}"[:500]) \
                 from error
+
+
+def value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callable[[Any], bytes]:
+    """``encode(value)``: the Avro encoding of a value of ``schema`` (given as ``to_record`` gives
+    it), for the types ``FlatRecordEncoder`` takes; ``codec.SchemaDefinitionError`` for others.
+    Raises ``TypeError``, ``ValueError`` or ``KeyError`` for a value that does not fit."""
+    return _value_encoder(schema, named, where)
 
 
 def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callable[[Any], bytes]:
@@ -108,6 +116,24 @@ def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callabl
                 raise ValueError(f"{value!r} is not a symbol of {schema['name']}")
             return encoded
         return enum_symbol
+    if kind == "record":
+        fields = [(field["name"], _value_encoder(field["type"], named, f"{where}.{field['name']}"))
+                  for field in schema["fields"]]
+
+        def record(value: Mapping[str, Any]) -> bytes:
+            return b"".join([encode(value[name]) for name, encode in fields])
+        return record
+    if kind == "array":
+        item = _value_encoder(schema["items"], named, f"{where}[]")
+
+        def array(values: list | tuple) -> bytes:
+            # One block of all the items, then the empty block that ends an array (as fastavro writes it).
+            if not isinstance(values, (list, tuple)):
+                raise TypeError(f"expected a list, got {type(values).__name__}")
+            if not values:
+                return b"\x00"
+            return _long(len(values)) + b"".join([item(value) for value in values]) + b"\x00"
+        return array
     if kind == "union" and len(schema) == 2 and "null" in schema:
         null_index = schema.index("null")
         other_index = 1 - null_index
@@ -165,4 +191,5 @@ class AuditUpdates:
                          self._record.encode(to_record(audit))))
 
 
-__all__ = ["AuditUpdates", "FlatRecordEncoder", "avro_long", "avro_string", "named_types", "union_branch"]
+__all__ = ["AuditUpdates", "FlatRecordEncoder", "avro_long", "avro_string", "named_types", "union_branch",
+           "value_encoder"]

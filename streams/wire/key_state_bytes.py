@@ -16,6 +16,11 @@ A changed position is written twice, in the key's state and as a ``PositionState
 ``position-updates``, and its Avro body is the same bytes in both: a union writes the
 branch's index and then the branch's own encoding. ``PositionBytes`` encodes each position
 object once for both (32 us the update alone by the codec, 2026-12-02).
+
+A field is encoded by hand (``flat_records.value_encoder``: every ``KeyState`` field is
+strings, longs, booleans, enums, records and arrays of those, and nullable unions of them),
+byte for byte what fastavro's writer gives, which remains for any other type; see
+``_flat_encoder``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from fastavro import schemaless_writer
 from streams.domain import KeyState, Position
 from streams.wire import codec
 from streams.wire.errors import InvalidRecord
-from streams.wire.flat_records import avro_long, avro_string, union_branch
+from streams.wire.flat_records import avro_long, avro_string, named_types, union_branch, value_encoder
 from streams.wire.schemas import collect_definitions, expand
 from streams.wire.serde import KEY_STATE_RECORD, UPDATE_RECORD, to_record
 
@@ -51,9 +56,27 @@ def field_encoders(record_name: str) -> tuple[bytes, list[tuple[str, Callable[[A
     for field in writer.schema["fields"]:
         alone = expand({"type": "record", "name": f"{writer.name}__{field['name']}", "fields": [field]}, "",
                        definitions, set(), writer.origin)
-        encoders.append((field["name"], _encoder(codec.build_writer_schema(alone, writer.origin, current=False),
-                                                 field["name"])))
+        try:
+            encode = _flat_encoder(alone)
+        except codec.SchemaDefinitionError:  # a type the hand encoder does not take: fastavro's writer
+            encode = _encoder(codec.build_writer_schema(alone, writer.origin, current=False), field["name"])
+        encoders.append((field["name"], encode))
     return codec.MARKER + writer.fingerprint, encoders
+
+
+def _flat_encoder(alone: dict) -> Callable[[Any], bytes]:
+    """The field of a one-field record by ``flat_records.value_encoder``: the bytes fastavro's
+    writer gives (its schema, its datum checks, a buffer per field) in well under half the
+    time: a lifecycle's 5,400 states took 14 us a state instead of 37 (2026-12-03)."""
+    (field,) = alone["fields"]
+    encode = value_encoder(field["type"], named_types(alone), f"{alone['name']}.{field['name']}")
+
+    def encode_field(value: Any) -> bytes:
+        try:
+            return encode(value)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InvalidRecord(f"{alone['name']} does not accept the value: {type(e).__name__}: {e}"[:500]) from e
+    return encode_field
 
 
 def _encoder(alone: codec.WriterSchema, field: str) -> Callable[[Any], bytes]:

@@ -15,6 +15,7 @@ from streams.wire.errors import InvalidRecord
 from streams.wire.flat_records import AuditUpdates, avro_long, avro_string
 from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Side, Status, decide
+from streams.domain.model import LatestSnapshot, OrderRef, SeenSignal
 
 
 def _fold(events):
@@ -106,6 +107,40 @@ def test_position_bytes_write_the_updates_and_states_the_codec_writes_for_every_
                 decision.state.key, offset, position)
         assert encoder.encode(decision.state) == codec.encode("KeyState", serde.key_state_to_record(decision.state))
     assert updates > 10
+
+
+def test_key_state_encoder_writes_the_codec_s_bytes_with_every_nested_record_and_array_filled():
+    # Arrange: a state whose every optional record, array and union branch is present (the
+    # hand encoder takes records and arrays of them), and one with each of them empty.
+    ref = OrderRef(client_order_id="cid-1", attempt=2, side=Side.SELL, quantity=Decimal("0.125"))
+    state = next(decision.state for decision in DECISIONS if decision.state.position is not None)
+    position = dataclasses.replace(
+        state.position, entry_order=ref, stop_order=dataclasses.replace(ref, client_order_id="cid-2", side=None),
+        close_order=dataclasses.replace(ref, client_order_id="cid-3", quantity=None), seen_reports=("r-1", "r-2"),
+        orders_to_cancel=(ref, dataclasses.replace(ref, attempt=70_000)), closed_at_exchange=True,
+        closed_at=1_761_173_440_999, deadline_at=None, signal_id="s-\u00e9")
+    snapshot = LatestSnapshot(fetched_at=5, received_at=-3, side=Side.BUY, quantity=Decimal("-1.5"),
+                              entry_price=Decimal("9.7"), mark_price=None, unrealized_pnl=Decimal("0"))
+    full = dataclasses.replace(state, position=position, latest_snapshot=snapshot,
+                               seen_signals=tuple(SeenSignal(f"sig-{n}", 1_000 * n) for n in range(70)))
+    bare = dataclasses.replace(full, position=dataclasses.replace(position, orders_to_cancel=(), seen_reports=(),
+                                                                  entry_order=None),
+                               latest_snapshot=None, seen_signals=())
+
+    # Act / Assert
+    for value in (full, bare):
+        assert KeyStateEncoder().encode(value) == codec.encode("KeyState", serde.key_state_to_record(value))
+        assert KeyStateEncoder(positions=PositionBytes()).encode(value) == codec.encode(
+            "KeyState", serde.key_state_to_record(value))
+
+
+def test_key_state_encoder_refuses_a_value_that_does_not_fit_its_field_with_a_typed_error():
+    state = next(decision.state for decision in DECISIONS if decision.state.position is not None)
+
+    with pytest.raises(InvalidRecord, match="KeyState"):
+        KeyStateEncoder().encode(dataclasses.replace(state, last_offset="late"))
+    with pytest.raises(InvalidRecord, match="KeyState"):
+        KeyStateEncoder().encode(dataclasses.replace(state, seen_signals=(SeenSignal(None, 1),)))
 
 
 def test_position_bytes_forget_their_keys_past_their_limit_and_still_write_them_right():
