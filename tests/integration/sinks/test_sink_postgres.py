@@ -366,19 +366,12 @@ async def test_connections_killed_mid_stream_are_retried_and_nothing_is_skipped(
 
 async def test_batches_fetched_behind_one_not_durable_wait_uncommitted_and_are_written_after_it_in_order(
         kafka_bootstrap, fresh_database, unique_suffix):
-    # Arrange: the first half written and committed; batches of 10 records, so the second
-    # half is many batches and its keys' positions close and open again across them.
-    stream = UpdateStream.lives(keys=4, cycles=4)
-    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=10, sink_linger_s=0.0)
-    topics = await create_topics(settings)
-    half = len(stream.updates) // 2
-    await publish_updates(kafka_bootstrap, topics.updates, stream.updates[:half])
+    # Arrange: the first half written and committed; the second half is many batches.
+    stream, settings, topics, half = await first_half_published(kafka_bootstrap, fresh_database, unique_suffix)
     blocker = await asyncpg.connect(fresh_database)
     async with RunningSink(settings) as sink:
-        await sink.wait_written(half)
+        before = await committed_once_written(kafka_bootstrap, sink, topics, half)
         group = sink.sink.group_id
-        await wait_until(lambda: committed_matches(kafka_bootstrap, group, topics.updates), 30, "first commit")
-        before = await committed_offsets(kafka_bootstrap, group, topics.updates)
 
         # Act: hold a lock the sink's merge needs, then publish the second half.
         blocking = blocker.transaction()
@@ -412,18 +405,12 @@ async def test_batches_fetched_behind_one_not_durable_wait_uncommitted_and_are_w
 async def test_a_write_postgres_refuses_for_good_stops_the_sink_with_the_batches_behind_it_uncommitted(
         kafka_bootstrap, fresh_database, unique_suffix):
     # Arrange: the first half written and committed, then the audit table gone (renamed).
-    stream = UpdateStream.lives(keys=4, cycles=4)
-    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=10, sink_linger_s=0.0)
-    topics = await create_topics(settings)
-    half = len(stream.updates) // 2
-    await publish_updates(kafka_bootstrap, topics.updates, stream.updates[:half])
+    stream, settings, topics, half = await first_half_published(kafka_bootstrap, fresh_database, unique_suffix)
     admin = await asyncpg.connect(fresh_database)
     sink = await RunningSink(settings).__aenter__()  # not left by __aexit__: its failure is the point
     try:
-        await sink.wait_written(half)
+        before = await committed_once_written(kafka_bootstrap, sink, topics, half)
         group = sink.sink.group_id
-        await wait_until(lambda: committed_matches(kafka_bootstrap, group, topics.updates), 30, "first commit")
-        before = await committed_offsets(kafka_bootstrap, group, topics.updates)
         await admin.execute("ALTER TABLE monitoring.position_events RENAME TO position_events_away")
 
         # Act
@@ -443,6 +430,25 @@ async def test_a_write_postgres_refuses_for_good_stops_the_sink_with_the_batches
         await again.wait_written(len(stream.updates) - half)
     assert_rows_match(await positions_by_id(fresh_database), stream.positions())
     assert_events_match(await events_by_key(fresh_database), stream.audits())
+
+
+async def first_half_published(kafka_bootstrap: str, database_url: str, suffix: str):
+    """(stream, settings, topics, half): a stream whose keys close and open positions again,
+    read in batches of 10 records, its first ``half`` updates published."""
+    stream = UpdateStream.lives(keys=4, cycles=4)
+    settings = sink_settings(kafka_bootstrap, database_url, suffix, sink_batch_size=10, sink_linger_s=0.0)
+    topics = await create_topics(settings)
+    half = len(stream.updates) // 2
+    await publish_updates(kafka_bootstrap, topics.updates, stream.updates[:half])
+    return stream, settings, topics, half
+
+
+async def committed_once_written(kafka_bootstrap: str, sink: RunningSink, topics, records: int) -> dict[int, int]:
+    """The sink's committed offsets once it has written ``records`` and committed them all."""
+    await sink.wait_written(records)
+    group = sink.sink.group_id
+    await wait_until(lambda: committed_matches(kafka_bootstrap, group, topics.updates), 30, "first commit")
+    return await committed_offsets(kafka_bootstrap, group, topics.updates)
 
 
 async def committed_matches(bootstrap: str, group: str, topic: str) -> bool:
