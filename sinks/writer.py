@@ -101,15 +101,14 @@ class PostgresWriter:
 
     async def connection(self) -> asyncpg.Connection:
         """The open connection, or a new one (one attempt, no retry)."""
-        if self._connection is not None and self._connection.is_closed():
-            # Lost while idle (the server ended it, a network cut): found before a write failed on it.
+        # Closed while idle (the server ended it, a network cut): found before a write failed on it.
+        lost = self._connection is not None and self._connection.is_closed()
+        if self._connection is None or lost:
             self._connection = None
-            connection = await self._connect()
-            self.stats.reconnects += 1
-            logger.info("the connection to PostgreSQL was lost while idle; connected again")
-            self._connection = connection
-        if self._connection is None:
             self._connection = await self._connect()
+            if lost:
+                self.stats.reconnects += 1
+                logger.info("the connection to PostgreSQL was lost while idle; connected again")
         return self._connection
 
     async def close(self) -> None:

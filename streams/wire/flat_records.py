@@ -77,14 +77,12 @@ class FlatRecordEncoder:
 
     def __init__(self, record: Mapping[str, Any], named: Mapping[str, Any]) -> None:
         self.name = record["name"]
-        self._fields: list[tuple[str, Callable[[Any], bytes]]] = [
-            (field["name"], _value_encoder(field["type"], named, f"{self.name}.{field['name']}"))
-            for field in record["fields"]]
+        self._encode = value_encoder(record, named, self.name)
 
     def encode(self, datum: Mapping[str, Any]) -> bytes:
         """The record's body: each field's encoding in declared order."""
         try:
-            return b"".join([encode(datum[name]) for name, encode in self._fields])
+            return self._encode(datum)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise InvalidRecord(f"{self.name} does not accept the datum: {type(error).__name__}: {error}"[:500]) \
                 from error
@@ -94,10 +92,6 @@ def value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callable
     """``encode(value)``: the Avro encoding of a value of ``schema`` (given as ``to_record`` gives
     it), for the types ``FlatRecordEncoder`` takes; ``codec.SchemaDefinitionError`` for others.
     Raises ``TypeError``, ``ValueError`` or ``KeyError`` for a value that does not fit."""
-    return _value_encoder(schema, named, where)
-
-
-def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callable[[Any], bytes]:
     if isinstance(schema, str) and schema.rsplit(".", 1)[-1] in named:
         schema = named[schema.rsplit(".", 1)[-1]]
     kind = schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else "union"
@@ -117,14 +111,14 @@ def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callabl
             return encoded
         return enum_symbol
     if kind == "record":
-        fields = [(field["name"], _value_encoder(field["type"], named, f"{where}.{field['name']}"))
+        fields = [(field["name"], value_encoder(field["type"], named, f"{where}.{field['name']}"))
                   for field in schema["fields"]]
 
         def record(value: Mapping[str, Any]) -> bytes:
             return b"".join([encode(value[name]) for name, encode in fields])
         return record
     if kind == "array":
-        item = _value_encoder(schema["items"], named, f"{where}[]")
+        item = value_encoder(schema["items"], named, f"{where}[]")
 
         def array(values: list | tuple) -> bytes:
             # One block of all the items, then the empty block that ends an array (as fastavro writes it).
@@ -137,11 +131,11 @@ def _value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callabl
     if kind == "union" and len(schema) == 2 and "null" in schema:
         null_index = schema.index("null")
         other_index = 1 - null_index
-        value_encoder = _value_encoder(schema[other_index], named, where)
+        inner = value_encoder(schema[other_index], named, where)
         null, other = avro_long(null_index), avro_long(other_index)
 
         def optional(value: Any) -> bytes:
-            return null if value is None else other + value_encoder(value)
+            return null if value is None else other + inner(value)
         return optional
     raise codec.SchemaDefinitionError(f"{where}: {schema!r} is not a flat field type")
 
