@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from streams.wire import codec, serde
 from streams.wire.faust_codecs import register_faust_codecs
@@ -37,9 +36,10 @@ from streams.worker.in_flight import InFlightInput, InFlightInputs
 from streams.worker.processor import KNOWN_STATES, ConsumedRecord, DecidedRun, InputProcessor, latest_states, \
     with_policy
 from streams.worker.state_store import StateStore
-from streams.worker.gaps import AppliedOffsets, LogRangeReader, StalledCommits, applied_through, note_durable
+from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through, note_durable
+from streams.worker.input_watch import CHECK_EVERY_S, InputWatch
 from streams.worker.faust_consumer import (
-    committed_offsets,
+    active_partitions,
     hand_records_over_with_one_task,
     note_done_before,
     owned_by_generation,
@@ -55,8 +55,6 @@ from streams.web.routing import partition_for_key
 
 logger = logging.getLogger(__name__)
 
-#: How often the worker looks for inputs Faust acked without delivering them.
-SKIPPED_INPUTS_CHECK_S = 1.0
 #: Table records the deadline index's rebuild decodes between two turns of the event loop.
 REBUILD_STEP = 500
 #: Seconds between two writes of the acknowledged changelog offsets (``StateStore.persist_offsets``).
@@ -110,11 +108,6 @@ def scan_table(table: Any, from_bytes: Callable[[bytes], Any], from_record: Call
     for key, value in items:
         if wanted is None or wanted(key):
             yield key, read(value)
-
-
-def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
-    """The table partitions this worker owns as active (standby copies excluded)."""
-    return frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
 
 
 async def _count_restored_record(app: faust.App, event: Any) -> None:
@@ -243,7 +236,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         known.clear()
         applied.forget()
         durable_next.clear()
-        stalled_commits.forget()
+        watch.forget()
         records_ahead.forget()
         # Where the next recovery of these partitions starts (here or, later, as a standby).
         await app.producer.flush()
@@ -271,76 +264,42 @@ def build_pipeline(settings: Settings) -> Pipeline:
             raise
         applied.applied(records[-1].partition, records[-1].offset)
 
-    async def fill_hole(tp: Any, start: int, end: int) -> None:
-        # Faust went past inputs the agent never applied (see streams.worker.gaps): read them from the log.
-        logger.warning("position-inputs[%d]: offsets %d..%d were never applied; reading them from the log",
-                       tp.partition, start, end - 1)
+    async def apply_from_log(tp: Any, start: int, end: int) -> Any:
+        """Applies offsets ``start`` to ``end - 1`` of ``tp`` read from the log; the last record read (or None)."""
         metrics.observe_input_gap(end - start)
+        last = None
         async for records in log_reader.read(tp.partition, start, end):
             await apply_records([ConsumedRecord(
                 topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
                 value=record.value, timestamp_ms=record.timestamp) for record in records])
+            last = records[-1]
+        return last
+
+    async def fill_hole(tp: Any, start: int, end: int) -> None:
+        # Faust went past inputs the agent never applied (see streams.worker.gaps): read them from the log.
+        logger.warning("position-inputs[%d]: offsets %d..%d were never applied; reading them from the log",
+                       tp.partition, start, end - 1)
+        await apply_from_log(tp, start, end)
         await note_done_before(app, tp, end)  # Faust never handed them out (see streams.worker.faust_consumer)
 
     # The agent and the watch apply inputs one at a time, each partition in offset order.
     serial = asyncio.Lock()
 
-    # A committed offset that has not moved for two commit intervals while behind is stalled.
-    stalled_commits = StalledCommits(patience_s=2 * settings.commit_interval_s + SKIPPED_INPUTS_CHECK_S)
+    def idle() -> bool:
+        # Nothing fetched, gathered or in flight waits for the agent.
+        return all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
 
-    # Holes seen at the previous check: filled only when the next check sees them still there.
-    seen_holes: dict[int, tuple[int, int]] = {}
+    watch = InputWatch(app, names.inputs, changelog_name, applied, durable_next, serial, idle, fill_hole,
+                       apply_from_log, settings.commit_interval_s)
 
-    @app.timer(interval=SKIPPED_INPUTS_CHECK_S)
+    @app.timer(interval=CHECK_EVERY_S)
     async def apply_skipped_inputs() -> None:
-        """Applies inputs Faust went past without delivering them, and unsticks stalled commits.
-
-        The agent finds a hole when a partition's next input comes; a quiet partition may get
-        none. Faust's committed offset (or, the agent idle, its fetch position) beyond what
-        the table shows applied, twice in a row, is such a hole (see streams.worker.gaps).
-        """
+        """Applies inputs Faust went past or never delivered, and unsticks stalled commits (streams.worker.input_watch)."""
         try:
-            await look_for_skipped_inputs()
+            await watch.check()
         except Exception:  # noqa: BLE001 - an exception in a Faust timer crashes the whole worker
             # A hole half filled is seen again at a later check; its states were read again.
-            logger.exception("looking for skipped inputs failed; looking again in %.0fs", SKIPPED_INPUTS_CHECK_S)
-
-    async def look_for_skipped_inputs() -> None:
-        def settled() -> bool:
-            return not app.rebalancing and app.tables.recovery.completed.is_set()
-
-        if not settled():
-            seen_holes.clear()
-            return
-        owned = active_partitions(app, changelog_name)
-        committed_by_partition = committed_offsets(app)
-        # Idle, nothing fetched waits for the agent: a fetch position beyond what is applied is
-        # a hole too (Faust can seek past inputs no one applied, then commit an older offset).
-        idle = all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
-        inputs = [tp for tp in app.consumer.assignment() if tp.topic == names.inputs and tp.partition in owned]
-        inputs_committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
-        holes: dict[int, tuple[int, int]] = {}
-        for tp in inputs:
-            end = inputs_committed[tp.partition]
-            position = await app.consumer.position(tp) if idle else None
-            if position is not None and (end is None or position > end):
-                end = position
-            hole = applied.hole_before(tp.partition, end) if end is not None else None
-            if hole is not None:
-                holes[tp.partition] = hole
-        confirmed = {partition: hole for partition, hole in holes.items() if seen_holes.get(partition) == hole}
-        seen_holes.clear()
-        seen_holes.update(holes)
-        for partition, (start, end) in sorted(confirmed.items()):
-            async with serial:
-                if not settled() or partition not in active_partitions(app, changelog_name):
-                    return  # a rebalance began: the next assignment is checked afresh
-                if applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
-                    await fill_hole(TP(names.inputs, partition), start, end)
-        for partition, next_offset in stalled_commits.check(inputs_committed, durable_next, time.monotonic()):
-            logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
-                           "is applied; telling it they are done", partition, inputs_committed[partition], next_offset)
-            await note_done_before(app, TP(names.inputs, partition), next_offset)
+            logger.exception("looking for skipped inputs failed; looking again in %.0fs", CHECK_EVERY_S)
 
     async def hand_over_run(events: list[Any], ack: Callable[[Any], Awaitable[Any]]) -> None:
         """Decides ``events`` (in order) and hands their outputs over; the completer makes them durable."""
@@ -482,4 +441,4 @@ def build_pipeline(settings: Settings) -> Pipeline:
     return Pipeline(settings=settings, app=app, topics=names, key_to_state=key_to_state, processor=processor)
 
 
-__all__ = ["KeyStateTable", "Pipeline", "active_partitions", "build_pipeline"]
+__all__ = ["KeyStateTable", "Pipeline", "build_pipeline"]

@@ -12,8 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
+from faust.types import TP
 
 logger = logging.getLogger(__name__)
+
+
+def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
+    """The table partitions this worker owns as active (standby copies excluded)."""
+    return frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)
 
 
 def owned_by_generation(app: faust.App) -> Callable[[Any], bool]:
@@ -87,6 +93,65 @@ async def note_done_before(app: faust.App, tp: Any, end: int) -> None:
             missing_from = None
     if missing_from is not None:
         await consumer._add_gap(tp, missing_from, end - 1)
+
+
+def ack_read_from_log(app: faust.App, record: Any) -> None:
+    """Acks in Faust's consumer an input the worker read from the log itself (an aiokafka ``ConsumerRecord``).
+
+    Faust commits the gaps ``note_done_before`` adds only up to the highest offset it saw
+    acked (``Consumer._new_offset``): inputs applied from the log up to the end of a
+    partition Faust delivers nothing of would otherwise never be committed. The record
+    becomes Faust's own message (the driver's ``_to_message``) and is acked as any other.
+    """
+    consumer = app.consumer
+    consumer.ack(consumer._to_message(TP(record.topic, record.partition), record))
+
+
+async def fetch_on_from(app: faust.App, tp: Any, offset: int) -> None:
+    """Puts ``tp`` back among the partitions Faust fetches, from ``offset`` on.
+
+    Resumed as a rebalance's recovery resumes it (``Consumer.resume_partitions``, and out of
+    the partitions held back for a full stream buffer, ``_buffered_partitions``), then
+    sought (``Consumer.seek``: aiokafka's fetch position and Faust's read offset), so that
+    whatever held its fetch back, Faust fetches it again from there.
+    """
+    consumer = app.consumer
+    consumer._buffered_partitions.discard(tp)
+    consumer.resume_partitions({tp})
+    await consumer.seek(tp, offset)
+
+
+def fetch_state(app: faust.App, tp: Any) -> str:
+    """Faust's and aiokafka's view of fetching ``tp``, for the log line of a partition whose inputs stop coming.
+
+    Faust fetches only its active partitions (``Consumer._active_partitions``: assigned,
+    neither paused for a rebalance nor held back as ``_buffered_partitions``), hands out
+    only records at or beyond its read offset (``_read_offset``), and aiokafka fetches a
+    partition only while it is not paused and its last fetched records were consumed
+    (``Fetcher._records``). Whatever of it cannot be read is said so.
+    """
+    consumer = app.consumer
+    parts = [
+        f"faust active={tp in (getattr(consumer, '_active_partitions', None) or ())}",
+        f"paused={tp in getattr(consumer, '_paused_partitions', ())}",
+        f"buffered={tp in getattr(consumer, '_buffered_partitions', ())}",
+        f"read_offset={getattr(consumer, '_read_offset', {}).get(tp)}",
+        f"committed={getattr(consumer, '_committed_offset', {}).get(tp)}",
+        f"flow_active={getattr(consumer, 'flow_active', None)}",
+    ]
+    try:
+        kafka = consumer._thread._ensure_consumer()
+        state = kafka._subscription.subscription.assignment.state_value(tp)
+        parts += [
+            f"aiokafka paused={getattr(state, 'paused', None)}",
+            f"position={getattr(state, '_position', None)}",
+            f"awaiting_reset={getattr(state, 'awaiting_reset', None)}",
+            f"records_held={tp in kafka._fetcher._records}",
+            f"highwater={kafka.highwater(tp)}",
+        ]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic never stops the check that asked for it
+        parts.append(f"aiokafka state unreadable ({exc!r})")
+    return ", ".join(parts)
 
 
 def hand_records_over_with_one_task(consumer: Any) -> None:

@@ -190,9 +190,6 @@ class CarriedOutCommands:
         return (known, position) if before == now else None
 
 
-__all__ = ["AppliedOffsets", "CarriedOutCommands", "LogRangeReader", "applied_through", "group_committed_offsets"]
-
-
 def note_durable(durable_next: dict[int, int], messages: Iterable[Any]) -> None:
     """Moves each partition's next offset past ``messages`` (inputs durably applied and acked)."""
     for message in messages:
@@ -233,3 +230,47 @@ class StalledCommits:
     def forget(self) -> None:
         """Drops what was seen (a rebalance: the committed offsets are asked afresh)."""
         self._behind_since.clear()
+
+
+class UndeliveredInputs:
+    """Partitions whose log holds inputs beyond what is applied while Faust delivers none of them.
+
+    Faust's fetcher can leave an assigned partition unfetched for good: seen once after a
+    kill -9 and a restart (2026-12-03), where two partitions were applied to their ends and
+    the third stayed 785 inputs behind for three minutes, its committed offset unmoved, with
+    nothing delivered and no hole (the fetch position was the committed offset). ``check`` is
+    given, while the agent is idle, each partition's next offset to apply and its log end
+    offset; the same pair with inputs between them, for ``patience_s``, is a partition
+    Faust does not deliver. Each is named again only after another wait.
+    """
+
+    def __init__(self, patience_s: float) -> None:
+        self._patience_s = patience_s
+        self._seen: dict[int, tuple[int, int, float]] = {}
+
+    def check(self, next_to_apply: Mapping[int, int], log_end: Mapping[int, int],
+              now: float) -> list[tuple[int, int, int]]:
+        """``(partition, next to apply, log end)`` of each partition left undelivered for the patience."""
+        undelivered = []
+        for partition, start in next_to_apply.items():
+            end = log_end.get(partition)
+            if end is None or end <= start:
+                self._seen.pop(partition, None)
+                continue
+            seen = self._seen.get(partition)
+            if seen is None or seen[:2] != (start, end):
+                self._seen[partition] = (start, end, now)
+            elif now - seen[2] >= self._patience_s:
+                undelivered.append((partition, start, end))
+                self._seen[partition] = (start, end, now)
+        for partition in set(self._seen) - set(next_to_apply):
+            del self._seen[partition]
+        return undelivered
+
+    def forget(self) -> None:
+        """Drops what was seen (the agent is busy, or a rebalance began)."""
+        self._seen.clear()
+
+
+__all__ = ["AppliedOffsets", "CarriedOutCommands", "LogRangeReader", "StalledCommits", "UndeliveredInputs",
+           "applied_through", "group_committed_offsets", "note_durable"]

@@ -15,7 +15,7 @@ from intervaltree import IntervalTree
 from mode import Service
 
 from streams.worker.faust_consumer import hand_records_over_with_one_task, note_done_before, owned_by_generation
-from streams.worker.gaps import StalledCommits
+from streams.worker.gaps import StalledCommits, UndeliveredInputs
 
 INPUTS = TP("position-inputs", 1)
 
@@ -73,6 +73,35 @@ def test_a_committed_offset_is_stalled_only_after_staying_behind_for_the_patienc
     assert moving == [[], [], []]
     assert stuck == [[], [(1, 49)], []]
     assert (caught_up, not_owned) == ([], [])
+
+
+def test_a_partition_is_undelivered_only_after_its_log_end_stays_beyond_what_is_applied_for_the_patience():
+    undelivered = UndeliveredInputs(patience_s=5.0)
+
+    fetched_on = [undelivered.check({0: applied}, {0: 1000}, now) for applied, now in ((215, 0.0), (400, 3.0))]
+    stuck = [undelivered.check({0: 400}, {0: 1000}, now) for now in (6.0, 8.5, 9.0, 13.5)]
+    appended_to = undelivered.check({0: 400}, {0: 1001}, 20.0)  # a new input restarts the wait
+    caught_up = undelivered.check({0: 1001}, {0: 1001}, 30.0)
+    after_catching_up = undelivered.check({0: 1001}, {0: 1002}, 36.0)
+
+    assert fetched_on == [[], []]
+    assert stuck == [[], [(0, 400, 1000)], [], [(0, 400, 1000)]]
+    assert (appended_to, caught_up, after_catching_up) == ([], [], [])
+
+
+def test_a_partition_no_longer_asked_about_or_forgotten_starts_its_wait_again():
+    undelivered = UndeliveredInputs(patience_s=5.0)
+    undelivered.check({0: 10, 1: 10}, {0: 20, 1: 20}, 0.0)
+
+    undelivered.check({1: 10}, {0: 20, 1: 20}, 1.0)  # partition 0 is no longer idle-behind (or owned)
+    after_gone = undelivered.check({0: 10, 1: 10}, {0: 20, 1: 20}, 6.0)
+    undelivered.forget()
+    after_forget = undelivered.check({0: 10, 1: 10}, {0: 20, 1: 20}, 12.0)
+    later = undelivered.check({0: 10, 1: 10}, {0: 20, 1: 20}, 17.0)
+
+    assert after_gone == [(1, 10, 20)]
+    assert after_forget == []
+    assert later == [(0, 10, 20), (1, 10, 20)]
 
 
 class CountingConsumer:

@@ -1,0 +1,152 @@
+"""The worker's watch over its input partitions: no input left unapplied, no commit left behind.
+
+The agent finds a hole when a partition's next input comes (streams.worker.gaps); a quiet
+partition may get none, Faust's committed offset can stay behind inputs durably applied, and
+Faust can stop fetching a partition altogether. ``InputWatch.check`` runs every second
+(``CHECK_EVERY_S``) and deals with each, applying what it reads from the log under the same
+lock the agent applies its runs under, each partition in offset order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from streams.worker.faust_consumer import (
+    ack_read_from_log,
+    active_partitions,
+    committed_offsets,
+    fetch_on_from,
+    fetch_state,
+    note_done_before,
+)
+from streams.worker.gaps import AppliedOffsets, StalledCommits, UndeliveredInputs
+
+logger = logging.getLogger(__name__)
+
+#: How often the worker looks for inputs Faust went past, stalled commits and unfetched partitions.
+CHECK_EVERY_S = 1.0
+#: How long an idle worker waits on a partition whose log holds inputs it was never given before it acts.
+UNDELIVERED_PATIENCE_S = 5.0
+
+
+class InputWatch:
+    """Fills holes, unsticks commits and applies the inputs of partitions Faust does not fetch.
+
+    ``apply_from_log(tp, start, end)`` applies offsets ``start`` to ``end - 1`` read from the
+    log and returns the last record read; ``fill_hole`` does so for a hole and tells Faust
+    they are done; ``idle()`` says whether nothing fetched, gathered or in flight waits for
+    the agent; ``durable_next`` is, per partition, the offset after the last input durably
+    applied and acked.
+    """
+
+    def __init__(self, app: faust.App, inputs_topic: str, changelog_topic: str, applied: AppliedOffsets,
+                 durable_next: Mapping[int, int], serial: asyncio.Lock, idle: Callable[[], bool],
+                 fill_hole: Callable[[TP, int, int], Awaitable[None]],
+                 apply_from_log: Callable[[TP, int, int], Awaitable[Any]], commit_interval_s: float) -> None:
+        self._app = app
+        self._inputs_topic = inputs_topic
+        self._changelog_topic = changelog_topic
+        self._applied = applied
+        self._durable_next = durable_next
+        self._serial = serial
+        self._idle = idle
+        self._fill_hole = fill_hole
+        self._apply_from_log = apply_from_log
+        # A committed offset that has not moved for two commit intervals while behind is stalled.
+        self._stalled_commits = StalledCommits(patience_s=2 * commit_interval_s + CHECK_EVERY_S)
+        # Holes seen at the previous check: filled only when the next check sees them still there.
+        self._seen_holes: dict[int, tuple[int, int]] = {}
+        self._undelivered = UndeliveredInputs(patience_s=UNDELIVERED_PATIENCE_S)
+
+    def forget(self) -> None:
+        """Drops what was seen (a rebalance: the next assignment is checked afresh)."""
+        self._seen_holes.clear()
+        self._stalled_commits.forget()
+        self._undelivered.forget()
+
+    def _settled(self) -> bool:
+        return not self._app.rebalancing and self._app.tables.recovery.completed.is_set()
+
+    def _owned(self) -> frozenset[int]:
+        return active_partitions(self._app, self._changelog_topic)
+
+    async def check(self) -> None:
+        """One look at every input partition the worker owns (see the module's docstring)."""
+        if not self._settled():
+            self._seen_holes.clear()
+            self._undelivered.forget()
+            return
+        app = self._app
+        owned = self._owned()
+        committed_by_partition = committed_offsets(app)
+        # Idle, nothing fetched waits for the agent: a fetch position beyond what is applied is
+        # a hole too (Faust can seek past inputs no one applied, then commit an older offset).
+        idle = self._idle()
+        inputs = [tp for tp in app.consumer.assignment() if tp.topic == self._inputs_topic and tp.partition in owned]
+        committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
+        await self._fill_confirmed_holes(inputs, committed, idle)
+        for partition, next_offset in self._stalled_commits.check(committed, self._durable_next, time.monotonic()):
+            logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
+                           "is applied; telling it they are done", partition, committed[partition], next_offset)
+            await note_done_before(app, TP(self._inputs_topic, partition), next_offset)
+        if idle:
+            await self._apply_undelivered(inputs, committed)
+        else:
+            self._undelivered.forget()
+
+    async def _fill_confirmed_holes(self, inputs: list[TP], committed: Mapping[int, int | None], idle: bool) -> None:
+        holes: dict[int, tuple[int, int]] = {}
+        for tp in inputs:
+            end = committed[tp.partition]
+            position = await self._app.consumer.position(tp) if idle else None
+            if position is not None and (end is None or position > end):
+                end = position
+            hole = self._applied.hole_before(tp.partition, end) if end is not None else None
+            if hole is not None:
+                holes[tp.partition] = hole
+        confirmed = {partition: hole for partition, hole in holes.items() if self._seen_holes.get(partition) == hole}
+        self._seen_holes.clear()
+        self._seen_holes.update(holes)
+        for partition, (start, end) in sorted(confirmed.items()):
+            async with self._serial:
+                if not self._still_owned(partition):
+                    return  # a rebalance began: the next assignment is checked afresh
+                if self._applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
+                    await self._fill_hole(TP(self._inputs_topic, partition), start, end)
+
+    async def _apply_undelivered(self, inputs: list[TP], committed: Mapping[int, int | None]) -> None:
+        # The log's end beyond both what is applied and what Faust committed, unchanged while the
+        # agent stays idle: Faust is not fetching the partition (a tail of undecodable inputs
+        # after a restart is behind the committed offset, so it is not taken for one).
+        app = self._app
+        log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
+        next_to_apply = {tp.partition: self._applied.expected(tp.partition) for tp in inputs
+                         if (committed[tp.partition] or 0) < log_end.get(tp.partition, 0)}
+        for partition, start, end in self._undelivered.check(next_to_apply, log_end, time.monotonic()):
+            tp = TP(self._inputs_topic, partition)
+            logger.warning("position-inputs[%d]: offsets %d..%d are in the log and Faust delivered none of them "
+                           "for %.0fs (%s); reading them from the log, then fetching on from %d",
+                           partition, start, end - 1, UNDELIVERED_PATIENCE_S, fetch_state(app, tp), end)
+            async with self._serial:
+                if not self._still_owned(partition):
+                    return  # a rebalance began: the next assignment is checked afresh
+                if self._applied.hole_before(partition, end) != (start, end):
+                    continue  # the agent was given them meanwhile
+                last = await self._apply_from_log(tp, start, end)
+                if last is not None:
+                    ack_read_from_log(app, last)  # an ack at the end lets Faust commit the gaps before it
+                await note_done_before(app, tp, end)
+                await fetch_on_from(app, tp, end)
+
+    def _still_owned(self, partition: int) -> bool:
+        return self._settled() and partition in self._owned()
+
+
+__all__ = ["CHECK_EVERY_S", "UNDELIVERED_PATIENCE_S", "InputWatch"]
