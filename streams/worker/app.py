@@ -289,8 +289,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # Nothing fetched, gathered or in flight waits for the agent.
         return all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
 
+    def describe_agent() -> str:
+        fetched = sum(queue.qsize() for queue in agent_queue)
+        return (f"{fetched} fetched waiting, {len(gathered)} gathered, {in_flight.pending} runs in flight, "
+                f"{'holding' if serial.locked() else 'not holding'} its lock")
+
     watch = InputWatch(app, names.inputs, changelog_name, applied, durable_next, serial, idle, fill_hole,
-                       apply_from_log, settings.commit_interval_s)
+                       apply_from_log, settings.commit_interval_s, describe_agent)
 
     @app.timer(interval=CHECK_EVERY_S)
     async def apply_skipped_inputs() -> None:

@@ -137,6 +137,8 @@ def fetch_state(app: faust.App, tp: Any) -> str:
         f"buffered={tp in getattr(consumer, '_buffered_partitions', ())}",
         f"read_offset={getattr(consumer, '_read_offset', {}).get(tp)}",
         f"committed={getattr(consumer, '_committed_offset', {}).get(tp)}",
+        f"acked={_offsets_summary(getattr(consumer, '_acked', {}).get(tp))}",
+        f"gaps={sorted((gap.begin, gap.end) for gap in getattr(consumer, '_gap', {}).get(tp) or ())[:5]}",
         f"flow_active={getattr(consumer, 'flow_active', None)}",
     ]
     try:
@@ -152,6 +154,14 @@ def fetch_state(app: faust.App, tp: Any) -> str:
     except Exception as exc:  # noqa: BLE001 - a diagnostic never stops the check that asked for it
         parts.append(f"aiokafka state unreadable ({exc!r})")
     return ", ".join(parts)
+
+
+def _offsets_summary(offsets: Any) -> str:
+    """``count [first..last]`` of a list of offsets (Faust's acked offsets of a partition), or ``none``."""
+    if not offsets:
+        return "none"
+    ordered = sorted(offsets)
+    return f"{len(ordered)} [{ordered[0]}..{ordered[-1]}]"
 
 
 def hand_records_over_with_one_task(consumer: Any) -> None:

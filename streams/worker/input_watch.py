@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
 #: How long an idle worker waits on a partition whose log holds inputs it was never given before it acts.
 UNDELIVERED_PATIENCE_S = 5.0
+#: How long a committed offset may stay behind its partition's log end, unmoved, before the worker says so.
+STALLED_PARTITION_ALARM_S = 30.0
 
 
 class InputWatch:
@@ -49,7 +51,8 @@ class InputWatch:
     def __init__(self, app: faust.App, inputs_topic: str, changelog_topic: str, applied: AppliedOffsets,
                  durable_next: Mapping[int, int], serial: asyncio.Lock, idle: Callable[[], bool],
                  fill_hole: Callable[[TP, int, int], Awaitable[None]],
-                 apply_from_log: Callable[[TP, int, int], Awaitable[Any]], commit_interval_s: float) -> None:
+                 apply_from_log: Callable[[TP, int, int], Awaitable[Any]], commit_interval_s: float,
+                 describe_agent: Callable[[], str]) -> None:
         self._app = app
         self._inputs_topic = inputs_topic
         self._changelog_topic = changelog_topic
@@ -59,17 +62,21 @@ class InputWatch:
         self._idle = idle
         self._fill_hole = fill_hole
         self._apply_from_log = apply_from_log
+        self._describe_agent = describe_agent
         # A committed offset that has not moved for two commit intervals while behind is stalled.
         self._stalled_commits = StalledCommits(patience_s=2 * commit_interval_s + CHECK_EVERY_S)
         # Holes seen at the previous check: filled only when the next check sees them still there.
         self._seen_holes: dict[int, tuple[int, int]] = {}
         self._undelivered = UndeliveredInputs(patience_s=UNDELIVERED_PATIENCE_S)
+        # A committed offset behind the log end that has not moved for long, whatever the cause.
+        self._stalled_partitions = StalledCommits(patience_s=STALLED_PARTITION_ALARM_S)
 
     def forget(self) -> None:
         """Drops what was seen (a rebalance: the next assignment is checked afresh)."""
         self._seen_holes.clear()
         self._stalled_commits.forget()
         self._undelivered.forget()
+        self._stalled_partitions.forget()
 
     def _settled(self) -> bool:
         return not self._app.rebalancing and self._app.tables.recovery.completed.is_set()
@@ -91,13 +98,25 @@ class InputWatch:
         idle = self._idle()
         inputs = [tp for tp in app.consumer.assignment() if tp.topic == self._inputs_topic and tp.partition in owned]
         committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
+        # Idle, every input applied is durable: the table's offsets count as much as the completions'.
+        durable = dict(self._durable_next)
+        if idle:
+            for tp in inputs:
+                durable[tp.partition] = max(durable.get(tp.partition, 0), self._applied.expected(tp.partition))
         await self._fill_confirmed_holes(inputs, committed, idle)
-        for partition, next_offset in self._stalled_commits.check(committed, self._durable_next, time.monotonic()):
+        for partition, next_offset in self._stalled_commits.check(committed, durable, time.monotonic()):
             logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
                            "is applied; telling it they are done", partition, committed[partition], next_offset)
             await note_done_before(app, TP(self._inputs_topic, partition), next_offset)
+        log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
+        for partition, end in self._stalled_partitions.check(committed, log_end, time.monotonic()):
+            tp = TP(self._inputs_topic, partition)
+            logger.warning("position-inputs[%d]: Faust's committed offset has stayed at %s for %.0fs while the log "
+                           "ends at %d; applied up to %d, durable up to %s; the agent: %s; %s", partition,
+                           committed[partition], STALLED_PARTITION_ALARM_S, end, self._applied.expected(partition),
+                           self._durable_next.get(partition), self._describe_agent(), fetch_state(app, tp))
         if idle:
-            await self._apply_undelivered(inputs, committed)
+            await self._apply_undelivered(inputs, committed, log_end)
         else:
             self._undelivered.forget()
 
@@ -121,12 +140,12 @@ class InputWatch:
                 if self._applied.hole_before(partition, end) == (start, end):  # the agent did not fill it meanwhile
                     await self._fill_hole(TP(self._inputs_topic, partition), start, end)
 
-    async def _apply_undelivered(self, inputs: list[TP], committed: Mapping[int, int | None]) -> None:
+    async def _apply_undelivered(self, inputs: list[TP], committed: Mapping[int, int | None],
+                                 log_end: Mapping[int, int]) -> None:
         # The log's end beyond both what is applied and what Faust committed, unchanged while the
         # agent stays idle: Faust is not fetching the partition (a tail of undecodable inputs
         # after a restart is behind the committed offset, so it is not taken for one).
         app = self._app
-        log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
         next_to_apply = {tp.partition: self._applied.expected(tp.partition) for tp in inputs
                          if (committed[tp.partition] or 0) < log_end.get(tp.partition, 0)}
         for partition, start, end in self._undelivered.check(next_to_apply, log_end, time.monotonic()):
@@ -149,4 +168,4 @@ class InputWatch:
         return self._settled() and partition in self._owned()
 
 
-__all__ = ["CHECK_EVERY_S", "UNDELIVERED_PATIENCE_S", "InputWatch"]
+__all__ = ["CHECK_EVERY_S", "STALLED_PARTITION_ALARM_S", "UNDELIVERED_PATIENCE_S", "InputWatch"]
