@@ -301,7 +301,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
     async def apply_skipped_inputs() -> None:
         """Applies inputs Faust went past or never delivered, and unsticks stalled commits (streams.worker.input_watch)."""
         try:
-            await watch.check()
+            await watch.check_within()
         except Exception:  # noqa: BLE001 - an exception in a Faust timer crashes the whole worker
             # A hole half filled is seen again at a later check; its states were read again.
             logger.exception("looking for skipped inputs failed; looking again in %.0fs", CHECK_EVERY_S)

@@ -26,6 +26,7 @@ from streams.worker.faust_consumer import (
     fetch_state,
     note_done_before,
 )
+from streams.telemetry.task_dump import await_chain
 from streams.worker.gaps import AppliedOffsets, StalledCommits, UndeliveredInputs
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ CHECK_EVERY_S = 1.0
 UNDELIVERED_PATIENCE_S = 5.0
 #: How long a committed offset may stay behind its partition's log end, unmoved, before the worker says so.
 STALLED_PARTITION_ALARM_S = 30.0
+#: The longest one check may take (filling a hole of tens of thousands of inputs included); then it is
+#: cancelled, where it waited is logged, and the next check starts afresh.
+CHECK_TIMEOUT_S = 60.0
 
 
 class InputWatch:
@@ -83,6 +87,23 @@ class InputWatch:
 
     def _owned(self) -> frozenset[int]:
         return active_partitions(self._app, self._changelog_topic)
+
+    async def check_within(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        """``check``, cancelled after ``timeout_s`` with a warning naming where it waited.
+
+        The check awaits Faust's consumer thread (positions, end offsets), the agent's lock and
+        log reads: one that never returns would end every later check unseen.
+        """
+        task = asyncio.ensure_future(self.check())
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if task in done:
+            task.result()
+            return
+        where = " <- ".join(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})"
+                            for frame in reversed(await_chain(task.get_coro())))
+        logger.warning("the input watch's check did not finish in %gs, waiting in %s; cancelled", timeout_s, where)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def check(self) -> None:
         """One look at every input partition the worker owns (see the module's docstring)."""
@@ -168,4 +189,4 @@ class InputWatch:
         return self._settled() and partition in self._owned()
 
 
-__all__ = ["CHECK_EVERY_S", "STALLED_PARTITION_ALARM_S", "UNDELIVERED_PATIENCE_S", "InputWatch"]
+__all__ = ["CHECK_EVERY_S", "CHECK_TIMEOUT_S", "STALLED_PARTITION_ALARM_S", "UNDELIVERED_PATIENCE_S", "InputWatch"]
