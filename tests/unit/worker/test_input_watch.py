@@ -1,12 +1,24 @@
-"""The input watch's one-second check is bounded: a check that never returns is named and cancelled."""
+"""The input watch: an idle worker's applied inputs unstick Faust's commits; a check never hangs unseen.
+
+The consumer here is faust-streaming 0.15.3's commit bookkeeping driven by its own methods
+(``tests.unit.worker.test_faust_consumer.ConsumerState``); the rest of the app is what the
+watch reads of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
+from faust.types import TP
+
+from streams.worker import input_watch
 from streams.worker.gaps import AppliedOffsets
 from streams.worker.input_watch import InputWatch
+from tests.unit.worker.test_faust_consumer import INPUTS, ConsumerState
+
+CHANGELOG = TP("key_to_state-changelog", INPUTS.partition)
 
 
 def watch_without_a_worker() -> InputWatch:
@@ -65,3 +77,45 @@ async def test_a_check_that_returns_in_time_is_not_touched_and_its_error_propaga
     assert calls == ["quick"]
     assert raised == "the consumer is stopping"
     assert caplog.records == []
+
+
+class SettledWorker(SimpleNamespace):
+    """What the watch reads of a Faust app that owns ``INPUTS``, settled after its last rebalance."""
+
+    def __init__(self, consumer: ConsumerState, log_end: int) -> None:
+        async def position(tp):
+            return consumer._committed_offset[tp]
+
+        async def highwaters(*tps):
+            return {tp: log_end for tp in tps}
+
+        consumer.assignment = lambda: {INPUTS}
+        consumer.position = position
+        consumer.highwaters = highwaters
+        super().__init__(consumer=consumer, rebalancing=False,
+                         tables=SimpleNamespace(recovery=SimpleNamespace(completed=SimpleNamespace(is_set=lambda: True))),
+                         assignor=SimpleNamespace(assigned_actives=lambda: {CHANGELOG}))
+
+
+async def test_an_idle_worker_whose_table_is_ahead_of_a_stalled_commit_tells_faust_the_inputs_are_done(monkeypatch):
+    # Arrange: the table shows every input before 50 applied; this worker completed none of them
+    # itself (durable_next is empty, as after a restart); Faust committed 20 and acked 30..49 only.
+    consumer = ConsumerState(committed=20, acked=list(range(30, 50)))
+    stalled_without_the_watch = ConsumerState(committed=20, acked=list(range(30, 50)))
+    watch = InputWatch(app=SettledWorker(consumer, log_end=50), inputs_topic=INPUTS.topic,
+                       changelog_topic=CHANGELOG.topic, applied=AppliedOffsets(lambda: {INPUTS.partition: 50}),
+                       durable_next={}, serial=asyncio.Lock(), idle=lambda: True, fill_hole=None,
+                       apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle")
+    clock = [100.0]
+    monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
+
+    # Act: a check now, and one past the stalled-commit patience (two commit intervals and a check).
+    await watch.check()
+    first = consumer.next_commit()
+    clock[0] += 3.0
+    await watch.check()
+
+    # Assert: only once the commit stayed behind for the patience, and then all the way to 50.
+    assert stalled_without_the_watch.next_commit() is None
+    assert first is None
+    assert consumer.next_commit() == 50
