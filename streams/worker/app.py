@@ -264,16 +264,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
             raise
         applied.applied(records[-1].partition, records[-1].offset)
 
-    async def apply_from_log(tp: Any, start: int, end: int) -> Any:
-        """Applies offsets ``start`` to ``end - 1`` of ``tp`` read from the log; the last record read (or None)."""
+    async def apply_from_log(tp: Any, start: int, end: int) -> None:
+        """Applies offsets ``start`` to ``end - 1`` of ``tp``, read from the log."""
         metrics.observe_input_gap(end - start)
-        last = None
         async for records in log_reader.read(tp.partition, start, end):
             await apply_records([ConsumedRecord(
                 topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
                 value=record.value, timestamp_ms=record.timestamp) for record in records])
-            last = records[-1]
-        return last
 
     async def fill_hole(tp: Any, start: int, end: int) -> None:
         # Faust went past inputs the agent never applied (see streams.worker.gaps): read them from the log.

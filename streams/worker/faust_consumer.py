@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
-from faust.types import TP
 
 logger = logging.getLogger(__name__)
 
@@ -77,34 +76,35 @@ async def note_done_before(app: faust.App, tp: Any, end: int) -> None:
 
     Only the offsets neither acked nor in a gap yet become gaps: Faust adds a gap's offsets
     to its acked ones, and an offset there twice splits its runs of consecutive offsets, so
-    each commit would move one offset on.
+    each commit would move one offset on. Faust takes gaps in only up to the highest offset
+    it saw acked: when none is acked at or past ``end - 1`` and that offset is missing, it is
+    recorded as acked (as ``Consumer.ack`` records one), so the next commit reaches ``end``
+    even if Faust never delivers another input of ``tp``.
     """
     consumer = app.consumer
     committed = consumer._committed_offset.get(tp)
     acked = consumer._acked_index.get(tp, set())
     gaps = consumer._gap.get(tp)
+
+    def done(offset: int) -> bool:
+        return offset in acked or (gaps is not None and gaps.overlaps_point(offset))
+
+    first = committed + 1 if committed is not None else 0
+    last = end - 1
+    ack_last = last >= first and not done(last) and max(consumer._acked.get(tp) or [-1]) < last
     missing_from: int | None = None
-    for offset in range(committed + 1 if committed is not None else 0, end):
-        done = offset in acked or (gaps is not None and gaps.overlaps_point(offset))
-        if not done and missing_from is None:
+    for offset in range(first, last if ack_last else end):
+        if not done(offset) and missing_from is None:
             missing_from = offset
-        elif done and missing_from is not None:
+        elif done(offset) and missing_from is not None:
             await consumer._add_gap(tp, missing_from, offset - 1)
             missing_from = None
     if missing_from is not None:
-        await consumer._add_gap(tp, missing_from, end - 1)
-
-
-def ack_read_from_log(app: faust.App, record: Any) -> None:
-    """Acks in Faust's consumer an input the worker read from the log itself (an aiokafka ``ConsumerRecord``).
-
-    Faust commits the gaps ``note_done_before`` adds only up to the highest offset it saw
-    acked (``Consumer._new_offset``): inputs applied from the log up to the end of a
-    partition Faust delivers nothing of would otherwise never be committed. The record
-    becomes Faust's own message (the driver's ``_to_message``) and is acked as any other.
-    """
-    consumer = app.consumer
-    consumer.ack(consumer._to_message(TP(record.topic, record.partition), record))
+        await consumer._add_gap(tp, missing_from, (last if ack_last else end) - 1)
+    if ack_last:
+        consumer._acked_index[tp].add(last)
+        consumer._acked[tp].append(last)
+        consumer._n_acked += 1
 
 
 async def fetch_on_from(app: faust.App, tp: Any, offset: int) -> None:

@@ -13,13 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import faust
 from faust.types import TP
 
 from streams.worker.faust_consumer import (
-    ack_read_from_log,
     active_partitions,
     committed_offsets,
     fetch_on_from,
@@ -46,16 +44,16 @@ class InputWatch:
     """Fills holes, unsticks commits and applies the inputs of partitions Faust does not fetch.
 
     ``apply_from_log(tp, start, end)`` applies offsets ``start`` to ``end - 1`` read from the
-    log and returns the last record read; ``fill_hole`` does so for a hole and tells Faust
-    they are done; ``idle()`` says whether nothing fetched, gathered or in flight waits for
-    the agent; ``durable_next`` is, per partition, the offset after the last input durably
-    applied and acked.
+    log; ``fill_hole`` does so for a hole and tells Faust they are done; ``idle()`` says
+    whether nothing fetched, gathered or in flight waits for the agent; ``durable_next`` is,
+    per partition, the offset after the last input durably applied and acked;
+    ``describe_agent()`` says what the agent holds, for the stall alarm.
     """
 
     def __init__(self, app: faust.App, inputs_topic: str, changelog_topic: str, applied: AppliedOffsets,
                  durable_next: Mapping[int, int], serial: asyncio.Lock, idle: Callable[[], bool],
                  fill_hole: Callable[[TP, int, int], Awaitable[None]],
-                 apply_from_log: Callable[[TP, int, int], Awaitable[Any]], commit_interval_s: float,
+                 apply_from_log: Callable[[TP, int, int], Awaitable[None]], commit_interval_s: float,
                  describe_agent: Callable[[], str]) -> None:
         self._app = app
         self._inputs_topic = inputs_topic
@@ -179,9 +177,7 @@ class InputWatch:
                     return  # a rebalance began: the next assignment is checked afresh
                 if self._applied.hole_before(partition, end) != (start, end):
                     continue  # the agent was given them meanwhile
-                last = await self._apply_from_log(tp, start, end)
-                if last is not None:
-                    ack_read_from_log(app, last)  # an ack at the end lets Faust commit the gaps before it
+                await self._apply_from_log(tp, start, end)
                 await note_done_before(app, tp, end)
                 await fetch_on_from(app, tp, end)
 

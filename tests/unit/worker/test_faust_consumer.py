@@ -25,7 +25,7 @@ class ConsumerState(SimpleNamespace):
 
     def __init__(self, committed: int | None, acked: list[int]) -> None:
         super().__init__(_committed_offset=defaultdict(lambda: None), _acked=defaultdict(list),
-                         _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree))
+                         _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree), _n_acked=0)
         self._committed_offset[INPUTS] = committed
         self._acked[INPUTS].extend(acked)
         self._acked_index[INPUTS].update(acked)
@@ -50,16 +50,30 @@ async def test_a_committed_offset_moved_back_below_unacked_offsets_commits_again
     assert consumer.next_commit() == 49
 
 
-async def test_only_offsets_neither_acked_nor_in_a_gap_become_gaps():
+async def test_only_offsets_neither_acked_nor_in_a_gap_become_gaps_and_the_last_is_acked():
     consumer = ConsumerState(committed=0, acked=[3, 4, 7])
     await consumer._add_gap(INPUTS, 5, 5)
 
     await note_done_before(SimpleNamespace(consumer=consumer), INPUTS, 10)
 
     in_gaps = sorted(offset for interval in consumer._gap[INPUTS] for offset in range(interval.begin, interval.end))
-    assert in_gaps == [1, 2, 5, 6, 8, 9]  # 0 is committed; 3, 4 and 7 acked; 5 a gap already
-    # Faust takes gaps in up to its highest acked offset (7): 8 and 9 wait for a later ack.
-    assert consumer.next_commit() == 8
+    assert in_gaps == [1, 2, 5, 6, 8]  # 0 is committed; 3, 4 and 7 acked; 5 a gap already
+    # Faust takes gaps in only up to its highest acked offset: 9, the last, is acked, so the
+    # commit reaches the end without another input delivered.
+    assert sorted(consumer._acked[INPUTS]) == [3, 4, 7, 9]
+    assert consumer.next_commit() == 10
+
+
+async def test_the_last_offset_is_not_acked_again_when_faust_acked_one_at_or_past_it():
+    acked_past_the_end = ConsumerState(committed=0, acked=[12])
+    acked_at_the_end = ConsumerState(committed=0, acked=[9])
+
+    await note_done_before(SimpleNamespace(consumer=acked_past_the_end), INPUTS, 10)
+    await note_done_before(SimpleNamespace(consumer=acked_at_the_end), INPUTS, 10)
+
+    assert sorted(acked_past_the_end._acked[INPUTS]) == [12]  # 1..9 became gaps; 12's commit takes them in
+    assert sorted(acked_at_the_end._acked[INPUTS]) == [9]
+    assert acked_at_the_end.next_commit() == 10
 
 
 def test_a_committed_offset_is_stalled_only_after_staying_behind_for_the_patience():
