@@ -105,6 +105,7 @@ class InputWatch:
 
     async def check(self) -> None:
         """One look at every input partition the worker owns (see the module's docstring)."""
+        await self._sound_stall_alarm()
         if not self._settled():
             self._seen_holes.clear()
             self._undelivered.forget()
@@ -127,17 +128,36 @@ class InputWatch:
             logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
                            "is applied; telling it they are done", partition, committed[partition], next_offset)
             await note_done_before(app, TP(self._inputs_topic, partition), next_offset)
-        log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
-        for partition, end in self._stalled_partitions.check(committed, log_end, time.monotonic()):
-            tp = TP(self._inputs_topic, partition)
-            logger.warning("position-inputs[%d]: Faust's committed offset has stayed at %s for %.0fs while the log "
-                           "ends at %d; applied up to %d, durable up to %s; the agent: %s; %s", partition,
-                           committed[partition], STALLED_PARTITION_ALARM_S, end, self._applied.expected(partition),
-                           self._durable_next.get(partition), self._describe_agent(), fetch_state(app, tp))
         if idle:
+            log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
             await self._apply_undelivered(inputs, committed, log_end)
         else:
             self._undelivered.forget()
+
+    async def _sound_stall_alarm(self) -> None:
+        # Every input partition the consumer holds, settled or not, owned by the assignor or not:
+        # a stall the checks below cannot see (a rebalance that never ends, a partition the
+        # assignor does not count as this worker's) is named too.
+        app = self._app
+        try:
+            inputs = [tp for tp in app.consumer.assignment() if tp.topic == self._inputs_topic]
+            log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
+        except Exception:  # noqa: BLE001 - the assignment changed meanwhile: the next check looks again
+            return
+        committed_by_partition = committed_offsets(app)
+        committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
+        owned = self._owned()
+        for partition, end in self._stalled_partitions.check(committed, log_end, time.monotonic()):
+            applied = self._applied.expected(partition) if partition in owned else None
+            logger.warning("position-inputs[%d]: Faust's committed offset has stayed at %s for %.0fs while the log "
+                           "ends at %d; %s, %s; applied up to %s, durable up to %s; the agent: %s; %s", partition,
+                           committed[partition], STALLED_PARTITION_ALARM_S, end,
+                           "owned" if partition in owned else "NOT among the assignor's actives",
+                           "settled" if self._settled() else
+                           f"NOT settled (rebalancing={app.rebalancing}, "
+                           f"recovered={app.tables.recovery.completed.is_set()})",
+                           applied, self._durable_next.get(partition), self._describe_agent(),
+                           fetch_state(app, TP(self._inputs_topic, partition)))
 
     async def _fill_confirmed_holes(self, inputs: list[TP], committed: Mapping[int, int | None], idle: bool) -> None:
         holes: dict[int, tuple[int, int]] = {}

@@ -119,3 +119,30 @@ async def test_an_idle_worker_whose_table_is_ahead_of_a_stalled_commit_tells_fau
     assert stalled_without_the_watch.next_commit() is None
     assert first is None
     assert consumer.next_commit() == 50
+
+
+async def test_a_commit_unmoved_behind_the_log_end_is_named_even_while_the_worker_stays_rebalancing(
+        monkeypatch, caplog):
+    # Arrange: a worker that never leaves its rebalance (so no other check runs), Faust committed 20 of 50.
+    consumer = ConsumerState(committed=20, acked=[])
+    worker = SettledWorker(consumer, log_end=50)
+    worker.rebalancing = True
+    watch = InputWatch(app=worker, inputs_topic=INPUTS.topic, changelog_topic=CHANGELOG.topic,
+                       applied=AppliedOffsets(lambda: {INPUTS.partition: 50}), durable_next={},
+                       serial=asyncio.Lock(), idle=lambda: True, fill_hole=None, apply_from_log=None,
+                       commit_interval_s=1.0, describe_agent=lambda: "idle")
+    clock = [100.0]
+    monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
+
+    # Act: a check now, one just before the alarm's patience, one at it.
+    with caplog.at_level(logging.WARNING, logger="streams.worker.input_watch"):
+        for now in (100.0, 129.0, 130.0):
+            clock[0] = now
+            await watch.check()
+
+    # Assert: named once, with why the other checks stood aside and what Faust holds.
+    [alarm] = [record.getMessage() for record in caplog.records]
+    assert "committed offset has stayed at 20 for 30s while the log ends at 50" in alarm
+    assert "NOT settled (rebalancing=True, recovered=True)" in alarm
+    assert "acked=none" in alarm
+    assert consumer.next_commit() is None  # nothing was noted done: the worker is not settled
