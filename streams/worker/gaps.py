@@ -216,7 +216,8 @@ class StalledCommits:
         stalled = []
         for partition, next_offset in durable_next.items():
             offset = committed.get(partition)
-            if partition not in committed or (offset is not None and offset >= next_offset):
+            # None: nothing committed yet, which is behind only once there is something to commit.
+            if partition not in committed or (offset if offset is not None else 0) >= next_offset:
                 self._behind_since.pop(partition, None)
                 continue
             seen = self._behind_since.get(partition)

@@ -83,10 +83,14 @@ def test_a_committed_offset_is_stalled_only_after_staying_behind_for_the_patienc
     stuck = [stalled.check({1: 30}, {1: 49}, now) for now in (9.0, 11.5, 12.0)]
     caught_up = stalled.check({1: 49}, {1: 49}, 20.0)
     not_owned = stalled.check({}, {2: 10}, 30.0)
+    empty_log = [stalled.check({3: None}, {3: 0}, now) for now in (40.0, 50.0)]  # nothing to commit yet
+    never_committed = [stalled.check({3: None}, {3: 4}, now) for now in (60.0, 65.0)]
 
     assert moving == [[], [], []]
     assert stuck == [[], [(1, 49)], []]
     assert (caught_up, not_owned) == ([], [])
+    assert empty_log == [[], []]
+    assert never_committed == [[], [(3, 4)]]
 
 
 def test_a_partition_is_undelivered_only_after_its_log_end_stays_beyond_what_is_applied_for_the_patience():
