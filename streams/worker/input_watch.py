@@ -105,7 +105,7 @@ class InputWatch:
 
     async def check(self) -> None:
         """One look at every input partition the worker owns (see the module's docstring)."""
-        await self._sound_stall_alarm()
+        log_end = await self._sound_stall_alarm()
         if not self._settled():
             self._seen_holes.clear()
             self._undelivered.forget()
@@ -128,22 +128,22 @@ class InputWatch:
             logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
                            "is applied; telling it they are done", partition, committed[partition], next_offset)
             await note_done_before(app, TP(self._inputs_topic, partition), next_offset)
-        if idle:
-            log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
+        if idle and log_end is not None:
             await self._apply_undelivered(inputs, committed, log_end)
         else:
             self._undelivered.forget()
 
-    async def _sound_stall_alarm(self) -> None:
+    async def _sound_stall_alarm(self) -> dict[int, int] | None:
         # Every input partition the consumer holds, settled or not, owned by the assignor or not:
         # a stall the checks below cannot see (a rebalance that never ends, a partition the
-        # assignor does not count as this worker's) is named too.
+        # assignor does not count as this worker's) is named too. Returns the partitions' log
+        # end offsets, asked once a check (None when the assignment changed meanwhile).
         app = self._app
         try:
             inputs = [tp for tp in app.consumer.assignment() if tp.topic == self._inputs_topic]
             log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
         except Exception:  # noqa: BLE001 - the assignment changed meanwhile: the next check looks again
-            return
+            return None
         committed_by_partition = committed_offsets(app)
         committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
         owned = self._owned()
@@ -158,6 +158,7 @@ class InputWatch:
                            f"recovered={app.tables.recovery.completed.is_set()})",
                            applied, self._durable_next.get(partition), self._describe_agent(),
                            fetch_state(app, TP(self._inputs_topic, partition)))
+        return log_end
 
     async def _fill_confirmed_holes(self, inputs: list[TP], committed: Mapping[int, int | None], idle: bool) -> None:
         holes: dict[int, tuple[int, int]] = {}
