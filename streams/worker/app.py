@@ -40,7 +40,7 @@ from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through,
 from streams.worker.input_watch import CHECK_EVERY_S, InputWatch
 from streams.worker.faust_consumer import (
     active_partitions,
-    hand_records_over_with_one_task,
+    hand_records_over_inline,
     note_done_before,
     owned_by_generation,
     release_unowned,
@@ -354,7 +354,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         acknowledged them (see streams.worker.in_flight).
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
-        hand_records_over_with_one_task(app.consumer)
+        hand_records_over_inline(app.consumer)
         hand_over_on_rebalance.bind_loop(asyncio.get_running_loop())
         gathered.bind(stream.ack)
         # The queue Faust's conductor fills for this stream: while it holds more events, or the

@@ -3,14 +3,15 @@
 The agent gathers the events Faust has already fetched into a run and decides it once
 Faust's queue for the stream is empty and no record Kafka reported is still on its way
 (``RecordsAhead``), or once the run is ``MAX_GATHER_S`` old (streams.worker.app
-``apply_inputs``). Faust's fetcher hands the agent one record per turn of the event loop
-(faust-streaming 0.15.3's ``Consumer._drain_messages`` awaits each record's delivery), so its
-queue is empty between almost any two records even during a backlog: deciding whenever it
-was empty made runs of one input, each paying a run's fixed cost (a record batch per topic
-partition, a completion), and held one worker below 1,000 fresh-key opens/s (p50 latency
-1.5 s at 1,000/s, 2026-12-02). Waiting while the partitions' high watermarks show records
-beyond the last one delivered lets a backlog form runs of hundreds, while a single input
-with nothing behind it is still decided at once.
+``apply_inputs``). Faust's queue for the stream says little about what is coming: its
+fetcher (faust-streaming 0.15.3's ``Consumer._drain_messages``) handed the agent one record
+per turn of the event loop until ``streams.worker.faust_consumer.hand_records_over_inline``,
+and still yields every 100 records and between two fetches, so the queue runs empty during
+a backlog too. Deciding whenever it was empty made runs of one input, each paying a run's
+fixed cost (a record batch per topic partition, a completion), and held one worker below
+1,000 fresh-key opens/s (p50 latency 1.5 s at 1,000/s, 2026-12-02). Waiting while the
+partitions' high watermarks show records beyond the last one delivered lets a backlog form
+runs of hundreds, while a single input with nothing behind it is still decided at once.
 
 Between two events the agent waits inside Faust's stream iterator, holding the run unacked:
 the ``MAX_GATHER_S`` timer hands a run over that waits for records that do not come. A rebalance begins

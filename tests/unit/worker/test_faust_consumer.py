@@ -14,7 +14,7 @@ from faust.types import TP
 from intervaltree import IntervalTree
 from mode import Service
 
-from streams.worker.faust_consumer import hand_records_over_with_one_task, note_done_before, owned_by_generation
+from streams.worker.faust_consumer import hand_records_over_inline, note_done_before, owned_by_generation
 from streams.worker.gaps import StalledCommits, UndeliveredInputs
 
 INPUTS = TP("position-inputs", 1)
@@ -150,7 +150,7 @@ def test_the_assignment_is_asked_once_per_generation_and_again_after_a_rebalance
 
 
 class DrainingService(Service):
-    """What ``hand_records_over_with_one_task`` needs of Faust's consumer: a mode service with
+    """What ``hand_records_over_inline`` needs of Faust's consumer: a mode service with
     ``suspend_flow``, called as ``Consumer._drain_messages`` calls it."""
 
     def __init__(self) -> None:
@@ -170,10 +170,10 @@ class DrainingService(Service):
         await self.wait_first(callback, self.suspend_flow.wait())
 
 
-async def test_records_are_handed_over_through_one_shared_guard_not_a_wait_first_each():
+async def test_records_are_handed_over_in_the_fetchers_task_through_one_shared_guard_not_a_wait_first_each():
     service = DrainingService()
     await service.start()
-    hand_records_over_with_one_task(service)
+    hand_records_over_inline(service)
     delivered: list[int] = []
 
     async def deliver(record: int) -> None:
@@ -182,6 +182,7 @@ async def test_records_are_handed_over_through_one_shared_guard_not_a_wait_first
     try:
         for record in range(100):
             await service.hand_over(deliver(record))
+        await asyncio.sleep(0)  # the guard's wait_first begins (no record gave the loop a turn)
     finally:
         await service.stop()
 
@@ -190,10 +191,93 @@ async def test_records_are_handed_over_through_one_shared_guard_not_a_wait_first
     assert service.original_calls == 2
 
 
+async def test_a_record_the_queue_has_room_for_is_handed_over_without_a_turn_of_the_event_loop():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_inline(service)
+    turns = 0
+    handed_in: set = set()
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    async def deliver(record: int) -> None:
+        handed_in.add(asyncio.current_task())
+
+    try:
+        await service.hand_over(deliver(-1))  # makes the guard
+        await asyncio.sleep(0.01)  # the guard's wait_first has begun
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)
+        turns_before = turns
+        handed_in.clear()
+        for record in range(50):
+            await service.hand_over(deliver(record))
+        turns_after = turns
+        counter.cancel()
+    finally:
+        await service.stop()
+
+    assert (turns_after - turns_before, handed_in) == (0, {asyncio.current_task()})
+
+
+async def test_a_stop_while_a_record_waits_cancels_the_fetcher_not_just_the_hand_over():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_inline(service)
+    never = asyncio.Event()
+
+    async def deliver_when_room(record: int) -> None:
+        await never.wait()
+
+    try:
+        await service.hand_over(asyncio.sleep(0))  # makes the guard
+        await asyncio.sleep(0.01)
+        fetcher = asyncio.create_task(service.hand_over(deliver_when_room(1)))
+        await asyncio.sleep(0.01)
+        fetcher.cancel()  # the consumer stops its fetcher
+        with pytest.raises(asyncio.CancelledError):
+            await fetcher
+    finally:
+        await service.stop()
+
+    assert fetcher.cancelled()
+
+
+async def test_a_guard_that_fires_after_a_hand_over_cancels_nothing_the_fetcher_awaits_later():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_inline(service)
+    outcomes: list[str] = []
+
+    async def fetcher() -> None:
+        await service.hand_over(asyncio.sleep(0))
+        outcomes.append("handed over")
+        service.suspend_flow.set()  # the guard fires once the hand-over is over
+        try:
+            await asyncio.sleep(0.05)  # the fetcher's next getmany, say
+            outcomes.append("fetched on")
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+
+    try:
+        await service.hand_over(asyncio.sleep(0))  # makes the guard
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(fetcher(), 1)
+    finally:
+        await service.stop()
+
+    assert outcomes == ["handed over", "fetched on"]
+
+
 async def test_a_suspension_while_a_record_waits_cancels_its_hand_over_as_the_original_does():
     service = DrainingService()
     await service.start()
-    hand_records_over_with_one_task(service)
+    hand_records_over_inline(service)
     queue_has_room = asyncio.Event()
     outcomes: list[str] = []
 
@@ -226,8 +310,8 @@ async def test_a_suspension_while_a_record_waits_cancels_its_hand_over_as_the_or
 async def test_a_hand_over_that_raises_propagates_and_other_calls_go_to_the_original():
     service = DrainingService()
     await service.start()
-    hand_records_over_with_one_task(service)
-    hand_records_over_with_one_task(service)  # a restarted agent installs again: no second layer
+    hand_records_over_inline(service)
+    hand_records_over_inline(service)  # a restarted agent installs again: no second layer
 
     async def refuse() -> None:
         raise ValueError("refused")
