@@ -242,6 +242,8 @@ async def _await_unless(callback: Any, guard: asyncio.Future) -> None:
     guard.add_done_callback(interrupt)
     try:
         await callback
+        if interrupted:
+            task.uncancel()  # the callback swallowed our cancellation: nothing of it may linger
     except asyncio.CancelledError:
         # Ours alone: taken back, and the hand-over ends as the original's does. Any other
         # (the fetcher stopped) goes on up.

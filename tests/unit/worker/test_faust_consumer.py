@@ -331,3 +331,33 @@ async def test_a_hand_over_that_raises_propagates_and_other_calls_go_to_the_orig
 
     assert service.original_calls == calls_before + 1
     assert other.results == ["done"]
+
+
+async def test_a_callback_that_swallows_the_guards_cancellation_leaves_none_behind():
+    service = DrainingService()
+    await service.start()
+    hand_records_over_inline(service)
+    never = asyncio.Event()
+
+    async def deliver_swallowing(record: int) -> None:
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            pass  # a callback that ends quietly when cancelled
+
+    async def fetcher() -> int:
+        await service.hand_over(deliver_swallowing(1))
+        await asyncio.sleep(0.01)  # the fetcher's next await is not cancelled
+        return asyncio.current_task().cancelling()
+
+    try:
+        await service.hand_over(asyncio.sleep(0))  # makes the guard
+        await asyncio.sleep(0.01)
+        fetching = asyncio.create_task(fetcher())
+        await asyncio.sleep(0.01)
+        service.suspend_flow.set()  # the guard fires while record 1 waits
+        pending_cancellations = await asyncio.wait_for(fetching, 1)
+    finally:
+        await service.stop()
+
+    assert pending_cancellations == 0
