@@ -170,10 +170,22 @@ class DrainingService(Service):
         await self.wait_first(callback, self.suspend_flow.wait())
 
 
-async def test_records_are_handed_over_in_the_fetchers_task_through_one_shared_guard_not_a_wait_first_each():
+async def draining_inline() -> DrainingService:
+    """A started ``DrainingService`` with ``hand_records_over_inline`` installed."""
     service = DrainingService()
     await service.start()
     hand_records_over_inline(service)
+    return service
+
+
+async def made_guard(service: DrainingService) -> None:
+    """Hands one record over (the original path, which makes the shared guard) and lets the guard begin."""
+    await service.hand_over(asyncio.sleep(0))
+    await asyncio.sleep(0.01)
+
+
+async def test_records_are_handed_over_in_the_fetchers_task_through_one_shared_guard_not_a_wait_first_each():
+    service = await draining_inline()
     delivered: list[int] = []
 
     async def deliver(record: int) -> None:
@@ -192,9 +204,7 @@ async def test_records_are_handed_over_in_the_fetchers_task_through_one_shared_g
 
 
 async def test_a_record_the_queue_has_room_for_is_handed_over_without_a_turn_of_the_event_loop():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     turns = 0
     handed_in: set = set()
 
@@ -208,8 +218,7 @@ async def test_a_record_the_queue_has_room_for_is_handed_over_without_a_turn_of_
         handed_in.add(asyncio.current_task())
 
     try:
-        await service.hand_over(deliver(-1))  # makes the guard
-        await asyncio.sleep(0.01)  # the guard's wait_first has begun
+        await made_guard(service)
         counter = asyncio.create_task(count_turns())
         await asyncio.sleep(0)
         turns_before = turns
@@ -225,17 +234,14 @@ async def test_a_record_the_queue_has_room_for_is_handed_over_without_a_turn_of_
 
 
 async def test_a_stop_while_a_record_waits_cancels_the_fetcher_not_just_the_hand_over():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     never = asyncio.Event()
 
     async def deliver_when_room(record: int) -> None:
         await never.wait()
 
     try:
-        await service.hand_over(asyncio.sleep(0))  # makes the guard
-        await asyncio.sleep(0.01)
+        await made_guard(service)
         fetcher = asyncio.create_task(service.hand_over(deliver_when_room(1)))
         await asyncio.sleep(0.01)
         fetcher.cancel()  # the consumer stops its fetcher
@@ -248,9 +254,7 @@ async def test_a_stop_while_a_record_waits_cancels_the_fetcher_not_just_the_hand
 
 
 async def test_a_guard_that_fires_after_a_hand_over_cancels_nothing_the_fetcher_awaits_later():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     outcomes: list[str] = []
 
     async def fetcher() -> None:
@@ -265,8 +269,7 @@ async def test_a_guard_that_fires_after_a_hand_over_cancels_nothing_the_fetcher_
             raise
 
     try:
-        await service.hand_over(asyncio.sleep(0))  # makes the guard
-        await asyncio.sleep(0.01)
+        await made_guard(service)
         await asyncio.wait_for(fetcher(), 1)
     finally:
         await service.stop()
@@ -275,9 +278,7 @@ async def test_a_guard_that_fires_after_a_hand_over_cancels_nothing_the_fetcher_
 
 
 async def test_a_suspension_while_a_record_waits_cancels_its_hand_over_as_the_original_does():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     queue_has_room = asyncio.Event()
     outcomes: list[str] = []
 
@@ -308,9 +309,7 @@ async def test_a_suspension_while_a_record_waits_cancels_its_hand_over_as_the_or
 
 
 async def test_a_hand_over_that_raises_propagates_and_other_calls_go_to_the_original():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     hand_records_over_inline(service)  # a restarted agent installs again: no second layer
 
     async def refuse() -> None:
@@ -334,9 +333,7 @@ async def test_a_hand_over_that_raises_propagates_and_other_calls_go_to_the_orig
 
 
 async def test_a_callback_that_swallows_the_guards_cancellation_leaves_none_behind():
-    service = DrainingService()
-    await service.start()
-    hand_records_over_inline(service)
+    service = await draining_inline()
     never = asyncio.Event()
 
     async def deliver_swallowing(record: int) -> None:
@@ -351,8 +348,7 @@ async def test_a_callback_that_swallows_the_guards_cancellation_leaves_none_behi
         return asyncio.current_task().cancelling()
 
     try:
-        await service.hand_over(asyncio.sleep(0))  # makes the guard
-        await asyncio.sleep(0.01)
+        await made_guard(service)
         fetching = asyncio.create_task(fetcher())
         await asyncio.sleep(0.01)
         service.suspend_flow.set()  # the guard fires while record 1 waits
