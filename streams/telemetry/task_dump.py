@@ -14,6 +14,7 @@ import gc
 import inspect
 import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -66,11 +67,35 @@ def describe_suspended(code_path: str = "/streams/") -> str:
     return "\n\n".join(sorted(blocks))
 
 
-def install_task_dump(loop: asyncio.AbstractEventLoop) -> None:
-    """Logs ``describe_tasks()`` and ``describe_suspended()`` each time the process receives ``DUMP_SIGNAL``."""
-    loop.add_signal_handler(DUMP_SIGNAL, lambda: logger.warning(
-        "asyncio tasks (SIGUSR2):\n%s\n\nsuspended pipeline coroutines:\n\n%s\nend of tasks",
-        describe_tasks(), describe_suspended()))
+def describe_other_loops(this_loop: asyncio.AbstractEventLoop) -> str:
+    """The tasks of every other running event loop of the process (Faust's consumer runs in a thread of its own).
+
+    Read from this thread while the other loop may run: a diagnostic, best effort.
+    """
+    blocks = []
+    for other in (obj for obj in gc.get_objects() if isinstance(obj, asyncio.AbstractEventLoop)):
+        if other is this_loop or not other.is_running():
+            continue
+        try:
+            blocks.append(f"event loop {id(other):#x} (another thread):\n{describe_tasks(asyncio.all_tasks(other))}")
+        except RuntimeError as error:  # its task set changed while read
+            blocks.append(f"event loop {id(other):#x} (another thread): not readable now ({error})")
+    return "\n\n".join(blocks)
 
 
-__all__ = ["DUMP_SIGNAL", "await_chain", "describe_suspended", "describe_tasks", "install_task_dump"]
+def install_task_dump(loop: asyncio.AbstractEventLoop, describe_state: Callable[[], str] | None = None) -> None:
+    """Logs ``describe_tasks()``, ``describe_suspended()``, the other loops' tasks and ``describe_state()``
+    (what the process holds, for a stall no task shows) on each ``DUMP_SIGNAL``."""
+    def dump() -> None:
+        try:
+            state = describe_state() if describe_state is not None else ""
+        except Exception as error:  # noqa: BLE001 - a diagnostic never raises into the event loop
+            state = f"state unreadable: {error!r}"
+        logger.warning("asyncio tasks (SIGUSR2):\n%s\n\nsuspended pipeline coroutines:\n\n%s\n\n%s\n\n%s\nend of tasks",
+                       describe_tasks(), describe_suspended(), describe_other_loops(loop), state)
+
+    loop.add_signal_handler(DUMP_SIGNAL, dump)
+
+
+__all__ = ["DUMP_SIGNAL", "await_chain", "describe_other_loops", "describe_suspended", "describe_tasks",
+           "install_task_dump"]

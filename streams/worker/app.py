@@ -40,6 +40,8 @@ from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through,
 from streams.worker.input_watch import CHECK_EVERY_S, InputWatch
 from streams.worker.faust_consumer import (
     active_partitions,
+    commit_each_offset_once,
+    committed_on_broker,
     hand_records_over_inline,
     note_done_before,
     owned_by_generation,
@@ -292,7 +294,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
                 f"{'holding' if serial.locked() else 'not holding'} its lock")
 
     watch = InputWatch(app, names.inputs, changelog_name, applied, durable_next, serial, idle, fill_hole,
-                       apply_from_log, settings.commit_interval_s, describe_agent)
+                       apply_from_log, settings.commit_interval_s, describe_agent,
+                       committed_on_broker=lambda tps: committed_on_broker(app, tps))
 
     @app.timer(interval=CHECK_EVERY_S)
     async def apply_skipped_inputs() -> None:
@@ -355,6 +358,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         """
         completer = asyncio.create_task(in_flight.complete_forever(), name="apply_inputs.complete")
         hand_records_over_inline(app.consumer)
+        commit_each_offset_once(app.consumer)
         hand_over_on_rebalance.bind_loop(asyncio.get_running_loop())
         gathered.bind(stream.ack)
         # The queue Faust's conductor fills for this stream: while it holds more events, or the
@@ -436,7 +440,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
     @app.task
     async def install_diagnostics() -> None:
         """``kill -USR2`` logs where every task waits (streams.telemetry.task_dump)."""
-        install_task_dump(asyncio.get_running_loop())
+        install_task_dump(asyncio.get_running_loop(), watch.describe)
 
     register_web(app, settings, key_to_state)  # positions views, HTML page, /metrics, /health, /ready
 

@@ -1,8 +1,9 @@
 """The worker's watch over its input partitions: no input left unapplied, no commit left behind.
 
 The agent finds a hole when a partition's next input comes (streams.worker.gaps); a quiet
-partition may get none, Faust's committed offset can stay behind inputs durably applied, and
-Faust can stop fetching a partition altogether. ``InputWatch.check`` runs every second
+partition may get none, Faust's committed offset can stay behind inputs durably applied (or
+Faust can believe it committed an offset the broker never got), and Faust can stop fetching a
+partition altogether. ``InputWatch.check`` runs every second
 (``CHECK_EVERY_S``) and deals with each, applying what it reads from the log under the same
 lock the agent applies its runs under, each partition in offset order.
 """
@@ -19,6 +20,7 @@ from faust.types import TP
 
 from streams.worker.faust_consumer import (
     active_partitions,
+    believe_committed,
     committed_offsets,
     fetch_on_from,
     fetch_state,
@@ -47,14 +49,17 @@ class InputWatch:
     log; ``fill_hole`` does so for a hole and tells Faust they are done; ``idle()`` says
     whether nothing fetched, gathered or in flight waits for the agent; ``durable_next`` is,
     per partition, the offset after the last input durably applied and acked;
-    ``describe_agent()`` says what the agent holds, for the stall alarm.
+    ``describe_agent()`` says what the agent holds, for the stall alarm;
+    ``committed_on_broker(tps)`` asks the group's coordinator what is committed
+    (``faust_consumer.committed_on_broker``): what Faust believes it committed can be ahead.
     """
 
     def __init__(self, app: faust.App, inputs_topic: str, changelog_topic: str, applied: AppliedOffsets,
                  durable_next: Mapping[int, int], serial: asyncio.Lock, idle: Callable[[], bool],
                  fill_hole: Callable[[TP, int, int], Awaitable[None]],
                  apply_from_log: Callable[[TP, int, int], Awaitable[None]], commit_interval_s: float,
-                 describe_agent: Callable[[], str]) -> None:
+                 describe_agent: Callable[[], str],
+                 committed_on_broker: Callable[[list[TP]], Awaitable[Mapping[TP, int | None]]]) -> None:
         self._app = app
         self._inputs_topic = inputs_topic
         self._changelog_topic = changelog_topic
@@ -65,6 +70,7 @@ class InputWatch:
         self._fill_hole = fill_hole
         self._apply_from_log = apply_from_log
         self._describe_agent = describe_agent
+        self._committed_on_broker = committed_on_broker
         # A committed offset that has not moved for two commit intervals while behind is stalled.
         self._stalled_commits = StalledCommits(patience_s=2 * commit_interval_s + CHECK_EVERY_S)
         # Holes seen at the previous check: filled only when the next check sees them still there.
@@ -72,6 +78,8 @@ class InputWatch:
         self._undelivered = UndeliveredInputs(patience_s=UNDELIVERED_PATIENCE_S)
         # A committed offset behind the log end that has not moved for long, whatever the cause.
         self._stalled_partitions = StalledCommits(patience_s=STALLED_PARTITION_ALARM_S)
+        # Since when asking for log end and committed offsets has failed (None: it last worked).
+        self._blind_since: float | None = None
 
     def forget(self) -> None:
         """Drops what was seen (a rebalance: the next assignment is checked afresh)."""
@@ -79,6 +87,19 @@ class InputWatch:
         self._stalled_commits.forget()
         self._undelivered.forget()
         self._stalled_partitions.forget()
+
+    def describe(self) -> str:
+        """What the watch sees of each input partition the consumer holds, one line each (for the task dump)."""
+        app = self._app
+        owned = self._owned()
+        lines = [f"input watch: rebalancing={app.rebalancing}, recovered={app.tables.recovery.completed.is_set()}, "
+                 f"idle={self._idle()}, owned={sorted(owned)}, blind since={self._blind_since}"]
+        for tp in sorted(app.consumer.assignment()):
+            if tp.topic == self._inputs_topic:
+                lines.append(f"  position-inputs[{tp.partition}]: applied up to "
+                             f"{self._applied.expected(tp.partition) if self._applied.known else '?'}, durable up to "
+                             f"{self._durable_next.get(tp.partition)}; {fetch_state(app, tp)}")
+        return "\n".join(lines)
 
     def _settled(self) -> bool:
         return not self._app.rebalancing and self._app.tables.recovery.completed.is_set()
@@ -105,7 +126,7 @@ class InputWatch:
 
     async def check(self) -> None:
         """One look at every input partition the worker owns (see the module's docstring)."""
-        log_end = await self._sound_stall_alarm()
+        log_end, on_broker = await self._sound_stall_alarm()
         if not self._settled():
             self._seen_holes.clear()
             self._undelivered.forget()
@@ -124,41 +145,80 @@ class InputWatch:
             for tp in inputs:
                 durable[tp.partition] = max(durable.get(tp.partition, 0), self._applied.expected(tp.partition))
         await self._fill_confirmed_holes(inputs, committed, idle)
-        for partition, next_offset in self._stalled_commits.check(committed, durable, time.monotonic()):
-            logger.warning("position-inputs[%d]: Faust's committed offset stays at %s while every input before %d "
-                           "is applied; telling it they are done", partition, committed[partition], next_offset)
-            await note_done_before(app, TP(self._inputs_topic, partition), next_offset)
+        # What the broker holds is the truth; Faust's belief stands in when the broker was not asked.
+        truth = {partition: (on_broker[partition] if on_broker is not None and partition in on_broker else offset)
+                 for partition, offset in committed.items()}
+        for partition, next_offset in self._stalled_commits.check(truth, durable, time.monotonic()):
+            await self._unstick_commit(TP(self._inputs_topic, partition), next_offset)
         if idle and log_end is not None:
             await self._apply_undelivered(inputs, committed, log_end)
         else:
             self._undelivered.forget()
 
-    async def _sound_stall_alarm(self) -> dict[int, int] | None:
+    async def _unstick_commit(self, tp: TP, next_offset: int) -> None:
+        # The broker's committed offset has stayed behind what is durably applied. Either Faust
+        # does not commit (it waits on an offset it will never ack: note_done_before), or it
+        # believes it committed what the broker never got (set back to the broker's first, or
+        # Faust never commits the partition again). Asked afresh: a commit may have landed meanwhile.
+        app = self._app
+        believed = committed_offsets(app).get(tp)
+        try:
+            on_broker = (await self._committed_on_broker([tp]))[tp]
+        except Exception:  # noqa: BLE001 - the assignment changed meanwhile: the next check looks again
+            return
+        if (believed or 0) > (on_broker or 0):
+            logger.warning("position-inputs[%d]: Faust believes it committed offset %s, the broker holds %s (a "
+                           "commit counted that did not happen); every input before %d is applied; committing "
+                           "them again", tp.partition, believed, on_broker, next_offset)
+            believe_committed(app, tp, on_broker)
+        elif (on_broker or 0) < next_offset:
+            logger.warning("position-inputs[%d]: the committed offset stays at %s (Faust believes %s) while every "
+                           "input before %d is applied; telling Faust they are done", tp.partition, on_broker,
+                           believed, next_offset)
+        else:
+            return  # committed meanwhile
+        await note_done_before(app, tp, next_offset)
+
+    async def _sound_stall_alarm(self) -> tuple[dict[int, int] | None, dict[int, int | None] | None]:
         # Every input partition the consumer holds, settled or not, owned by the assignor or not:
         # a stall the checks below cannot see (a rebalance that never ends, a partition the
-        # assignor does not count as this worker's) is named too. Returns the partitions' log
-        # end offsets, asked once a check (None when the assignment changed meanwhile).
+        # assignor does not count as this worker's) is named too. Judged by the offsets the
+        # broker holds, not by what Faust believes it committed. Returns the partitions' log end
+        # offsets and committed offsets on the broker, asked once a check (None when the
+        # assignment changed meanwhile).
         app = self._app
         try:
             inputs = [tp for tp in app.consumer.assignment() if tp.topic == self._inputs_topic]
             log_end = {tp.partition: end for tp, end in (await app.consumer.highwaters(*inputs)).items()}
-        except Exception:  # noqa: BLE001 - the assignment changed meanwhile: the next check looks again
-            return None
-        committed_by_partition = committed_offsets(app)
-        committed = {tp.partition: committed_by_partition.get(tp) for tp in inputs}
+            on_broker = {tp.partition: offset for tp, offset in (await self._committed_on_broker(inputs)).items()}
+        except Exception as error:  # noqa: BLE001 - the assignment changed meanwhile: the next check looks again
+            # Unless it keeps failing: then every check below is blind, which must not go unsaid.
+            now = time.monotonic()
+            if self._blind_since is None:
+                self._blind_since = now
+            elif now - self._blind_since >= STALLED_PARTITION_ALARM_S:
+                logger.warning("the input watch has not been able to ask Faust's consumer for its input partitions' "
+                               "log end and committed offsets for %.0fs (%s: %s); it cannot see stalls meanwhile",
+                               now - self._blind_since, type(error).__name__, error)
+                self._blind_since = now
+            return None, None
+        self._blind_since = None
+        believed_by_partition = committed_offsets(app)
+        believed = {tp.partition: believed_by_partition.get(tp) for tp in inputs}
         owned = self._owned()
-        for partition, end in self._stalled_partitions.check(committed, log_end, time.monotonic()):
+        for partition, end in self._stalled_partitions.check(on_broker, log_end, time.monotonic()):
             applied = self._applied.expected(partition) if partition in owned else None
-            logger.warning("position-inputs[%d]: Faust's committed offset has stayed at %s for %.0fs while the log "
-                           "ends at %d; %s, %s; applied up to %s, durable up to %s; the agent: %s; %s", partition,
-                           committed[partition], STALLED_PARTITION_ALARM_S, end,
+            logger.warning("position-inputs[%d]: the committed offset has stayed at %s for %.0fs (Faust believes "
+                           "%s) while the log ends at %d; %s, %s; applied up to %s, durable up to %s; the agent: "
+                           "%s; %s", partition, on_broker[partition], STALLED_PARTITION_ALARM_S, believed[partition],
+                           end,
                            "owned" if partition in owned else "NOT among the assignor's actives",
                            "settled" if self._settled() else
                            f"NOT settled (rebalancing={app.rebalancing}, "
                            f"recovered={app.tables.recovery.completed.is_set()})",
                            applied, self._durable_next.get(partition), self._describe_agent(),
                            fetch_state(app, TP(self._inputs_topic, partition)))
-        return log_end
+        return log_end, on_broker
 
     async def _fill_confirmed_holes(self, inputs: list[TP], committed: Mapping[int, int | None], idle: bool) -> None:
         holes: dict[int, tuple[int, int]] = {}

@@ -14,7 +14,12 @@ from faust.types import TP
 from intervaltree import IntervalTree
 from mode import Service
 
-from streams.worker.faust_consumer import hand_records_over_inline, note_done_before, owned_by_generation
+from streams.worker.faust_consumer import (
+    commit_each_offset_once,
+    hand_records_over_inline,
+    note_done_before,
+    owned_by_generation,
+)
 from streams.worker.gaps import StalledCommits, UndeliveredInputs
 
 INPUTS = TP("position-inputs", 1)
@@ -357,3 +362,81 @@ async def test_a_callback_that_swallows_the_guards_cancellation_leaves_none_behi
         await service.stop()
 
     assert pending_cancellations == 0
+
+
+def commits_until_done(consumer: ConsumerState, limit: int = 100) -> list[int]:
+    """The offsets of successive commits (``_new_offset``, each recorded as Faust records it) until none is left."""
+    commits = []
+    while (offset := consumer._new_offset(INPUTS) if "_new_offset" in vars(consumer)
+           else Consumer._new_offset(consumer, INPUTS)) is not None and len(commits) < limit:
+        consumer._committed_offset[INPUTS] = offset
+        commits.append(offset)
+    return commits
+
+
+async def test_an_offset_both_acked_and_in_a_gap_no_longer_splits_the_commit_into_one_run_per_interval():
+    # Arrange: offsets 2..9 acked; 4..6 also in a gap (Faust added it when its fetch jumped,
+    # then delivered and acked them after a seek back).
+    faust_alone = ConsumerState(committed=2, acked=list(range(2, 10)))
+    once = ConsumerState(committed=2, acked=list(range(2, 10)))
+    for consumer in (faust_alone, once):
+        await consumer._add_gap(INPUTS, 4, 6)
+    commit_each_offset_once(once)
+
+    # Act
+    faust_commits, commits = commits_until_done(faust_alone), commits_until_done(once)
+
+    # Assert: Faust's own bookkeeping needs four commits to get there, one per run; now one does.
+    assert faust_commits == [5, 6, 7, 10]
+    assert commits == [10]
+
+
+def ack(consumer: ConsumerState, offset: int) -> None:
+    """What ``Consumer.ack`` records of an acked message: the offset, unless ``_acked_index`` holds it."""
+    committed = consumer._committed_offset[INPUTS]
+    if (committed is None or offset >= committed) and offset not in consumer._acked_index[INPUTS]:
+        consumer._acked_index[INPUTS].add(offset)
+        consumer._acked[INPUTS].append(offset)
+
+
+async def test_an_offset_merged_from_a_gap_and_acked_later_is_counted_once():
+    # Arrange: 9 acked, 5..7 in a gap; a commit merges the gap but stops at the hole at the
+    # head (3, 4 missing); then 6 is delivered again and acked, and 3, 4, 8 are acked.
+    faust_alone, once = ConsumerState(committed=2, acked=[9]), ConsumerState(committed=2, acked=[9])
+    for consumer in (faust_alone, once):
+        await consumer._add_gap(INPUTS, 5, 7)
+    commit_each_offset_once(once)
+    assert Consumer._new_offset(faust_alone, INPUTS) is None
+    assert once._new_offset(INPUTS) is None
+    for consumer in (faust_alone, once):
+        for offset in (6, 3, 4, 8):
+            ack(consumer, offset)
+
+    # Act
+    faust_commits, commits = commits_until_done(faust_alone), commits_until_done(once)
+
+    # Assert: Faust counts 6 twice and stops after it; now one commit reaches 10.
+    assert faust_commits == [7, 10]
+    assert commits == [10]
+
+
+@pytest.mark.parametrize("seed", range(200))
+async def test_without_repeated_offsets_the_commits_are_faust_s_own(seed):
+    # Arrange: random acked offsets and gaps that never overlap them, as Faust keeps them when all goes well.
+    import random
+    rng = random.Random(seed)
+    committed = rng.randrange(0, 5)
+    offsets = list(range(committed, committed + 40))
+    acked = sorted(rng.sample(offsets, rng.randrange(1, 30)))
+    free = [offset for offset in offsets if offset not in acked]
+    faust_alone, once = ConsumerState(committed, list(acked)), ConsumerState(committed, list(acked))
+    for start in rng.sample(free, min(len(free), rng.randrange(0, 4))):
+        end = start
+        while end + 1 in free and rng.random() < 0.7:
+            end += 1
+        for consumer in (faust_alone, once):
+            await consumer._add_gap(INPUTS, start, end)
+    commit_each_offset_once(once)
+
+    # Act / Assert
+    assert commits_until_done(once) == commits_until_done(faust_alone)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from types import SimpleNamespace
 
+from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from streams.worker import input_watch
@@ -29,7 +30,7 @@ def watch_without_a_worker() -> InputWatch:
     return InputWatch(app=None, inputs_topic="inputs", changelog_topic="changelog",
                       applied=AppliedOffsets(dict), durable_next={}, serial=asyncio.Lock(), idle=lambda: True,
                       fill_hole=never_called, apply_from_log=never_called, commit_interval_s=1.0,
-                      describe_agent=lambda: "idle")
+                      describe_agent=lambda: "idle", committed_on_broker=never_called)
 
 
 async def test_a_check_that_never_returns_is_cancelled_and_where_it_waited_is_logged(caplog):
@@ -79,6 +80,14 @@ async def test_a_check_that_returns_in_time_is_not_touched_and_its_error_propaga
     assert caplog.records == []
 
 
+def broker_holding(offsets: dict[TP, int | None]):
+    """``committed_on_broker`` of a group coordinator that holds ``offsets`` (a test changes the dict to commit)."""
+    async def committed_on_broker(tps):
+        return {tp: offsets.get(tp) for tp in tps}
+
+    return committed_on_broker
+
+
 class SettledWorker(SimpleNamespace):
     """What the watch reads of a Faust app that owns ``INPUTS``, settled after its last rebalance."""
 
@@ -105,7 +114,8 @@ async def test_an_idle_worker_whose_table_is_ahead_of_a_stalled_commit_tells_fau
     watch = InputWatch(app=SettledWorker(consumer, log_end=50), inputs_topic=INPUTS.topic,
                        changelog_topic=CHANGELOG.topic, applied=AppliedOffsets(lambda: {INPUTS.partition: 50}),
                        durable_next={}, serial=asyncio.Lock(), idle=lambda: True, fill_hole=None,
-                       apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle")
+                       apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle",
+                       committed_on_broker=broker_holding({INPUTS: 20}))
     clock = [100.0]
     monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
 
@@ -130,7 +140,8 @@ async def test_a_commit_unmoved_behind_the_log_end_is_named_even_while_the_worke
     watch = InputWatch(app=worker, inputs_topic=INPUTS.topic, changelog_topic=CHANGELOG.topic,
                        applied=AppliedOffsets(lambda: {INPUTS.partition: 50}), durable_next={},
                        serial=asyncio.Lock(), idle=lambda: True, fill_hole=None, apply_from_log=None,
-                       commit_interval_s=1.0, describe_agent=lambda: "idle")
+                       commit_interval_s=1.0, describe_agent=lambda: "idle",
+                       committed_on_broker=broker_holding({INPUTS: 20}))
     clock = [100.0]
     monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
 
@@ -142,7 +153,67 @@ async def test_a_commit_unmoved_behind_the_log_end_is_named_even_while_the_worke
 
     # Assert: named once, with why the other checks stood aside and what Faust holds.
     [alarm] = [record.getMessage() for record in caplog.records]
-    assert "committed offset has stayed at 20 for 30s while the log ends at 50" in alarm
+    assert "committed offset has stayed at 20 for 30s (Faust believes 20) while the log ends at 50" in alarm
     assert "NOT settled (rebalancing=True, recovered=True)" in alarm
     assert "acked=none" in alarm
     assert consumer.next_commit() is None  # nothing was noted done: the worker is not settled
+
+
+async def test_a_commit_faust_counted_that_never_reached_the_broker_is_made_again(monkeypatch, caplog):
+    # Arrange: every input before 50 is applied and durable; Faust believes it committed 50 (it
+    # records the offsets of a commit that did not happen), the broker holds 20, nothing is acked.
+    consumer = ConsumerState(committed=50, acked=[])
+    on_broker = {INPUTS: 20}
+    watch = InputWatch(app=SettledWorker(consumer, log_end=50), inputs_topic=INPUTS.topic,
+                       changelog_topic=CHANGELOG.topic, applied=AppliedOffsets(lambda: {INPUTS.partition: 50}),
+                       durable_next={INPUTS.partition: 50}, serial=asyncio.Lock(), idle=lambda: True,
+                       fill_hole=None, apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle",
+                       committed_on_broker=broker_holding(on_broker))
+    clock = [100.0]
+    monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
+
+    # Act: a check now, and one past the stalled-commit patience.
+    with caplog.at_level(logging.WARNING, logger="streams.worker.input_watch"):
+        await watch.check()
+        believed_at_first = consumer._committed_offset[INPUTS]
+        clock[0] += 3.0
+        await watch.check()
+
+    # Assert: Faust's belief is set back to the broker's, and its next commit goes to 50.
+    assert believed_at_first == 50
+    assert consumer._committed_offset[INPUTS] == 20
+    assert consumer.next_commit() == 50
+    assert Consumer._should_commit(consumer, INPUTS, 50)
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert "Faust believes it committed offset 50, the broker holds 20" in warning
+
+
+async def test_a_commit_that_reached_the_broker_while_the_check_looked_is_left_alone(monkeypatch, caplog):
+    # Arrange: the broker held 20 at both checks, but holds 50 when the watch asks again to act.
+    consumer = ConsumerState(committed=50, acked=[])
+    on_broker = {INPUTS: 20}
+    asked = []
+
+    async def committed_on_broker(tps):
+        asked.append(tps)
+        return {tp: (50 if len(asked) > 2 else on_broker[tp]) for tp in tps}
+
+    watch = InputWatch(app=SettledWorker(consumer, log_end=50), inputs_topic=INPUTS.topic,
+                       changelog_topic=CHANGELOG.topic, applied=AppliedOffsets(lambda: {INPUTS.partition: 50}),
+                       durable_next={INPUTS.partition: 50}, serial=asyncio.Lock(), idle=lambda: True,
+                       fill_hole=None, apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle",
+                       committed_on_broker=committed_on_broker)
+    clock = [100.0]
+    monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
+
+    # Act
+    with caplog.at_level(logging.WARNING, logger="streams.worker.input_watch"):
+        await watch.check()
+        clock[0] += 3.0
+        await watch.check()
+
+    # Assert: asked a third time before acting, and nothing touched.
+    assert len(asked) == 3
+    assert consumer._committed_offset[INPUTS] == 50
+    assert consumer.next_commit() is None
+    assert caplog.records == []

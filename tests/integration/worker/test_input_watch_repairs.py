@@ -1,11 +1,14 @@
-"""A partition Faust stops fetching is still applied, and fetched again.
+"""Defects of Faust's consumer seen in the fault suite, each put in by hand: the input watch repairs them.
 
-Seen once after a kill -9 and a restart (2026-12-03): the worker applied two partitions to
-their ends while the third stayed 785 inputs behind for three minutes, nothing delivered,
-nothing logged. Here the worker's Faust app runs in the test's process, so the test can leave
-its input partitions unfetched the way that worker was left: paused in Faust's consumer (Faust
-then never asks aiokafka for them, and aiokafka fetches no more of a partition whose fetched
-records nobody took). The real broker, the real worker code; only the defect is put in by hand.
+The worker's Faust app runs in the test's process, so a test can leave it the way a worker
+was once left. The real broker, the real worker code; only the defect is put in by hand.
+
+- A partition Faust stops fetching is still applied, and fetched again. Seen once after a
+  kill -9 and a restart (2026-12-03): the worker applied two partitions to their ends while
+  the third stayed 785 inputs behind for three minutes, nothing delivered, nothing logged.
+- A commit Faust counted though it never reached the broker is made again. Seen once with
+  workers joining and leaving (2026-12-03): one partition's committed offset stayed 566
+  inputs behind its log end for three minutes while every input was applied, nothing logged.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ PARTITIONS = 3
 @pytest.fixture
 async def worker_in_process(kafka_bootstrap, unique_suffix, tmp_path) -> AsyncIterator[Pipeline]:
     """The worker's Faust app, started in this process on a fresh group, its input partitions assigned."""
-    app_id = f"unfetched-{unique_suffix}"
+    app_id = f"watch-{unique_suffix}"
     settings = Settings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "PIPELINE_APP_ID": app_id, "PIPELINE_TOPIC_PREFIX": f"{app_id}.",
         "PIPELINE_TOPIC_PARTITIONS": str(PARTITIONS), "PIPELINE_TABLE_STORE": "memory://",
@@ -103,3 +106,54 @@ async def test_inputs_of_partitions_faust_stopped_fetching_are_applied_and_the_p
     assert all("paused=True" in line for line in said), said
     assert said_after == []
     assert input_partitions(pipeline) <= pipeline.app.consumer._active_partitions
+
+
+async def test_a_commit_faust_counted_though_the_broker_never_got_it_is_made_again(
+        worker_in_process, kafka_bootstrap, caplog):
+    # Arrange: the worker applies a first round; then its consumer thread refuses to commit, as
+    # it does a commit the coordinator answers "already rebalanced": it returns False, and
+    # Faust records the offsets as committed all the same (Consumer._commit_offsets).
+    pipeline = worker_in_process
+    app_id = pipeline.settings.app_id
+    inputs = await InputSender(kafka_bootstrap, pipeline.topics.inputs).start()
+    thread = pipeline.app.consumer._thread
+    commit_for_real = thread._commit
+    refused: list[dict] = []
+
+    async def refuse(offsets):
+        refused.append(dict(offsets))
+        return False
+
+    try:
+        for symbol in (f"COUNTED{index}USDT" for index in range(20)):
+            await inputs.open(symbol, Side.BUY, "1")
+        await wait_until_applied(kafka_bootstrap, app_id, pipeline.topics.inputs, timeout_s=60)
+        thread._commit = refuse
+
+        # Act: a round whose commits are refused; then commits go through again.
+        for symbol in (f"REFUSED{index}USDT" for index in range(20)):
+            await inputs.open(symbol, Side.BUY, "1")
+        deadline = time.monotonic() + 60
+        while not refused or not faust_believes_every_input_committed(pipeline, await log_ends(pipeline)):
+            assert time.monotonic() < deadline, "Faust did not count the refused commits in 60 s"
+            await asyncio.sleep(0.2)
+        thread._commit = commit_for_real
+        with caplog.at_level(logging.WARNING, logger="streams.worker.input_watch"):
+            await wait_until_applied(kafka_bootstrap, app_id, pipeline.topics.inputs, timeout_s=60)
+        said = [record.getMessage() for record in caplog.records if "Faust believes it committed" in record.getMessage()]
+    finally:
+        thread._commit = commit_for_real
+        await inputs.stop()
+
+    # Assert: the broker holds every offset (above), and each partition set right was named.
+    assert 1 <= len(said) <= PARTITIONS
+    assert all("the broker holds" in line for line in said), said
+
+
+async def log_ends(pipeline: Pipeline) -> dict[TP, int]:
+    return dict(await pipeline.app.consumer.highwaters(*input_partitions(pipeline)))
+
+
+def faust_believes_every_input_committed(pipeline: Pipeline, ends: dict[TP, int]) -> bool:
+    believed = pipeline.app.consumer._committed_offset
+    return all((believed.get(tp) or 0) >= end for tp, end in ends.items())
