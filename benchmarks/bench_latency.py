@@ -11,7 +11,10 @@ append time minus its own. The contenders, measured in the same run on the same 
 
 - ours: one ``python -m streams worker`` (12 partitions, rocksdb table with its changelog);
 - the peer: ``benchmarks.peer_aiokafka``, the same decode -> decide -> encode step in a raw
-  aiokafka loop with batched acknowledgements (``getmany`` every 200 ms at most when idle).
+  aiokafka loop with batched acknowledgements (``getmany`` every 200 ms at most when idle);
+- the floor: ``benchmarks.peer_echo``, a raw aiokafka loop that copies each input to
+  ``position-commands`` as it comes, doing nothing else (``latency_floor_<stat>_at_<rate>``):
+  what the broker and one Python client on this machine cost before any work.
 
 Figures per rate: p50, p99 and max over each run's inputs; median / min / max over runs. A
 contender that cannot keep up with the offered rate shows it as latency growing through the
@@ -46,7 +49,8 @@ from benchmarks.lifecycle import encoded_open_signals
 # 300/s shows the agent below its capacity on two cores.
 RATES = (300, 1_000, 5_000)
 SECONDS = 5.0
-CONTENDERS = ("agent", "aiokafka")
+CONTENDERS = ("agent", "aiokafka", "echo")
+PEER_MODULES = {"aiokafka": "benchmarks.peer_aiokafka", "echo": "benchmarks.peer_echo"}
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -109,7 +113,7 @@ async def measure_contender(contender: str, rates: list[int], seconds: float,
                 await worker.start()
                 process = worker.process
             else:
-                process = spawn("benchmarks.peer_aiokafka", ["--bootstrap", deployed.bootstrap, "--prefix",
+                process = spawn(PEER_MODULES[contender], ["--bootstrap", deployed.bootstrap, "--prefix",
                                                              deployed.prefix, "--group", deployed.app_id],
                                 worker.environment(), log_path)
             alive = alive_check(process, log_path)
@@ -128,7 +132,8 @@ async def measure_contender(contender: str, rates: list[int], seconds: float,
 
 
 async def figures(rates: list[int], seconds: float = SECONDS, runs: int | None = None) -> list[Figure]:
-    """``decision_latency_<p50|p99|max>_at_<rate>``: the agent's, beside the raw aiokafka loop's."""
+    """``decision_latency_<p50|p99|max>_at_<rate>``: the agent's, beside the raw aiokafka loop's;
+    ``latency_floor_<p50|p99|max>_at_<rate>``: the echo's (``benchmarks.peer_echo``)."""
     counts = {rate: runs if runs is not None else runs_for(f"latency_{rate}", 3) for rate in rates}
     measured = {contender: await measure_contender(contender, rates, seconds, counts) for contender in CONTENDERS}
     found: list[Figure] = []
@@ -141,6 +146,10 @@ async def figures(rates: list[int], seconds: float = SECONDS, runs: int | None =
             found.append(Figure(f"decision_latency_{stat}_at_{rate}", "ms", [r[stat] for r in measured["agent"][rate]],
                                 what, [r[stat] for r in measured["aiokafka"][rate]],
                                 "raw aiokafka loop, same step, batched acknowledgements", extra=extra))
+            found.append(Figure(f"latency_floor_{stat}_at_{rate}", "ms", [r[stat] for r in measured["echo"][rate]],
+                                f"input appended -> its copy appended by a raw aiokafka loop doing nothing else "
+                                f"(benchmarks.peer_echo), offered {rate:,}/s for {seconds:g} s per run",
+                                extra={"offered_rate_achieved": [round(r["offered"]) for r in measured["echo"][rate]]}))
     return found
 
 
