@@ -14,13 +14,13 @@ metrics, no input headers: the ceiling of a hand-written loop. Runs until SIGTER
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from benchmarks.peer_cli import peer_arguments
 from streams.wire import serde
 from streams.domain import AppliedInput, KeyState, decide
 from streams.settings import Settings
@@ -69,11 +69,7 @@ async def run(bootstrap: str, prefix: str, group: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--group", required=True)
-    arguments = parser.parse_args()
+    arguments = peer_arguments(__doc__.splitlines()[0])
     asyncio.run(run(arguments.bootstrap, arguments.prefix, arguments.group))
 
 

@@ -13,12 +13,12 @@ Runs until SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from benchmarks.peer_cli import peer_arguments
 from streams.topics import TopicNames
 
 #: How often the offsets are committed (they only tell ``wait_until_committed`` the run is done).
@@ -67,11 +67,7 @@ async def run(bootstrap: str, prefix: str, group: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--group", required=True)
-    arguments = parser.parse_args()
+    arguments = peer_arguments(__doc__.splitlines()[0])
     asyncio.run(run(arguments.bootstrap, arguments.prefix, arguments.group))
 
 

@@ -15,7 +15,6 @@ input's timestamp, and the benchmark measures by output timestamps) and produced
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
@@ -25,6 +24,7 @@ from quixstreams.models.serializers import Serializer
 from quixstreams.state.rocksdb import RocksDBOptions
 from quixstreams.utils.json import dumps as json_dumps
 
+from benchmarks.peer_cli import peer_arguments
 from streams.wire import codec, serde
 from streams.domain import AppliedInput, decide
 from streams.settings import Settings
@@ -79,12 +79,7 @@ def build(bootstrap: str, prefix: str, group: str, state_dir: str) -> Applicatio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--state-dir", required=True)
-    arguments = parser.parse_args()
+    arguments = peer_arguments(__doc__.splitlines()[0], "--state-dir")
     build(arguments.bootstrap, arguments.prefix, arguments.group, arguments.state_dir).run()
 
 
