@@ -18,6 +18,7 @@ then the input in hand.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -273,5 +274,50 @@ class UndeliveredInputs:
         self._seen.clear()
 
 
-__all__ = ["AppliedOffsets", "CarriedOutCommands", "LogRangeReader", "StalledCommits", "UndeliveredInputs",
-           "applied_through", "group_committed_offsets", "note_durable"]
+class LaggingCommits:
+    """Partitions whose committed offset, with the agent idle, is behind where the log ended ``patience_s`` ago.
+
+    ``StalledCommits`` names a committed offset that does not move; one that crawls escapes
+    it. Seen with workers joining and leaving (2026-12-03): every input applied, the agent
+    idle, committed offsets moving one offset per commit interval, 300-1,000 inputs behind
+    for minutes (``faust_consumer.commit_each_offset_once``). Under steady traffic the
+    committed offset trails the log end by a commit interval; in a backlog the agent is not
+    idle: neither is named, nor a committed offset that did not move meanwhile (that is
+    ``StalledCommits``'s). ``check`` is given the committed offsets, the log end offsets,
+    whether the agent is idle, and the time; each partition is named again only after
+    another wait.
+    """
+
+    def __init__(self, patience_s: float) -> None:
+        self._patience_s = patience_s
+        # Per partition, (time, log end, committed) seen at the checks of the last patience, oldest first.
+        self._ends: dict[int, deque[tuple[float, int, int]]] = {}
+        self._named_at: dict[int, float] = {}
+
+    def check(self, committed: Mapping[int, int | None], log_end: Mapping[int, int], idle: bool,
+              now: float) -> list[tuple[int, int]]:
+        """``(partition, where its log ended patience_s ago)`` of each partition whose commit lags that far."""
+        lagging = []
+        for partition, end in log_end.items():
+            offset = committed.get(partition) or 0
+            ends = self._ends.setdefault(partition, deque())
+            ends.append((now, end, offset))
+            while len(ends) > 1 and ends[1][0] <= now - self._patience_s:
+                ends.popleft()  # keep the newest sample at least patience_s old
+            seen_at, old_end, old_offset = ends[0]
+            if (idle and now - seen_at >= self._patience_s and old_offset < offset < old_end
+                    and now - self._named_at.get(partition, -self._patience_s) >= self._patience_s):
+                lagging.append((partition, old_end))
+                self._named_at[partition] = now
+        for partition in set(self._ends) - set(log_end):
+            del self._ends[partition]
+        return lagging
+
+    def forget(self) -> None:
+        """Drops what was seen (a rebalance began)."""
+        self._ends.clear()
+        self._named_at.clear()
+
+
+__all__ = ["AppliedOffsets", "CarriedOutCommands", "LaggingCommits", "LogRangeReader", "StalledCommits",
+           "UndeliveredInputs", "applied_through", "group_committed_offsets", "note_durable"]

@@ -27,7 +27,7 @@ from streams.worker.faust_consumer import (
     note_done_before,
 )
 from streams.telemetry.task_dump import await_chain
-from streams.worker.gaps import AppliedOffsets, StalledCommits, UndeliveredInputs
+from streams.worker.gaps import AppliedOffsets, LaggingCommits, StalledCommits, UndeliveredInputs
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class InputWatch:
         self._undelivered = UndeliveredInputs(patience_s=UNDELIVERED_PATIENCE_S)
         # A committed offset behind the log end that has not moved for long, whatever the cause.
         self._stalled_partitions = StalledCommits(patience_s=STALLED_PARTITION_ALARM_S)
+        # A committed offset that crawls: behind where the log ended that long ago, the agent idle.
+        self._lagging_commits = LaggingCommits(patience_s=STALLED_PARTITION_ALARM_S)
         # Since when asking for log end and committed offsets has failed (None: it last worked).
         self._blind_since: float | None = None
 
@@ -87,6 +89,7 @@ class InputWatch:
         self._stalled_commits.forget()
         self._undelivered.forget()
         self._stalled_partitions.forget()
+        self._lagging_commits.forget()
 
     def describe(self) -> str:
         """What the watch sees of each input partition the consumer holds, one line each (for the task dump)."""
@@ -206,19 +209,28 @@ class InputWatch:
         believed_by_partition = committed_offsets(app)
         believed = {tp.partition: believed_by_partition.get(tp) for tp in inputs}
         owned = self._owned()
-        for partition, end in self._stalled_partitions.check(on_broker, log_end, time.monotonic()):
-            applied = self._applied.expected(partition) if partition in owned else None
-            logger.warning("position-inputs[%d]: the committed offset has stayed at %s for %.0fs (Faust believes "
-                           "%s) while the log ends at %d; %s, %s; applied up to %s, durable up to %s; the agent: "
-                           "%s; %s", partition, on_broker[partition], STALLED_PARTITION_ALARM_S, believed[partition],
-                           end,
-                           "owned" if partition in owned else "NOT among the assignor's actives",
-                           "settled" if self._settled() else
-                           f"NOT settled (rebalancing={app.rebalancing}, "
-                           f"recovered={app.tables.recovery.completed.is_set()})",
-                           applied, self._durable_next.get(partition), self._describe_agent(),
-                           fetch_state(app, TP(self._inputs_topic, partition)))
+        now = time.monotonic()
+        for partition, end in self._stalled_partitions.check(on_broker, log_end, now):
+            self._name_stall(partition, f"the committed offset has stayed at {on_broker[partition]} for "
+                                        f"{STALLED_PARTITION_ALARM_S:.0f}s (Faust believes {believed[partition]}) "
+                                        f"while the log ends at {end}", owned)
+        for partition, old_end in self._lagging_commits.check(on_broker, log_end, self._idle(), now):
+            self._name_stall(partition, f"the committed offset is at {on_broker[partition]} (Faust believes "
+                                        f"{believed[partition]}) with the agent idle, behind where the log ended "
+                                        f"{STALLED_PARTITION_ALARM_S:.0f}s ago ({old_end}; now {log_end[partition]})",
+                             owned)
         return log_end, on_broker
+
+    def _name_stall(self, partition: int, what: str, owned: frozenset[int]) -> None:
+        app = self._app
+        logger.warning("position-inputs[%d]: %s; %s, %s; applied up to %s, durable up to %s; the agent: %s; %s",
+                       partition, what, "owned" if partition in owned else "NOT among the assignor's actives",
+                       "settled" if self._settled() else
+                       f"NOT settled (rebalancing={app.rebalancing}, "
+                       f"recovered={app.tables.recovery.completed.is_set()})",
+                       self._applied.expected(partition) if partition in owned else None,
+                       self._durable_next.get(partition), self._describe_agent(),
+                       fetch_state(app, TP(self._inputs_topic, partition)))
 
     async def _fill_confirmed_holes(self, inputs: list[TP], committed: Mapping[int, int | None], idle: bool) -> None:
         holes: dict[int, tuple[int, int]] = {}

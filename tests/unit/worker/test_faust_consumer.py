@@ -20,7 +20,7 @@ from streams.worker.faust_consumer import (
     note_done_before,
     owned_by_generation,
 )
-from streams.worker.gaps import StalledCommits, UndeliveredInputs
+from streams.worker.gaps import LaggingCommits, StalledCommits, UndeliveredInputs
 
 INPUTS = TP("position-inputs", 1)
 
@@ -440,3 +440,28 @@ async def test_without_repeated_offsets_the_commits_are_faust_s_own(seed):
 
     # Act / Assert
     assert commits_until_done(once) == commits_until_done(faust_alone)
+
+
+def lagging_named(committed_at, log_end_at, idle_at, seconds: int = 70) -> list[tuple[int, int, int]]:
+    """``(second, partition, old log end)`` of what ``LaggingCommits`` names at one check a second."""
+    lagging = LaggingCommits(patience_s=30.0)
+    return [(second, partition, end) for second in range(seconds)
+            for partition, end in lagging.check({0: committed_at(second)}, {0: log_end_at(second)},
+                                                idle_at(second), 1000.0 + second)]
+
+
+def test_a_committed_offset_that_crawls_behind_an_idle_log_end_is_named_every_patience():
+    # Every input applied (the log ends at 400), the agent idle, the commit moving one offset a second.
+    named = lagging_named(lambda s: 20 + s, lambda s: 400, lambda s: True)
+
+    assert named == [(30, 0, 400), (60, 0, 400)]
+
+
+def test_steady_traffic_a_backlog_and_an_unmoved_commit_are_not_taken_for_a_crawl():
+    steady = lagging_named(lambda s: max(0, 10 * (s - 3)), lambda s: 10 * s, lambda s: True)
+    backlog = lagging_named(lambda s: 20 + s, lambda s: 400, lambda s: False)
+    unmoved = lagging_named(lambda s: 20, lambda s: 400, lambda s: True)
+
+    assert steady == []
+    assert backlog == []
+    assert unmoved == []  # StalledCommits names it

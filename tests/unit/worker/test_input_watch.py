@@ -217,3 +217,27 @@ async def test_a_commit_that_reached_the_broker_while_the_check_looked_is_left_a
     assert consumer._committed_offset[INPUTS] == 50
     assert consumer.next_commit() is None
     assert caplog.records == []
+
+
+async def test_a_commit_that_crawls_behind_the_log_end_while_the_worker_is_idle_is_named(monkeypatch, caplog):
+    # Arrange: every input before 50 applied, the worker idle, the broker's committed offset one further each second.
+    on_broker = {INPUTS: 10}
+    watch = InputWatch(app=SettledWorker(ConsumerState(committed=10, acked=[]), log_end=50), inputs_topic=INPUTS.topic,
+                       changelog_topic=CHANGELOG.topic, applied=AppliedOffsets(lambda: {INPUTS.partition: 50}),
+                       durable_next={}, serial=asyncio.Lock(), idle=lambda: True, fill_hole=None,
+                       apply_from_log=None, commit_interval_s=1.0, describe_agent=lambda: "idle",
+                       committed_on_broker=broker_holding(on_broker))
+    clock = [100.0]
+    monkeypatch.setattr(input_watch.time, "monotonic", lambda: clock[0])
+
+    # Act: a check a second for 31 s.
+    with caplog.at_level(logging.WARNING, logger="streams.worker.input_watch"):
+        for second in range(31):
+            clock[0], on_broker[INPUTS] = 100.0 + second, 10 + second
+            await watch.check()
+
+    # Assert: named once, at 30 s, with where the log ended then and what Faust holds.
+    [crawl] = [record.getMessage() for record in caplog.records if "agent idle" in record.getMessage()]
+    assert "the committed offset is at 40 (Faust believes" in crawl
+    assert "behind where the log ended 30s ago (50; now 50)" in crawl
+    assert "acked=" in crawl
