@@ -70,20 +70,60 @@ def decode_batch(values: list[bytes | None], partitions: list[int]) -> DecodedRo
 
     A record no path reads is reported in ``undecodable`` with the error the row path
     raised for it (``serde``'s, a ``ValueError`` for a missing value), never raised.
+
+    Only the newest version of each position is written, so a version a later record of the
+    batch supersedes (``UpdateDecoder.position_identity``: same id, an offset as high) is
+    not read past its head: most position records of a busy batch are. Should the newest
+    record not bear its claim out (undecodable, or a state version other than its offset),
+    that position's other records are read after all, so the rows are those of reading
+    every record. What is given up: a superseded record that is itself damaged is not
+    reported (its position's newer state is written instead).
     """
     decoder, transcoder = _the_readers()
     decode = decoder.decode
     transcode = transcoder.transcode
+    identity = decoder.position_identity
     merger = BatchMerger()
     result = DecodedRows(rows=BatchRows(positions=[], events=[]))
     versions = result.versions
     position_records = result.position_records
+
+    # Audit records straight to their COPY rows; each other record's head, if it is a position
+    # update's: id -> (offset, index) of its newest version (ties: the later record).
+    others: list[int] = []
+    heads: dict[int, tuple[bytes, int]] = {}
+    newest: dict[bytes, tuple[int, int]] = {}
     for index, value in enumerate(values):
-        copied = transcode(value) if type(value) is bytes else None
-        if copied is not None:
-            natural_key, copy_row = copied
-            merger.add_event_copy(natural_key, copy_row)
-            version = natural_key[1]
+        if type(value) is bytes:
+            copied = transcode(value)
+            if copied is not None:
+                natural_key, copy_row = copied
+                merger.add_event_copy(natural_key, copy_row)
+                version, partition = natural_key[1], partitions[index]
+                if version > versions.get(partition, -1):
+                    versions[partition] = version
+                continue
+            head = identity(value)
+            if head is not None:
+                heads[index] = head
+                current = newest.get(head[0])
+                if current is None or current[0] <= head[1]:
+                    newest[head[0]] = (head[1], index)
+        others.append(index)
+
+    def add_position(row: tuple, index: int) -> None:
+        merger.add_position_row(row)
+        if merger.kept_position(row[0]) is row:
+            position_records[row[0]] = index
+
+    superseded: dict[bytes, list[int]] = {}
+    unconfirmed: list[bytes] = []  # ids whose newest record did not bear its head out
+    for index in others:
+        value = values[index]
+        head = heads.get(index)
+        if head is not None and newest[head[0]][1] != index:
+            superseded.setdefault(head[0], []).append(index)
+            version = head[1]
         else:
             try:
                 if value is None:
@@ -92,17 +132,32 @@ def decode_batch(values: list[bytes | None], partitions: list[int]) -> DecodedRo
             except Exception as error:  # noqa: BLE001 - one bad record must not stop the audit log
                 result.undecodable.append(Undecodable(index, type(error).__name__,
                                                       str(error) or type(error).__name__))
+                if head is not None:
+                    unconfirmed.append(head[0])
                 continue
             if kind == POSITION:
-                merger.add_position_row(row)
-                position_records[row[0]] = index
+                add_position(row, index)
                 version = row[-1]
+                if head is not None and (version != head[1] or row[0].encode() != head[0]):
+                    unconfirmed.append(head[0])
             else:
                 merger.add_event_row(row)
                 version = row[1]
         partition = partitions[index]
         if version > versions.get(partition, -1):
             versions[partition] = version
+    for position_id in unconfirmed:
+        for index in superseded.pop(position_id, ()):
+            try:
+                kind, row = decode(values[index])
+            except Exception as error:  # noqa: BLE001 - as above
+                result.undecodable.append(Undecodable(index, type(error).__name__, str(error) or type(error).__name__))
+                continue
+            if kind == POSITION:
+                add_position(row, index)
+                if row[-1] > versions.get(partitions[index], -1):
+                    versions[partitions[index]] = row[-1]
+    result.undecodable.sort(key=lambda item: item.index)
     result.rows = merger.rows()
     return result
 

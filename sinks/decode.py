@@ -357,13 +357,71 @@ def _field(schema: Any, name: str) -> dict:
     return next(field for field in schema["fields"] if field["name"] == name)
 
 
+def _position_branch(writer: codec.WriterSchema) -> int | None:
+    """The union index of ``PositionState`` in this writer's payload when the record opens
+    with ``key`` and ``offset`` and the state with its ``id`` string; None otherwise."""
+    named: dict[str, Any] = {}
+    collect_named(dict(writer.schema), named)
+    fields = writer.schema["fields"]
+    if [field["name"] for field in fields[:2]] != ["key", "offset"] \
+            or [field["type"] for field in fields[:2]] != ["string", "long"]:
+        return None
+    for index, branch in enumerate(_field(writer.schema, "payload")["type"]):
+        branch = named.get(branch, branch) if isinstance(branch, str) else branch
+        if isinstance(branch, dict) and branch.get("name", "").rpartition(".")[2] == "PositionState":
+            first = branch["fields"][0]
+            return index if (first["name"], first["type"]) == ("id", "string") else None
+    return None
+
+
 class UpdateDecoder:
-    """``decode(bytes) -> (POSITION | EVENT, row)``, a compiled reader per writer schema, cached."""
+    """``decode(bytes) -> (POSITION | EVENT, row)``, a compiled reader per writer schema, cached;
+    ``position_identity`` reads only a position update's head."""
 
     def __init__(self, registry: codec.SchemaRegistry | None = None) -> None:
         self._registry = registry or codec.default_registry()
         self._reader = self._registry.current(serde.UPDATE_RECORD)
         self._compiled: dict[bytes, Callable[[bytes], tuple[str, tuple]] | None] = {}
+        self._position_branches: dict[bytes, int | None] = {}
+
+    def position_identity(self, data: bytes) -> tuple[bytes, int] | None:
+        """``(the position id's UTF-8 bytes, the update's offset)`` of a position update, read
+        from the record's head only; None for anything else (an audit record, a writer schema
+        the compiled reader does not serve, a head that does not parse).
+
+        The offset is the version the record claims: the input that produced the update is the
+        one that last changed the position (``PositionState.version``), which ``decode`` reads.
+        """
+        if type(data) is not bytes or len(data) <= codec.HEADER_LENGTH or data[:2] != codec.MARKER:
+            return None
+        fingerprint = data[2:codec.HEADER_LENGTH]
+        try:
+            position_branch = self._position_branches[fingerprint]
+        except KeyError:
+            position_branch = None
+            if self.compiled(fingerprint) is not None:
+                position_branch = _position_branch(self._registry.writer_schema(fingerprint))
+            self._position_branches[fingerprint] = position_branch
+        if position_branch is None:
+            return None
+        varint = serde.zigzag_varint
+        pos = codec.HEADER_LENGTH
+        try:
+            byte = data[pos]  # most keys, branches and ids are shorter than 64: one byte each
+            key_length, pos = ((byte >> 1) ^ -(byte & 1), pos + 1) if byte < 0x80 else varint(data, pos)
+            offset, pos = varint(data, pos + key_length)
+            byte = data[pos]
+            branch, pos = ((byte >> 1) ^ -(byte & 1), pos + 1) if byte < 0x80 else varint(data, pos)
+            if branch != position_branch:
+                return None
+            byte = data[pos]
+            id_length, pos = ((byte >> 1) ^ -(byte & 1), pos + 1) if byte < 0x80 else varint(data, pos)
+        except IndexError:
+            return None
+        end = pos + id_length
+        if key_length < 0 or id_length < 0 or end > len(data):
+            return None
+        return data[pos:end], offset
 
     def compiled(self, fingerprint: bytes) -> Callable[[bytes], tuple[str, tuple]] | None:
         """The compiled reader of this writer fingerprint; None when only the generic path reads it."""

@@ -183,6 +183,10 @@ class BatchMerger:
         if current is None or current[_VERSION] <= row[_VERSION]:
             self._positions[row[_ID]] = row
 
+    def kept_position(self, position_id: str) -> tuple | None:
+        """The row kept so far for ``position_id`` (its newest version), or None."""
+        return self._positions.get(position_id)
+
     def add_event_row(self, row: tuple) -> None:
         """Takes one audit row (``EVENT_COLUMNS`` order) into the batch."""
         self._events.setdefault((row[_KEY], row[_OFFSET]), row)

@@ -4,6 +4,8 @@
 audit rows in binary COPY form, read back here by ``read_copy_row``), report what it cannot
 read by index without raising, and give the same in the decode process as in the caller's
 thread, also after one was killed; a batch split among several processes as it is in one.
+A position version a later record supersedes is read no further than its head, unless the
+newest record does not bear its head out.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from pathlib import Path
 
 import pytest
 
+import dataclasses
+
 from sinks.batch_decode import combine, decode_batch, split_by_partition
+from sinks.decode import UpdateDecoder
 from sinks.decode_process import BatchDecoding
 from sinks.rows import merge_updates
 from streams.domain import Position
+from streams.wire import serde
 from tests.integration.sink_support import UpdateStream
 from tests.unit.sinks.test_audit_copy import read_copy_row
 
@@ -78,6 +84,85 @@ def test_records_no_path_reads_are_reported_by_index_and_the_others_decoded():
                                                                                (1, "NotSingleObjectEncoded")]
     assert all(item.message for item in decoded.undecodable)
     assert decoded.rows.positions == merge_updates(update.value for update in stream.updates).positions
+
+
+def position_indexes(stream: UpdateStream) -> list[int]:
+    return [index for index, update in enumerate(stream.updates) if isinstance(update.value, Position)]
+
+
+def test_the_head_of_a_position_update_names_its_position_and_offset_and_nothing_else_has_one():
+    # Arrange
+    stream = UpdateStream.lives(keys=1, cycles=1)
+    decoder = UpdateDecoder()
+
+    # Act
+    heads = [decoder.position_identity(update.data) for update in stream.updates]
+
+    # Assert
+    for update, head in zip(stream.updates, heads, strict=True):
+        if isinstance(update.value, Position):
+            assert head == (update.value.id.encode(), update.value.version)
+        else:
+            assert head is None
+    first = stream.updates[position_indexes(stream)[0]].data
+    assert decoder.position_identity(first[:12]) is None  # cut inside its head
+    assert decoder.position_identity(b"not avro") is None
+
+
+def test_a_superseded_version_is_read_no_further_than_its_head():
+    # Arrange: every position's versions but its newest lose their last byte.
+    stream = UpdateStream.lives(keys=3, cycles=2)
+    newest = {update.value.id: index for index, update in enumerate(stream.updates) if isinstance(update.value, Position)}
+    damaged = [index for index in position_indexes(stream) if newest[stream.updates[index].value.id] != index]
+    values = [update.data[:-1] if index in damaged else update.data for index, update in enumerate(stream.updates)]
+
+    # Act
+    decoded = decode_batch(values, [0] * len(values))
+
+    # Assert: those were never read (reading them reports them), the rows are the whole stream's.
+    assert damaged and decoded.undecodable == []
+    assert decode_batch([values[damaged[0]]], [0]).undecodable != []
+    expected = merge_updates(update.value for update in stream.updates)
+    assert decoded.rows.positions == expected.positions
+    assert decoded.position_records == {position_id: index for position_id, index in newest.items()}
+
+
+def test_a_damaged_newest_version_is_reported_and_the_one_before_it_written():
+    # Arrange: the last record of the first position loses its last byte.
+    stream = UpdateStream.lives(keys=1, cycles=1)
+    positions = position_indexes(stream)
+    first_id = stream.updates[positions[0]].value.id
+    last = max(index for index in positions if stream.updates[index].value.id == first_id)
+    values = [update.data[:-1] if index == last else update.data for index, update in enumerate(stream.updates)]
+
+    # Act
+    decoded = decode_batch(values, [0] * len(values))
+
+    # Assert: as reading every record: the newest reported, its predecessor written.
+    assert [item.index for item in decoded.undecodable] == [last]
+    expected = merge_updates(update.value for index, update in enumerate(stream.updates) if index != last)
+    assert decoded.rows.positions == expected.positions
+    before = max(index for index in positions if index < last and stream.updates[index].value.id == first_id)
+    assert decoded.position_records[first_id] == before
+
+
+def test_a_newest_record_whose_state_is_older_than_its_offset_makes_the_others_read():
+    # Arrange: a record that claims offset 1,000 for a state of an older version than the one before it.
+    stream = UpdateStream.lives(keys=1, cycles=1)
+    positions = position_indexes(stream)
+    newest_state = stream.updates[positions[-1]].value
+    stale = dataclasses.replace(newest_state, version=newest_state.version - 1, quantity=newest_state.quantity * 2)
+    values = [update.data for update in stream.updates]
+    values.append(serde.encode_position_update(stream.updates[positions[-1]].key, 1_000, stale))
+
+    # Act
+    decoded = decode_batch(values, [0] * len(values))
+
+    # Assert: the rows of reading every record (the higher state version wins).
+    expected = merge_updates([*(update.value for update in stream.updates), stale])
+    assert decoded.rows.positions == expected.positions
+    assert decoded.position_records[newest_state.id] == positions[-1]
+    assert decoded.undecodable == []
 
 
 @pytest.mark.parametrize("processes", [1, 2])
