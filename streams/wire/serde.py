@@ -36,6 +36,7 @@ from streams.domain import model as domain_model
 
 __all__ = [
     "INPUT_RECORD",
+    "COMMAND_HEADER_FIELDS",
     "COMMAND_RECORD",
     "UPDATE_RECORD",
     "KEY_STATE_RECORD",
@@ -66,7 +67,8 @@ DEAD_LETTER_RECORD = "DeadLetter"
 # Avro branch names that differ from the dataclass names.
 _BRANCH_OF_CLASS = {Position: "PositionState"}
 _CLASS_OF_BRANCH = {"PositionState": Position}
-_COMMAND_HEADER_FIELDS = ("command_id", "key", "position_id", "symbol", "exchange")
+#: The fields every command record has, before its type's payload (schemas/position_command.avsc).
+COMMAND_HEADER_FIELDS = ("command_id", "key", "position_id", "symbol", "exchange")
 
 
 class SerdeError(codec.DecodeError):
@@ -271,7 +273,7 @@ def decode_input(data: bytes) -> InputEvent:
 def encode_command(command: Command) -> bytes:
     """A command as the bytes of a ``position-commands`` record value."""
     fields = to_record(command)
-    header = {name: fields.pop(name) for name in _COMMAND_HEADER_FIELDS}
+    header = {name: fields.pop(name) for name in COMMAND_HEADER_FIELDS}
     return codec.encode(COMMAND_RECORD, {**header, "payload": (type(command).__name__, fields)})
 
 

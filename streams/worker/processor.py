@@ -20,9 +20,9 @@ from typing import Any
 
 from streams.edge.backoff import Backoff
 from streams.wire import codec, serde
-from streams.wire.flat_records import AuditUpdates
-from streams.domain import AppliedInput, AuditRecord, Decision, DomainError, InputEvent, KeyState, Policy, Position, \
-    decide
+from streams.wire.flat_records import AuditUpdates, CommandRecords
+from streams.domain import AppliedInput, AuditRecord, Command, Decision, DomainError, InputEvent, KeyState, Policy, \
+    Position, decide
 from streams.settings import Settings
 from streams.topics import TopicNames
 from streams.telemetry import metrics
@@ -118,6 +118,8 @@ class InputProcessor:
     encode_position_update: Callable[[str, int, Position], bytes] = serde.encode_position_update
     #: ``audit`` -> its update's record value (by hand, byte for byte the codec's: streams.wire.flat_records).
     encode_audit_update: Callable[[AuditRecord], bytes] = field(default_factory=lambda: AuditUpdates().encode)
+    #: ``command`` -> its record value (by hand, byte for byte the codec's: streams.wire.flat_records).
+    encode_command: Callable[[Command], bytes] = field(default_factory=lambda: CommandRecords().encode)
     applied_inputs: int = 0
     dead_letters: int = 0
     _default_policy: Policy = field(init=False)
@@ -261,7 +263,7 @@ class InputProcessor:
             decision = decide(state, AppliedInput(record.offset, event), self.policy_for(event))
             metrics.observe_input(event)
             metrics.observe_decision(decision)
-            encoded = [(self.topics.commands, serde.encode_command(command)) for command in decision.commands]
+            encoded = [(self.topics.commands, self.encode_command(command)) for command in decision.commands]
             position = decision.state.position
             if decision.position_changed and position is not None:
                 encoded.append((self.topics.updates, self.encode_position_update(key, record.offset, position)))

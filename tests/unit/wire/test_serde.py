@@ -12,9 +12,10 @@ import pytest
 from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from streams.wire import codec, serde
 from streams.wire.errors import InvalidRecord
-from streams.wire.flat_records import AuditUpdates, avro_long, avro_string
+from streams.wire.flat_records import AuditUpdates, CommandRecords, avro_long, avro_string
 from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
-from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, Side, Status, decide
+from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, OrderRole, Side, Status, decide
+from streams.domain.commands import CancelOrder, ClosePosition, PlaceEntry, PlaceStopLoss, QueryOrder
 from streams.domain.model import LatestSnapshot, OrderRef, SeenSignal
 
 
@@ -177,6 +178,36 @@ def test_audit_updates_refuse_a_value_that_does_not_fit_its_field_with_a_typed_e
         AuditUpdates().encode(dataclasses.replace(audit, ts="yesterday"))
     with pytest.raises(InvalidRecord, match="AuditRecord"):
         AuditUpdates().encode(dataclasses.replace(audit, reason=None))
+
+
+def test_command_records_write_the_bytes_the_codec_writes_for_every_command_type():
+    commands = CommandRecords()
+    decided = [command for decision in _fold(lifecycle_inputs(keys=3, cycles=4)) for command in decision.commands]
+    header = dict(command_id="c-1", key="APTUSDT@binance", position_id="APTUSDT@binance/7", symbol="APTUSDT",
+                  exchange="binance")
+    every_type = [
+        PlaceEntry(**header, client_order_id="e-7", side=Side.BUY, quantity=Decimal("61.8")),
+        PlaceStopLoss(**header, client_order_id="s-7", side=Side.SELL, quantity=Decimal("1E-8"),
+                      stop_price=Decimal("4.205")),
+        ClosePosition(**header, client_order_id="x-7", side=Side.SELL, quantity=Decimal("0.001")),
+        CancelOrder(**header, client_order_id="s-7", role=OrderRole.STOP_LOSS),
+        QueryOrder(**header, client_order_id="e-7", role=OrderRole.ENTRY),
+    ]
+
+    for command in [*decided, *every_type]:
+        assert commands.encode(command) == serde.encode_command(command)
+        assert serde.decode_command(commands.encode(command)) == command
+    assert len({type(command) for command in decided}) >= 2
+
+
+def test_command_records_refuse_a_value_that_does_not_fit_its_field_with_a_typed_error():
+    command = next(command for decision in DECISIONS for command in decision.commands)
+
+    for unfit in (dataclasses.replace(command, client_order_id=None), dataclasses.replace(command, command_id=7)):
+        with pytest.raises(InvalidRecord, match="does not accept"):
+            CommandRecords().encode(unfit)
+        with pytest.raises(InvalidRecord):  # as the codec
+            serde.encode_command(unfit)
 
 
 @pytest.mark.parametrize("value", [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**31, -(2**31), 2**63 - 1, -(2**63)])
