@@ -134,7 +134,7 @@ async def measure_contender(contender: str, rates: list[int], seconds: float,
 async def figures(rates: list[int], seconds: float = SECONDS, runs: int | None = None) -> list[Figure]:
     """``decision_latency_<p50|p99|max>_at_<rate>``: the agent's, beside the raw aiokafka loop's;
     ``latency_floor_<p50|p99|max>_at_<rate>``: the echo's (``benchmarks.peer_echo``)."""
-    counts = {rate: runs if runs is not None else runs_for(f"latency_{rate}", 3) for rate in rates}
+    counts = {rate: runs if runs is not None else runs_for(f"latency_{rate}", 5) for rate in rates}
     measured = {contender: await measure_contender(contender, rates, seconds, counts) for contender in CONTENDERS}
     found: list[Figure] = []
     for rate in rates:
@@ -157,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default=",".join(str(r) for r in RATES))
     parser.add_argument("--seconds", type=float, default=SECONDS)
-    parser.add_argument("--runs", type=int, default=None, help="runs per rate and contender (default 3)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per rate and contender (default 5, BENCH_RUNS_LATENCY_<rate>)")
     arguments = parser.parse_args()
     measured = asyncio.run(figures([int(rate) for rate in arguments.rates.split(",")], arguments.seconds,
                                    arguments.runs))
