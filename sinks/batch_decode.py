@@ -112,9 +112,13 @@ def decode_batch(values: list[bytes | None], partitions: list[int]) -> DecodedRo
         others.append(index)
 
     def add_position(row: tuple, index: int) -> None:
+        # As if added in batch order (a superseded record read after all comes late): the
+        # newest version, of two equal ones the later record's.
+        kept = merger.kept_position(row[0])
+        if kept is not None and (kept[-1] > row[-1] or (kept[-1] == row[-1] and position_records[row[0]] > index)):
+            return
         merger.add_position_row(row)
-        if merger.kept_position(row[0]) is row:
-            position_records[row[0]] = index
+        position_records[row[0]] = index
 
     superseded: dict[bytes, list[int]] = {}
     unconfirmed: list[bytes] = []  # ids whose newest record did not bear its head out

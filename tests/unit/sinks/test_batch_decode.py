@@ -146,12 +146,14 @@ def test_a_damaged_newest_version_is_reported_and_the_one_before_it_written():
     assert decoded.position_records[first_id] == before
 
 
-def test_a_newest_record_whose_state_is_older_than_its_offset_makes_the_others_read():
-    # Arrange: a record that claims offset 1,000 for a state of an older version than the one before it.
+@pytest.mark.parametrize("behind", [1, 0], ids=["older", "as-old"])
+def test_a_newest_record_whose_state_is_older_than_its_offset_makes_the_others_read(behind):
+    # Arrange: a record that claims offset 1,000 for a state of an older version than the one
+    # before it, or of the same version (then, as in batch order, the later record's row).
     stream = UpdateStream.lives(keys=1, cycles=1)
     positions = position_indexes(stream)
     newest_state = stream.updates[positions[-1]].value
-    stale = dataclasses.replace(newest_state, version=newest_state.version - 1, quantity=newest_state.quantity * 2)
+    stale = dataclasses.replace(newest_state, version=newest_state.version - behind, quantity=newest_state.quantity * 2)
     values = [update.data for update in stream.updates]
     values.append(serde.encode_position_update(stream.updates[positions[-1]].key, 1_000, stale))
 
@@ -161,7 +163,7 @@ def test_a_newest_record_whose_state_is_older_than_its_offset_makes_the_others_r
     # Assert: the rows of reading every record (the higher state version wins).
     expected = merge_updates([*(update.value for update in stream.updates), stale])
     assert decoded.rows.positions == expected.positions
-    assert decoded.position_records[newest_state.id] == positions[-1]
+    assert decoded.position_records[newest_state.id] == (positions[-1] if behind else len(values) - 1)
     assert decoded.undecodable == []
 
 
