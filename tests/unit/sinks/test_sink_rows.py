@@ -300,7 +300,7 @@ def test_settings_read_the_sink_knobs_and_refuse_bad_ones_naming_the_variable():
                                "PIPELINE_SINK_MAX_BACKOFF_S": "5"})
 
     # Assert
-    assert (defaults.sink_batch_size, defaults.sink_linger_s, defaults.sink_max_backoff_s) == (5000, 0.2, 30.0)
+    assert (defaults.sink_batch_size, defaults.sink_linger_s, defaults.sink_max_backoff_s) == (10_000, 0.2, 30.0)
     assert (tuned.sink_batch_size, tuned.sink_linger_s, tuned.sink_max_backoff_s) == (50, 0.0, 5.0)
     for variable, value in (("PIPELINE_SINK_BATCH_SIZE", "0"), ("PIPELINE_SINK_LINGER_S", "-1"),
                             ("PIPELINE_SINK_MAX_BACKOFF_S", "0")):
