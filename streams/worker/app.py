@@ -39,6 +39,7 @@ from streams.worker.state_store import StateStore
 from streams.worker.gaps import AppliedOffsets, LogRangeReader, applied_through, note_durable
 from streams.worker.input_watch import CHECK_EVERY_S, InputWatch
 from streams.worker.faust_consumer import (
+    RawRecords,
     active_partitions,
     commit_each_offset_once,
     committed_on_broker,
@@ -164,8 +165,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
         web_bind=settings.web_bind,
         web_port=settings.web_port,
     )
-    inputs_topic = app.topic(names.inputs, key_serializer="raw", value_serializer="raw",
-                             partitions=settings.topic_partitions)
+    # The agent reads each record's bytes itself (RawRecords: Faust decodes nothing).
+    inputs_topic = app.topic(names.inputs, schema=RawRecords(), partitions=settings.topic_partitions)
     output_topics = {
         name: app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions)
         for name in (names.commands, names.updates, names.dead_letters)

@@ -18,6 +18,29 @@ from faust.utils.functional import consecutive_numbers
 logger = logging.getLogger(__name__)
 
 
+class RawRecords(faust.Schema):
+    """A topic schema whose events carry each record's key and value bytes untouched.
+
+    Faust's ``Schema.compile`` decodes every record's key and value through the app's
+    serializer registry even when both serializers are ``raw`` (which returns the bytes as
+    they came): 4% of the agent's thread at 6,000 inputs/s (py-spy, 2026-12-04), for values
+    the agent never reads (it reads ``event.message``). Sending through the topic still
+    encodes with the ``raw`` serializers given here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, *, on_key_decode_error: Any = None, on_value_decode_error: Any = None,
+                default_propagate: bool = False) -> Callable[..., Any]:
+        """``decode(message)``: the event of ``message``, its key and value the record's bytes (nothing to fail)."""
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+        return decode
+
+
 def active_partitions(app: faust.App, changelog_topic: str) -> frozenset[int]:
     """The table partitions this worker owns as active (standby copies excluded)."""
     return frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog_topic)

@@ -10,11 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from faust.transport.consumer import Consumer
-from faust.types import TP
+import faust
+from faust.types import TP, Message
 from intervaltree import IntervalTree
 from mode import Service
 
 from streams.worker.faust_consumer import (
+    RawRecords,
     commit_each_offset_once,
     hand_records_over_inline,
     note_done_before,
@@ -465,3 +467,24 @@ def test_steady_traffic_a_backlog_and_an_unmoved_commit_are_not_taken_for_a_craw
     assert steady == []
     assert backlog == []
     assert unmoved == []  # StalledCommits names it
+
+
+def test_raw_records_hand_each_record_s_bytes_to_its_event_and_send_them_unchanged():
+    # Arrange
+    app = faust.App("raw-records-test", broker="kafka://127.0.0.1:1")  # never connects
+    schema = RawRecords()
+    decode = schema.compile(app)
+    message = Message("position-inputs", 3, 41, 1.5, 1, [("h", b"v")], b"APTUSDT@binance", b"\xc3\x01avro",
+                      None, None)
+    empty = Message("position-inputs", 3, 42, 1.5, 1, [], b"APTUSDT@binance", None, None, None)
+
+    # Act
+    event = asyncio.run(decode(message))
+    empty_event = asyncio.run(decode(empty))
+
+    # Assert
+    assert (event.key, event.value, event.message) == (b"APTUSDT@binance", b"\xc3\x01avro", message)
+    assert event.headers == {"h": b"v"}  # as Faust makes every event's headers
+    assert empty_event.value is None and empty_event.message is empty
+    assert schema.dumps_key(app, b"APTUSDT@binance", headers={})[0] == b"APTUSDT@binance"
+    assert schema.dumps_value(app, b"\xc3\x01avro", headers={})[0] == b"\xc3\x01avro"
