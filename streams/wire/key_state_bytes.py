@@ -47,21 +47,50 @@ def field_encoders(record_name: str) -> tuple[bytes, list[tuple[str, Callable[[A
     """The single-object header of ``record_name``'s current schema and, per top-level field in
     schema order, ``(field name, encode(value))`` giving that field's bytes alone (the value as
     ``codec.encode`` takes it inside the record)."""
+    writer, fields = _fields_alone(record_name)
+    encoders = []
+    for name, alone in fields:
+        try:
+            encode = _flat_encoder(alone)
+        except codec.SchemaDefinitionError:  # a type the hand encoder does not take: fastavro's writer
+            encode = _encoder(codec.build_writer_schema(alone, writer.origin, current=False), name)
+        encoders.append((name, encode))
+    return codec.MARKER + writer.fingerprint, encoders
+
+
+def array_item_encoders(record_name: str) -> dict[str, Callable[[Any], bytes]]:
+    """Per top-level field of ``record_name`` that is an array of a type the hand encoder takes:
+    ``encode(item)``, the bytes of one of its items (the item as ``to_record`` gives it).
+
+    The Avro specification encodes an array as blocks, each "a long count value, followed by
+    that many array items", the last block of count zero; fastavro (and
+    ``flat_records.value_encoder``) writes all items in one block. So a field's bytes are
+    ``avro_long(len(items))``, each item's bytes in order, then ``b"\x00"``; ``b"\x00"`` alone
+    when it has none.
+    """
+    found: dict[str, Callable[[Any], bytes]] = {}
+    for name, alone in _fields_alone(record_name)[1]:
+        (field,) = alone["fields"]
+        if isinstance(field["type"], dict) and field["type"].get("type") == "array":
+            try:
+                found[name] = _checked(value_encoder(field["type"]["items"], named_types(alone),
+                                                     f"{alone['name']}.{name}[]"), alone["name"])
+            except codec.SchemaDefinitionError:
+                continue  # its items are encoded with the whole field (fastavro's writer)
+    return found
+
+
+def _fields_alone(record_name: str) -> tuple[codec.WriterSchema, list[tuple[str, dict]]]:
+    """``record_name``'s current writer and, per top-level field in schema order, a one-field
+    record of it, its named types defined inline (a field's bytes are that record's body)."""
     writer = codec.default_registry().current(record_name)
     if writer.tagged_unions:
         raise codec.SchemaDefinitionError(f"{writer.name}: a field of several record branches is encoded whole only")
     definitions: dict[str, tuple[Any, str]] = {}
     collect_definitions(writer.schema, "", definitions, writer.origin)
-    encoders = []
-    for field in writer.schema["fields"]:
-        alone = expand({"type": "record", "name": f"{writer.name}__{field['name']}", "fields": [field]}, "",
-                       definitions, set(), writer.origin)
-        try:
-            encode = _flat_encoder(alone)
-        except codec.SchemaDefinitionError:  # a type the hand encoder does not take: fastavro's writer
-            encode = _encoder(codec.build_writer_schema(alone, writer.origin, current=False), field["name"])
-        encoders.append((field["name"], encode))
-    return codec.MARKER + writer.fingerprint, encoders
+    return writer, [(field["name"], expand({"type": "record", "name": f"{writer.name}__{field['name']}",
+                                            "fields": [field]}, "", definitions, set(), writer.origin))
+                    for field in writer.schema["fields"]]
 
 
 def _flat_encoder(alone: dict) -> Callable[[Any], bytes]:
@@ -69,13 +98,17 @@ def _flat_encoder(alone: dict) -> Callable[[Any], bytes]:
     writer gives (its schema, its datum checks, a buffer per field) in well under half the
     time: a lifecycle's 5,400 states took 14 us a state instead of 37 (2026-12-03)."""
     (field,) = alone["fields"]
-    encode = value_encoder(field["type"], named_types(alone), f"{alone['name']}.{field['name']}")
+    return _checked(value_encoder(field["type"], named_types(alone), f"{alone['name']}.{field['name']}"),
+                    alone["name"])
 
+
+def _checked(encode: Callable[[Any], bytes], record_name: str) -> Callable[[Any], bytes]:
+    """``encode`` raising ``InvalidRecord`` (naming ``record_name``) for a value that does not fit."""
     def encode_field(value: Any) -> bytes:
         try:
             return encode(value)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InvalidRecord(f"{alone['name']} does not accept the value: {type(e).__name__}: {e}"[:500]) from e
+            raise InvalidRecord(f"{record_name} does not accept the value: {type(e).__name__}: {e}"[:500]) from e
     return encode_field
 
 
@@ -148,11 +181,13 @@ class KeyStateEncoder:
     def __init__(self, kept_keys: int = KEPT_KEYS, positions: PositionBytes | None = None) -> None:
         self._header, encoders = field_encoders(KEY_STATE_RECORD)
         attributes = {field.name for field in dataclasses.fields(KeyState)}
+        items = array_item_encoders(KEY_STATE_RECORD)
         #: Per schema field: (KeyState attribute, encode(key, value)), or (None, its constant bytes)
         #: for a field the state no longer has (the retired ``recent_signal_ids``, written empty).
         self._fields: list[tuple[str | None, Any]] = [
             (None, encode([])) if name not in attributes
             else (name, positions.field) if name == "position" and positions is not None
+            else (name, ArrayItems(items[name], _by_record(encode), kept_keys)) if name in items
             else (name, _by_record(encode))
             for name, encode in encoders]
         self._kept_keys = kept_keys
@@ -177,10 +212,47 @@ class KeyStateEncoder:
         return self._header + b"".join(encoded for _value, encoded in parts)
 
 
+class ArrayItems:
+    """An array field of a key's state, each item encoded once while the key's arrays keep it.
+
+    ``decide`` makes a key's new ``seen_signals`` from its last one: the same (immutable)
+    item objects, those past the retention dropped from the front, the new signal's added at
+    the end. Encoded whole, every state of a busy key re-encoded all of them (46 items after
+    23 lives of the e2e benchmark's keys: 33 us a state of which most was that field,
+    2026-12-04). Here an item object the key's last array held keeps its bytes; the bytes
+    are the whole field's (``array_item_encoders``). The last array is kept as a tuple, so
+    its items stay alive and an item's ``id`` names no other object meanwhile.
+    """
+
+    def __init__(self, encode_item: Callable[[Any], bytes], encode_whole: Callable[[str, Any], bytes],
+                 kept_keys: int = KEPT_KEYS) -> None:
+        self._encode_item = encode_item
+        self._encode_whole = encode_whole
+        self._kept_keys = kept_keys
+        self._last: dict[str, tuple[tuple, list[bytes]]] = {}
+
+    def __call__(self, key: str, values: Any) -> bytes:
+        """The field's bytes for ``key``'s array ``values``."""
+        if not isinstance(values, (list, tuple)):
+            return self._encode_whole(key, values)  # raises the field's typed error
+        if not values:
+            return b"\x00"
+        last = self._last.get(key)
+        known = {id(item): data for item, data in zip(*last)} if last is not None else {}
+        encoded = []
+        for item in values:
+            data = known.get(id(item))
+            encoded.append(self._encode_item(to_record(item)) if data is None else data)
+        if last is None and len(self._last) >= self._kept_keys:
+            self._last.clear()
+        self._last[key] = (tuple(values), encoded)
+        return avro_long(len(encoded)) + b"".join(encoded) + b"\x00"
+
+
 def _by_record(encode: Callable[[Any], bytes]) -> Callable[[str, Any], bytes]:
     def encode_value(_key: str, value: Any) -> bytes:
         return encode(to_record(value))
     return encode_value
 
 
-__all__ = ["KeyStateEncoder", "PositionBytes", "field_branch", "field_encoders"]
+__all__ = ["ArrayItems", "KeyStateEncoder", "PositionBytes", "array_item_encoders", "field_branch", "field_encoders"]

@@ -13,7 +13,7 @@ from benchmarks.lifecycle import POLICY, lifecycle_inputs
 from streams.wire import codec, serde
 from streams.wire.errors import InvalidRecord
 from streams.wire.flat_records import AuditUpdates, CommandRecords, avro_long, avro_string
-from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
+from streams.wire.key_state_bytes import ArrayItems, KeyStateEncoder, PositionBytes, array_item_encoders
 from streams.domain import AppliedInput, Deadline, InputEvent, KeyState, OrderRole, Side, Status, decide
 from streams.domain.commands import CancelOrder, ClosePosition, PlaceEntry, PlaceStopLoss, QueryOrder
 from streams.domain.model import LatestSnapshot, OrderRef, SeenSignal
@@ -142,6 +142,60 @@ def test_key_state_encoder_refuses_a_value_that_does_not_fit_its_field_with_a_ty
         KeyStateEncoder().encode(dataclasses.replace(state, last_offset="late"))
     with pytest.raises(InvalidRecord, match="KeyState"):
         KeyStateEncoder().encode(dataclasses.replace(state, seen_signals=(SeenSignal(None, 1),)))
+    with pytest.raises(InvalidRecord, match="KeyState"):
+        KeyStateEncoder().encode(dataclasses.replace(state, seen_signals="sig-1"))
+
+
+def test_key_state_encoder_writes_the_codec_s_bytes_as_a_key_s_seen_signals_grow_shrink_and_empty():
+    # As decide does: the same item objects carried over, the oldest dropped, new ones added;
+    # then an equal item that is another object, and no items at all.
+    encoder = KeyStateEncoder()
+    state = DECISIONS[0].state
+    signals = tuple(SeenSignal(f"sig-{n}", 1_000 * n) for n in range(6))
+    arrays = [signals[:1], signals[:3], signals[1:4], signals[2:6], signals[5:] + (SeenSignal("sig-5", 5_000),),
+              (), signals[:2]]
+
+    for offset, seen in enumerate(arrays):
+        value = dataclasses.replace(state, last_offset=offset, seen_signals=seen)
+        assert encoder.encode(value) == codec.encode("KeyState", serde.key_state_to_record(value))
+
+
+def test_array_items_encode_only_the_items_the_key_s_last_array_did_not_hold():
+    encode_item = array_item_encoders("KeyState")["seen_signals"]
+    encoded_items: list = []
+
+    def counting(item):
+        encoded_items.append(item["signal_id"])
+        return encode_item(item)
+
+    def whole(_key, _value):
+        raise AssertionError("an array is encoded item by item")
+
+    items = ArrayItems(counting, whole)
+    first, second, third = (SeenSignal(f"sig-{n}", n) for n in range(3))
+
+    items("BTCUSDT@binance", (first, second))
+    items("BTCUSDT@binance", (second, third))
+    items("ETHUSDT@binance", (second,))
+
+    assert encoded_items == ["sig-0", "sig-1", "sig-2", "sig-1"]
+
+
+def test_array_items_forget_their_keys_past_their_limit_and_still_write_them_right():
+    encode_item = array_item_encoders("KeyState")["seen_signals"]
+    encoded_items: list = []
+
+    def counting(item):
+        encoded_items.append(item["signal_id"])
+        return encode_item(item)
+
+    items = ArrayItems(counting, lambda _key, _value: b"", kept_keys=1)
+    signal = SeenSignal("sig-1", 1)
+
+    fields = [items(key, (signal,)) for key in ("A@binance", "B@binance", "A@binance")]
+
+    assert encoded_items == ["sig-1", "sig-1", "sig-1"]  # A's last array was forgotten when B came
+    assert fields == [avro_long(1) + encode_item(serde.to_record(signal)) + b"\x00"] * 3
 
 
 def test_position_bytes_forget_their_keys_past_their_limit_and_still_write_them_right():
