@@ -160,42 +160,43 @@ def test_key_state_encoder_writes_the_codec_s_bytes_as_a_key_s_seen_signals_grow
         assert encoder.encode(value) == codec.encode("KeyState", serde.key_state_to_record(value))
 
 
-def test_array_items_encode_only_the_items_the_key_s_last_array_did_not_hold():
+def _seen_signal_encoder_noting_ids() -> tuple:
+    """The real item encoder of ``KeyState.seen_signals``, and the list of signal ids it encoded, in order."""
     encode_item = array_item_encoders("KeyState")["seen_signals"]
-    encoded_items: list = []
+    encoded_ids: list[str] = []
 
-    def counting(item):
-        encoded_items.append(item["signal_id"])
+    def noting(item):
+        encoded_ids.append(item["signal_id"])
         return encode_item(item)
+    return noting, encoded_ids
 
-    def whole(_key, _value):
-        raise AssertionError("an array is encoded item by item")
 
-    items = ArrayItems(counting, whole)
+def _never_whole(_key, _value):
+    raise AssertionError("an array is encoded item by item")
+
+
+def test_array_items_encode_only_the_items_the_key_s_last_array_did_not_hold():
+    encode_item, encoded_ids = _seen_signal_encoder_noting_ids()
+    items = ArrayItems(encode_item, _never_whole)
     first, second, third = (SeenSignal(f"sig-{n}", n) for n in range(3))
 
     items("BTCUSDT@binance", (first, second))
     items("BTCUSDT@binance", (second, third))
     items("ETHUSDT@binance", (second,))
 
-    assert encoded_items == ["sig-0", "sig-1", "sig-2", "sig-1"]
+    assert encoded_ids == ["sig-0", "sig-1", "sig-2", "sig-1"]
 
 
 def test_array_items_forget_their_keys_past_their_limit_and_still_write_them_right():
-    encode_item = array_item_encoders("KeyState")["seen_signals"]
-    encoded_items: list = []
-
-    def counting(item):
-        encoded_items.append(item["signal_id"])
-        return encode_item(item)
-
-    items = ArrayItems(counting, lambda _key, _value: b"", kept_keys=1)
+    encode_item, encoded_ids = _seen_signal_encoder_noting_ids()
+    items = ArrayItems(encode_item, _never_whole, kept_keys=1)
     signal = SeenSignal("sig-1", 1)
 
     fields = [items(key, (signal,)) for key in ("A@binance", "B@binance", "A@binance")]
 
-    assert encoded_items == ["sig-1", "sig-1", "sig-1"]  # A's last array was forgotten when B came
-    assert fields == [avro_long(1) + encode_item(serde.to_record(signal)) + b"\x00"] * 3
+    assert encoded_ids == ["sig-1", "sig-1", "sig-1"]  # A's last array was forgotten when B came
+    assert fields == [avro_long(1) + array_item_encoders("KeyState")["seen_signals"](serde.to_record(signal))
+                      + b"\x00"] * 3
 
 
 def test_position_bytes_forget_their_keys_past_their_limit_and_still_write_them_right():
