@@ -39,6 +39,15 @@ def avro_long(value: int) -> bytes:
 _SMALL_LONGS = [avro_long(number) for number in range(8192)]
 
 
+def avro_array(items: list[bytes]) -> bytes:
+    """An array of already encoded items as fastavro writes it: one block of them all, then the
+    empty block that ends an array (the Avro specification: blocks, each "a long count value,
+    followed by that many array items", the last of count zero); ``b"\x00"`` alone when empty."""
+    if not items:
+        return b"\x00"
+    return _long(len(items)) + b"".join(items) + b"\x00"
+
+
 def avro_string(value: str) -> bytes:
     """A string as Avro's binary encoding writes it: its UTF-8 length as a long, then the bytes."""
     data = value.encode("utf-8")
@@ -124,12 +133,9 @@ def value_encoder(schema: Any, named: Mapping[str, Any], where: str) -> Callable
         item = value_encoder(schema["items"], named, f"{where}[]")
 
         def array(values: list | tuple) -> bytes:
-            # One block of all the items, then the empty block that ends an array (as fastavro writes it).
             if not isinstance(values, (list, tuple)):
                 raise TypeError(f"expected a list, got {type(values).__name__}")
-            if not values:
-                return b"\x00"
-            return _long(len(values)) + b"".join([item(value) for value in values]) + b"\x00"
+            return avro_array([item(value) for value in values])
         return array
     if kind == "union" and len(schema) == 2 and "null" in schema:
         null_index = schema.index("null")
@@ -220,5 +226,5 @@ class CommandRecords:
         return b"".join((self._header, *common, branch, body.encode(record)))
 
 
-__all__ = ["AuditUpdates", "CommandRecords", "FlatRecordEncoder", "avro_long", "avro_string", "named_types", "union_branch",
+__all__ = ["AuditUpdates", "CommandRecords", "FlatRecordEncoder", "avro_array", "avro_long", "avro_string", "named_types", "union_branch",
            "value_encoder"]

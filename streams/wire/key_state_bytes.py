@@ -35,7 +35,7 @@ from fastavro import schemaless_writer
 from streams.domain import KeyState, Position
 from streams.wire import codec
 from streams.wire.errors import InvalidRecord
-from streams.wire.flat_records import avro_long, avro_string, named_types, union_branch, value_encoder
+from streams.wire.flat_records import avro_array, avro_long, avro_string, named_types, union_branch, value_encoder
 from streams.wire.schemas import collect_definitions, expand
 from streams.wire.serde import KEY_STATE_RECORD, UPDATE_RECORD, to_record
 
@@ -62,11 +62,7 @@ def array_item_encoders(record_name: str) -> dict[str, Callable[[Any], bytes]]:
     """Per top-level field of ``record_name`` that is an array of a type the hand encoder takes:
     ``encode(item)``, the bytes of one of its items (the item as ``to_record`` gives it).
 
-    The Avro specification encodes an array as blocks, each "a long count value, followed by
-    that many array items", the last block of count zero; fastavro (and
-    ``flat_records.value_encoder``) writes all items in one block. So a field's bytes are
-    ``avro_long(len(items))``, each item's bytes in order, then ``b"\x00"``; ``b"\x00"`` alone
-    when it has none.
+    The field's bytes are ``flat_records.avro_array`` of its items' bytes.
     """
     found: dict[str, Callable[[Any], bytes]] = {}
     for name, alone in _fields_alone(record_name)[1]:
@@ -236,7 +232,7 @@ class ArrayItems:
         if not isinstance(values, (list, tuple)):
             return self._encode_whole(key, values)  # raises the field's typed error
         if not values:
-            return b"\x00"
+            return avro_array([])
         last = self._last.get(key)
         known = {id(item): data for item, data in zip(*last)} if last is not None else {}
         encoded = []
@@ -246,7 +242,7 @@ class ArrayItems:
         if last is None and len(self._last) >= self._kept_keys:
             self._last.clear()
         self._last[key] = (tuple(values), encoded)
-        return avro_long(len(encoded)) + b"".join(encoded) + b"\x00"
+        return avro_array(encoded)
 
 
 def _by_record(encode: Callable[[Any], bytes]) -> Callable[[str, Any], bytes]:
