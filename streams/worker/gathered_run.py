@@ -145,8 +145,10 @@ class GatheredRun:
 class HandOverOnRebalance(faust.Sensor):
     """Hands the agent's run over when a rebalance begins, until the streams are suspended.
 
-    Faust calls ``on_rebalance_start`` from its consumer thread, before the event loop runs
-    the revocation; the hand-over is scheduled onto the loop the worker runs on.
+    Faust calls ``on_rebalance_start`` from aiokafka's rebalance listener, before the
+    revocation runs; the hand-over is scheduled onto the loop the worker runs on (thread-safely:
+    with faust-streaming's own consumer that listener runs in a thread of its own; the
+    worker's ``OnLoopTransport`` runs it on the worker's loop).
     """
 
     def __init__(self, app: faust.App, run: GatheredRun) -> None:

@@ -113,7 +113,7 @@ class InputWatch:
     async def check_within(self, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         """``check``, cancelled after ``timeout_s`` with a warning naming where it waited.
 
-        The check awaits Faust's consumer thread (positions, end offsets), the agent's lock and
+        The check awaits Faust's consumer (positions, end offsets), the agent's lock and
         log reads: one that never returns would end every later check unseen.
         """
         task = asyncio.ensure_future(self.check())
