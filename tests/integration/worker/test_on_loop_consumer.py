@@ -12,28 +12,17 @@ import threading
 
 import faust
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 from mode.threads import WorkerThread
 
 from streams.worker.faust_consumer import OnLoopConsumer, OnLoopConsumerThread, consume_on_the_worker_loop
 from tests.integration.pipeline_harness import create_plain_topics
+from tests.integration.sink_support import committed_offsets
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 RECORDS = 400
-
-
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic``, as its coordinator holds them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        found = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
 
 
 async def test_the_consumer_runs_on_the_apps_loop_consumes_commits_and_stops_without_touching_other_tasks(
