@@ -23,7 +23,7 @@ it: the latency's p99. A young threshold of 2,000 makes the middle collections a
 that, five times as often: twelve runs of 5 s at 1,000 fresh-key opens/s alternating with the
 old thresholds, p99 median 13.5 ms (7-23) against 21 (8-65), max 18-48 ms against 21-107;
 54,000 lifecycle inputs end to end 7,218-7,292 inputs/s against 7,326-7,430, ~1.5% less
-(2026-12-04 15:00-15:30). A young threshold of 1,000 (middle 5) gave p99 11 ms but 10-20%
+(2026-12-04 14:59-15:10). A young threshold of 1,000 (middle 5) gave p99 11 ms but 10-20%
 less throughput. ``OLD_THRESHOLD`` keeps a full collection as rare by allocation count as
 before (young x middle x old = 10,000,000), and CPython also waits until the objects promoted
 since the last full collection are a quarter of those that survived it. Reference counting
