@@ -110,7 +110,7 @@ async def test_inputs_of_partitions_faust_stopped_fetching_are_applied_and_the_p
 
 async def test_a_commit_faust_counted_though_the_broker_never_got_it_is_made_again(
         worker_in_process, kafka_bootstrap, caplog):
-    # Arrange: the worker applies a first round; then its consumer thread refuses to commit, as
+    # Arrange: the worker applies a first round; then its consumer service refuses to commit, as
     # it does a commit the coordinator answers "already rebalanced": it returns False, and
     # Faust records the offsets as committed all the same (Consumer._commit_offsets).
     pipeline = worker_in_process

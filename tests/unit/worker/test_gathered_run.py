@@ -79,7 +79,8 @@ async def test_a_rebalance_started_on_faust_s_consumer_thread_hands_the_run_over
     sensor.bind_loop(asyncio.get_running_loop())
     run.add("held while waiting for the next event")
 
-    # Act: Faust calls the sensor from its consumer thread; one more event arrives before the
+    # Act: Faust calls the sensor from another thread (faust-streaming's own consumer runs in one;
+    # the worker's OnLoopTransport calls it on the loop); one more event arrives before the
     # streams are suspended.
     thread = threading.Thread(target=sensor.on_rebalance_start, args=(app,))
     thread.start()
