@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from faust.types import TP
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -183,6 +183,8 @@ signal_like = st.fixed_dictionaries({}, optional={
 @given(frame=st.one_of(st.text(max_size=300), st.binary(max_size=300),
                        json_values.map(json.dumps), signal_like.map(json.dumps),
                        st.lists(signal_like, max_size=5).map(json.dumps)))
+# A valid close carries no quantity (CONTRACT.md section 2); found by this test on 2026-12-04.
+@example(frame='{"symbol":"APTUSDT","id":"0","action":"close","ts":1,"":"","exchange":"binance"}')
 def test_any_frame_is_items_or_an_invalid_frame_and_any_item_a_signal_or_an_invalid_signal(frame):
     try:
         items = parse_frame(frame)
@@ -195,7 +197,11 @@ def test_any_frame_is_items_or_an_invalid_frame_and_any_item_a_signal_or_an_inva
         except InvalidSignal as refusal:
             assert refusal.code and refusal.reason
         else:
-            assert signal.quantity > 0 and signal.symbol in ("APTUSDT", "BTCUSDT")
+            assert signal.symbol in ("APTUSDT", "BTCUSDT")
+            if signal.action is SignalAction.OPEN:
+                assert signal.quantity > 0 and signal.side is not None
+            else:
+                assert signal.quantity is None and signal.side is None and signal.stop_loss_pct is None
 
 
 # --------------------------------------------------------------------------- the web server
