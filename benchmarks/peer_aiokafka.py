@@ -5,8 +5,9 @@
 
 Consume a batch (``getmany``) -> per record, in offset order: ``serde.decode_input`` (the
 input's time is its log time, as the agent does), ``decide`` against the key's state (a dict
-of decoded ``KeyState``), ``serde.encode_command`` / ``encode_position_update`` /
-``encode_audit_update`` -> send every output of the batch, await all acknowledgements
+of decoded ``KeyState``), the outputs encoded by the agent's own encoders
+(``benchmarks.peer_step``: byte for byte ``serde.encode_command`` / ``encode_position_update``
+/ ``encode_audit_update``) -> send every output of the batch, await all acknowledgements
 together -> commit the batch's offsets. Same crash rule as the agent (no offset committed
 before its outputs are acknowledged); no table, no changelog, no dead letters, no
 metrics, no input headers: the ceiling of a hand-written loop. Runs until SIGTERM.
@@ -21,6 +22,7 @@ import signal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.peer_cli import peer_arguments
+from benchmarks.peer_step import StepEncoders
 from streams.wire import serde
 from streams.domain import AppliedInput, KeyState, decide
 from streams.settings import Settings
@@ -38,6 +40,7 @@ async def run(bootstrap: str, prefix: str, group: str) -> None:
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
     states: dict[bytes, KeyState | None] = {}
+    encode = StepEncoders()
     await consumer.start()
     await producer.start()
     try:
@@ -53,14 +56,13 @@ async def run(bootstrap: str, prefix: str, group: str) -> None:
                                       event.policy or default_policy)
                     states[record.key] = decision.state
                     for command in decision.commands:
-                        sends.append(await producer.send(names.commands, serde.encode_command(command), record.key))
+                        sends.append(await producer.send(names.commands, encode.command(command), record.key))
                     position = decision.state.position
                     if decision.position_changed and position is not None:
                         sends.append(await producer.send(
-                            names.updates, serde.encode_position_update(event.key, record.offset, position), record.key))
+                            names.updates, encode.position_update(event.key, record.offset, position), record.key))
                     if decision.audit is not None:
-                        sends.append(await producer.send(names.updates, serde.encode_audit_update(decision.audit),
-                                                         record.key))
+                        sends.append(await producer.send(names.updates, encode.audit_update(decision.audit), record.key))
             await asyncio.gather(*sends)
             await consumer.commit()
     finally:

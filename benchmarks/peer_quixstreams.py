@@ -6,8 +6,9 @@
 A ``StreamingDataFrame`` on ``position-inputs`` (12 partitions, at-least-once, RocksDB
 state with its changelog topic, quixstreams' defaults otherwise): a stateful ``apply``
 reads the key's ``KeyState`` (Avro bytes: ``codec.encode("KeyState",
-serde.key_state_to_record(state))``), decodes the input (its time is its log time, as the
-agent does), calls ``decide``, stores the new state and expands into the encoded outputs;
+serde.key_state_to_record(state))``, written by the agent's own encoder), decodes the input
+(its time is its log time, as the agent does), calls ``decide``, stores the new state and
+expands into the outputs, encoded as the agent encodes them (``benchmarks.peer_step``);
 each output is stamped with the time it is produced (quixstreams would otherwise keep the
 input's timestamp, and the benchmark measures by output timestamps) and produced to
 ``position-commands`` or ``position-updates`` under the input's key. Runs until SIGTERM.
@@ -25,6 +26,7 @@ from quixstreams.state.rocksdb import RocksDBOptions
 from quixstreams.utils.json import dumps as json_dumps
 
 from benchmarks.peer_cli import peer_arguments
+from benchmarks.peer_step import StepEncoders
 from streams.wire import codec, serde
 from streams.domain import AppliedInput, decide
 from streams.settings import Settings
@@ -52,6 +54,7 @@ def build(bootstrap: str, prefix: str, group: str, state_dir: str) -> Applicatio
                       # The state values are Avro bytes already: stored as they are (keys as quixstreams does).
                       rocksdb_options=RocksDBOptions(dumps=_bytes_or_json, loads=lambda value: value))
     inputs = app.topic(names.inputs, key_deserializer="bytes", value_deserializer="bytes")
+    encode = StepEncoders()
     outputs = {kind: app.topic(name, key_serializer="bytes", value_serializer=OutputBytes())
                for kind, name in ((COMMAND, names.commands), (UPDATE, names.updates))}
 
@@ -62,13 +65,13 @@ def build(bootstrap: str, prefix: str, group: str, state_dir: str) -> Applicatio
         event = dataclasses.replace(serde.decode_input(value), ts=timestamp)
         decision = decide(current, AppliedInput(offset, event), event.policy or default_policy)
         if decision.state is not current:
-            state.set("state", codec.encode("KeyState", serde.key_state_to_record(decision.state)))
-        encoded = [(COMMAND, serde.encode_command(command)) for command in decision.commands]
+            state.set("state", encode.state(decision.state))
+        encoded = [(COMMAND, encode.command(command)) for command in decision.commands]
         position = decision.state.position
         if decision.position_changed and position is not None:
-            encoded.append((UPDATE, serde.encode_position_update(event.key, offset, position)))
+            encoded.append((UPDATE, encode.position_update(event.key, offset, position)))
         if decision.audit is not None:
-            encoded.append((UPDATE, serde.encode_audit_update(decision.audit)))
+            encoded.append((UPDATE, encode.audit_update(decision.audit)))
         return encoded
 
     sdf = app.dataframe(inputs)
