@@ -232,7 +232,15 @@ def build_pipeline(settings: Settings) -> Pipeline:
             await item.ack()
             note_durable(durable_next, (event.message for event in item.events))
 
-    in_flight = InFlightInputs(processor, store_and_ack)
+    def more_coming() -> bool:
+        # Inputs fetched, gathered, or reported by Kafka beyond the last delivered: a backlog,
+        # so the completer stores several runs together (streams.worker.in_flight). Never while
+        # a rebalance waits for every event to be acked.
+        if app.rebalancing:
+            return False
+        return any(not queue.empty() for queue in agent_queue) or bool(len(gathered)) or records_ahead.expected()
+
+    in_flight = InFlightInputs(processor, store_and_ack, more_coming=more_coming)
     log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
 
     @app.on_partitions_revoked.connect

@@ -25,6 +25,7 @@ reads the partition of the task's current event, which is one of many in a run).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,6 +39,9 @@ from streams.wire.key_state_bytes import KeyStateEncoder, PositionBytes
 from streams.worker.processor import Output, SendAll, StateWrite
 
 logger = logging.getLogger(__name__)
+
+#: States encoded and written between two turns of the event loop.
+WRITE_CHUNK = 250
 
 
 class StateStore:
@@ -71,7 +75,20 @@ class StateStore:
         return serde.key_state_from_record(record) if record is not None else None
 
     async def write(self, writes: Iterable[StateWrite]) -> None:
-        """Stores each state locally and hands its changelog record to the producer (not awaiting Kafka)."""
+        """Stores each state locally and hands its changelog record to the producer (not awaiting Kafka).
+
+        In chunks of ``WRITE_CHUNK`` states, yielding to the event loop between two: the
+        completer stores the runs of up to half a second together (streams.worker.in_flight),
+        and thousands of states encoded and written in one go would hold the agent's next
+        decisions back by tens of milliseconds.
+        """
+        writes = list(writes)
+        for start in range(0, len(writes), WRITE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            await self._write_chunk(writes[start:start + WRITE_CHUNK])
+
+    async def _write_chunk(self, writes: list[StateWrite]) -> None:
         encoded: list[tuple[bytes, int, bytes, KeyState]] = []
         for write in writes:
             encoded.append((write.key, write.partition, self._encoder.encode(write.state), write.state))

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streams.worker.in_flight import CompleterFailed, InFlightInput, InFlightInputs
+from streams.worker.in_flight import RECHECK_S, CompleterFailed, InFlightInput, InFlightInputs
 from streams.worker.processor import DecidedRun, Handover, Output
 
 
@@ -121,3 +121,116 @@ async def test_add_waits_while_the_limit_is_in_flight():
     second_ack.set_result(None)
     await asyncio.wait_for(third, 1)
     completer.cancel()
+
+
+def decided_run(name: str, loop: asyncio.AbstractEventLoop, inputs: int = 1) -> tuple[InFlightInput, asyncio.Future]:
+    """A run of ``inputs`` decided inputs (their decisions do not matter here) and its acknowledgement."""
+    acknowledgement = loop.create_future()
+
+    async def ack() -> None:
+        return None
+
+    run = DecidedRun(decisions=[None] * inputs, outputs=[Output("t", name.encode(), b"v", [])])
+    return InFlightInput(run, Handover(acknowledgements=[(0, acknowledgement)]), name, ack), acknowledgement
+
+
+def recorder(batches: list[list[str]]):
+    async def complete(items: list[InFlightInput]) -> None:
+        batches.append([item.events for item in items])
+    return complete
+
+
+async def test_while_more_inputs_are_coming_the_following_runs_are_stored_with_the_first():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+    coming = [True]
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: coming[0], coalesce_s=30)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack = decided_run("first", loop)
+    await in_flight.add(first)
+    first_ack.set_result(None)
+    await asyncio.sleep(0.02)
+    assert batches == []  # acknowledged, but more is coming: it waits for the next runs
+
+    second, second_ack = decided_run("second", loop)
+    await in_flight.add(second)
+    await asyncio.sleep(0.02)
+    assert batches == []  # a following run joins only once acknowledged
+    second_ack.set_result(None)
+    third, third_ack = decided_run("third", loop)
+    third_ack.set_result(None)
+    await in_flight.add(third)
+    await asyncio.sleep(0.02)
+    assert batches == []
+    coming[0] = False  # the backlog is drained: the completer sees it within RECHECK_S
+    await asyncio.sleep(RECHECK_S * 3)
+    assert batches == [["first", "second", "third"]]
+    assert in_flight.pending == 0
+    completer.cancel()
+
+
+async def test_a_drain_ends_the_wait_for_more_runs_at_once():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack = decided_run("first", loop)
+    await in_flight.add(first)
+    first_ack.set_result(None)
+    await asyncio.sleep(0.02)
+    assert batches == []
+    await asyncio.wait_for(in_flight.drain(), 1)
+    assert batches == [["first"]]
+    completer.cancel()
+
+
+async def test_the_wait_for_more_runs_ends_after_coalesce_s():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=0.05)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack = decided_run("first", loop)
+    await in_flight.add(first)
+    first_ack.set_result(None)
+    await asyncio.sleep(0.3)
+    assert batches == [["first"]]
+    completer.cancel()
+
+
+async def test_the_wait_for_more_runs_ends_at_coalesce_inputs():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30,
+                               coalesce_inputs=5)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack = decided_run("first", loop, inputs=3)
+    second, second_ack = decided_run("second", loop, inputs=3)
+    first_ack.set_result(None)
+    second_ack.set_result(None)
+    await in_flight.add(first)
+    await asyncio.sleep(0.02)
+    assert batches == []  # 3 inputs: fewer than 5
+    await in_flight.add(second)
+    await asyncio.sleep(0.02)
+    assert batches == [["first", "second"]]  # 6 inputs: stored without waiting any longer
+    completer.cancel()
+
+
+async def test_a_run_taken_while_waiting_for_more_is_dropped_with_the_batch_when_the_agent_stops():
+    loop = asyncio.get_running_loop()
+    batches: list[list[str]] = []
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30)
+    completer = asyncio.create_task(in_flight.complete_forever())
+    first, first_ack = decided_run("first", loop)
+    second, _never_acknowledged = decided_run("second", loop)
+    first_ack.set_result(None)
+    await in_flight.add(first)
+    await asyncio.sleep(0.02)  # the first is acknowledged: the completer waits for more runs
+    await in_flight.add(second)
+    await asyncio.sleep(0.02)  # it holds both, waiting for the second's acknowledgement
+    completer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await completer
+    assert batches == []  # neither stored nor acked: both are applied again from the log
+    assert in_flight.pending == 0
+    await asyncio.wait_for(in_flight.drain(), 1)  # every queued item was marked done

@@ -108,3 +108,34 @@ async def test_a_refused_record_whose_key_the_next_batch_writes_again_is_not_sen
     # Assert
     assert [codec.decode(serde.KEY_STATE_RECORD, value)["last_offset"]
             for *_head, value, _partition in producer.sent] == [1, 8]
+
+
+async def test_a_large_batch_is_written_in_chunks_and_the_loop_runs_between_them(tmp_path):
+    # Arrange: more states than one chunk, and a task that counts the turns of the loop it gets.
+    from streams.worker.state_store import WRITE_CHUNK
+
+    table = built(tmp_path).key_to_state
+    producer = RecordedProducer()
+    states = StateStore(table, producer.send_all, lambda noted_state: None)
+    writes = [StateWrite(f"K{index}USDT@binance".encode(), index % 12, state(f"K{index}USDT@binance", index))
+              for index in range(2 * WRITE_CHUNK + 1)]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    turns = 0
+
+    # Act
+    await states.write(writes)
+    counter.cancel()
+
+    # Assert: every state stored and sent once, in order; the loop ran between the three chunks.
+    assert [key for _topic, key, _value, _partition in producer.sent] == [write.key for write in writes]
+    assert all(states.load(write.key, write.partition) == write.state for write in writes)
+    assert turns >= 2
