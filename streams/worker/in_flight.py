@@ -14,7 +14,7 @@ coming, up to ``COALESCE_S`` or ``COALESCE_INPUTS``) and stores them together: a
 several times meanwhile has only its latest state encoded, written to RocksDB and sent to the
 changelog, as Kafka Streams' record cache does until its commit. Over 207,000 lifecycle
 inputs of 1,000 keys, a run of 500 inputs wrote a state for every input; runs gathered over
-0.5 s (about 3,500 inputs) write one for every fourth or fifth. The agent's own overlay
+0.5 s (up to 5,000 inputs) write one for every three to five. The agent's own overlay
 (``known``) holds those states meanwhile; nothing is acked, so no offset committed, before
 they are stored. Decisions and their commands do not wait for it, only the acks (Faust
 commits later) and the table's readers (the web view shows a key's state up to
