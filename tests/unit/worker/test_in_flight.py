@@ -140,26 +140,32 @@ def recorder(batches: list[list[str]]):
     return complete
 
 
+def coalescing(batches: list[list[str]], **options) -> tuple[InFlightInputs, asyncio.Task]:
+    """An ``InFlightInputs`` recording its batches into ``batches``, and its running completer."""
+    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), **options)
+    return in_flight, asyncio.create_task(in_flight.complete_forever())
+
+
+async def add_acknowledged(in_flight: InFlightInputs, name: str, inputs: int = 1) -> None:
+    item, acknowledgement = decided_run(name, asyncio.get_running_loop(), inputs)
+    acknowledgement.set_result(None)
+    await in_flight.add(item)
+
+
 async def test_while_more_inputs_are_coming_the_following_runs_are_stored_with_the_first():
-    loop = asyncio.get_running_loop()
     batches: list[list[str]] = []
     coming = [True]
-    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: coming[0], coalesce_s=30)
-    completer = asyncio.create_task(in_flight.complete_forever())
-    first, first_ack = decided_run("first", loop)
-    await in_flight.add(first)
-    first_ack.set_result(None)
+    in_flight, completer = coalescing(batches, more_coming=lambda: coming[0], coalesce_s=30)
+    await add_acknowledged(in_flight, "first")
     await asyncio.sleep(0.02)
     assert batches == []  # acknowledged, but more is coming: it waits for the next runs
 
-    second, second_ack = decided_run("second", loop)
+    second, second_ack = decided_run("second", asyncio.get_running_loop())
     await in_flight.add(second)
     await asyncio.sleep(0.02)
     assert batches == []  # a following run joins only once acknowledged
     second_ack.set_result(None)
-    third, third_ack = decided_run("third", loop)
-    third_ack.set_result(None)
-    await in_flight.add(third)
+    await add_acknowledged(in_flight, "third")
     await asyncio.sleep(0.02)
     assert batches == []
     coming[0] = False  # the backlog is drained: the completer sees it within RECHECK_S
@@ -169,63 +175,40 @@ async def test_while_more_inputs_are_coming_the_following_runs_are_stored_with_t
     completer.cancel()
 
 
-async def test_a_drain_ends_the_wait_for_more_runs_at_once():
-    loop = asyncio.get_running_loop()
+@pytest.mark.parametrize("ended_by", ["a drain", "coalesce_s"])
+async def test_the_wait_for_more_runs_ends_at_once_on_a_drain_and_else_after_coalesce_s(ended_by):
     batches: list[list[str]] = []
-    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30)
-    completer = asyncio.create_task(in_flight.complete_forever())
-    first, first_ack = decided_run("first", loop)
-    await in_flight.add(first)
-    first_ack.set_result(None)
-    await asyncio.sleep(0.02)
-    assert batches == []
-    await asyncio.wait_for(in_flight.drain(), 1)
-    assert batches == [["first"]]
-    completer.cancel()
-
-
-async def test_the_wait_for_more_runs_ends_after_coalesce_s():
-    loop = asyncio.get_running_loop()
-    batches: list[list[str]] = []
-    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=0.05)
-    completer = asyncio.create_task(in_flight.complete_forever())
-    first, first_ack = decided_run("first", loop)
-    await in_flight.add(first)
-    first_ack.set_result(None)
-    await asyncio.sleep(0.3)
+    in_flight, completer = coalescing(batches, more_coming=lambda: True,
+                                      coalesce_s=30 if ended_by == "a drain" else 0.05)
+    await add_acknowledged(in_flight, "first")
+    if ended_by == "a drain":
+        await asyncio.sleep(0.02)
+        assert batches == []  # more is coming: it waits
+        await asyncio.wait_for(in_flight.drain(), 1)
+    else:
+        await asyncio.sleep(0.3)
     assert batches == [["first"]]
     completer.cancel()
 
 
 async def test_the_wait_for_more_runs_ends_at_coalesce_inputs():
-    loop = asyncio.get_running_loop()
     batches: list[list[str]] = []
-    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30,
-                               coalesce_inputs=5)
-    completer = asyncio.create_task(in_flight.complete_forever())
-    first, first_ack = decided_run("first", loop, inputs=3)
-    second, second_ack = decided_run("second", loop, inputs=3)
-    first_ack.set_result(None)
-    second_ack.set_result(None)
-    await in_flight.add(first)
+    in_flight, completer = coalescing(batches, more_coming=lambda: True, coalesce_s=30, coalesce_inputs=5)
+    await add_acknowledged(in_flight, "first", inputs=3)
     await asyncio.sleep(0.02)
     assert batches == []  # 3 inputs: fewer than 5
-    await in_flight.add(second)
+    await add_acknowledged(in_flight, "second", inputs=3)
     await asyncio.sleep(0.02)
     assert batches == [["first", "second"]]  # 6 inputs: stored without waiting any longer
     completer.cancel()
 
 
 async def test_a_run_taken_while_waiting_for_more_is_dropped_with_the_batch_when_the_agent_stops():
-    loop = asyncio.get_running_loop()
     batches: list[list[str]] = []
-    in_flight = InFlightInputs(AcknowledgedOnly(), recorder(batches), more_coming=lambda: True, coalesce_s=30)
-    completer = asyncio.create_task(in_flight.complete_forever())
-    first, first_ack = decided_run("first", loop)
-    second, _never_acknowledged = decided_run("second", loop)
-    first_ack.set_result(None)
-    await in_flight.add(first)
+    in_flight, completer = coalescing(batches, more_coming=lambda: True, coalesce_s=30)
+    await add_acknowledged(in_flight, "first")
     await asyncio.sleep(0.02)  # the first is acknowledged: the completer waits for more runs
+    second, _never_acknowledged = decided_run("second", asyncio.get_running_loop())
     await in_flight.add(second)
     await asyncio.sleep(0.02)  # it holds both, waiting for the second's acknowledgement
     completer.cancel()
