@@ -232,13 +232,16 @@ def build_pipeline(settings: Settings) -> Pipeline:
             await item.ack()
             note_durable(durable_next, (event.message for event in item.events))
 
+    def nothing_fetched_or_gathered() -> bool:
+        return all(queue.empty() for queue in agent_queue) and not len(gathered)
+
     def more_coming() -> bool:
         # Inputs fetched, gathered, or reported by Kafka beyond the last delivered: a backlog,
         # so the completer stores several runs together (streams.worker.in_flight). Never while
         # a rebalance waits for every event to be acked.
         if app.rebalancing:
             return False
-        return any(not queue.empty() for queue in agent_queue) or bool(len(gathered)) or records_ahead.expected()
+        return not nothing_fetched_or_gathered() or records_ahead.expected()
 
     in_flight = InFlightInputs(processor, store_and_ack, more_coming=more_coming)
     log_reader = LogRangeReader(settings.kafka_bootstrap_servers, names.inputs)
@@ -298,7 +301,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
     def idle() -> bool:
         # Nothing fetched, gathered or in flight waits for the agent.
-        return all(queue.empty() for queue in agent_queue) and not len(gathered) and not in_flight.pending
+        return nothing_fetched_or_gathered() and not in_flight.pending
 
     def describe_agent() -> str:
         fetched = sum(queue.qsize() for queue in agent_queue)
