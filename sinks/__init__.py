@@ -1,9 +1,10 @@
 """The PostgreSQL sink: the only writer of ``monitoring.positions`` and ``monitoring.position_events``.
 
-``python -m sinks`` runs it (``sinks.postgres.run_sink``, the consumer loop); ``sinks.migrate``
+``python -m sinks`` runs it (``sinks.postgres.run_sink``, the consumer loop; ``sinks.consumer``
+its Kafka consumer); ``sinks.migrate``
 owns the schema, ``sinks.rows`` the pure mapping of update records to rows (``sinks.decode``
 reads them straight from the records' bytes), ``sinks.sql`` the
-statements and one-transaction batch writes, ``sinks.writer`` the connection and its retries,
+statements and one-transaction batch writes, ``sinks.writer`` the connections and their retries,
 ``sinks.stats`` the counters of the health line.
 """
 

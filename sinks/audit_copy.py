@@ -27,6 +27,7 @@ record by the row path, which decides with its usual errors.
 from __future__ import annotations
 
 import struct
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -162,131 +163,145 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     return value, end
 
 
+# How each field type of ``AUDIT_FIELDS`` is read, as lines of the generated reader (``{name}``
+# its local, ``{indent}`` the indentation). Each reads what the closure-per-field reader of
+# before read and refuses what it refused (a negative length, a string past the end, a union
+# branch other than null or the value, a negative enum index), inline: on 2 cores that made
+# an audit record 6.6 -> 4.4 us (2026-12-04), three in five of the sink's records.
+_READ_LONG = """\
+{indent}byte = buf[pos]
+{indent}if byte < 0x80:
+{indent}    {name} = (byte >> 1) ^ -(byte & 1)
+{indent}    pos += 1
+{indent}else:
+{indent}    {name}, pos = varint(buf, pos)
+"""
+_READ_STRING = """\
+{indent}size = buf[pos]
+{indent}if size < 0x80:
+{indent}    if size & 1:
+{indent}        raise ValueError("negative length")
+{indent}    size >>= 1
+{indent}    pos += 1
+{indent}else:
+{indent}    size, pos = varint(buf, pos)
+{indent}    if size < 0:
+{indent}        raise ValueError("negative length")
+{indent}end = pos + size
+{indent}if end > len(buf):
+{indent}    raise ValueError("string past the end")
+{indent}{name} = buf[pos:end]
+{indent}pos = end
+"""
+_READ_OPTIONAL = """\
+{indent}branch = buf[pos]
+{indent}if branch == 0:
+{indent}    {name} = {none}
+{indent}    pos += 1
+{indent}elif branch == 2:  # zig-zag 1: the value's branch
+{indent}    pos += 1
+{value}{indent}else:
+{indent}    raise ValueError("union branch")
+"""
+
+
+def _read_field(name: str, avro_type: Any, indent: str) -> str:
+    """The generated lines reading one field of ``AUDIT_FIELDS`` into the local ``name``."""
+    if avro_type == "string":
+        return _READ_STRING.format(name=name, indent=indent)
+    if avro_type == "long":
+        return _READ_LONG.format(name=name, indent=indent)
+    value_type = avro_type[1]
+    if value_type == "string":  # ("null", "string"): None or the bytes
+        return _READ_OPTIONAL.format(name=name, indent=indent, none="None",
+                                     value=_READ_STRING.format(name=name, indent=indent + "    "))
+    # ("null", ("enum", ...)): NULL or the symbol's COPY field, from the table ``{name}_fields``
+    value = (_READ_LONG.format(name="index", indent=indent + "    ")
+             + f"{indent}    if index < 0:\n{indent}        raise ValueError('enum index')\n"
+             + f"{indent}    {name} = {name}_fields[index]\n")
+    return _READ_OPTIONAL.format(name=name, indent=indent, none="null", value=value)
+
+
+_TRANSCODE_BODY = """\
+    if pos != len(buf):
+        return None
+    if input_kind not in input_kinds or decision not in decisions \\
+            or (order_outcome is not None and order_outcome not in outcomes) \\
+            or (refusal_code is not None and refusal_code not in refusal_codes) \\
+            or not min_ms <= ts <= max_ms:
+        return None
+    utf8(wrapper_key)
+    utf8(key)
+    utf8(event_id)
+    utf8(reason)
+    at = key.rfind(b"@")
+    if at <= 0 or at == len(key) - 1:
+        return None  # not SYMBOL@exchange
+    symbol, exchange = key[:at], key[at + 1:]
+    if position_id is None:
+        position_field = null
+    else:
+        utf8(position_id)
+        position_field = length(len(position_id)) + position_id
+    if client_order_id is None:
+        client_order_field = null
+    else:
+        utf8(client_order_id)
+        client_order_field = length(len(client_order_id)) + client_order_id
+    row = b"".join((
+        field_count,
+        length(len(key)), key,
+        bigint(8, offset),
+        length(len(symbol)), symbol,
+        length(len(exchange)), exchange,
+        position_field,
+        length(len(input_kind)), input_kind,
+        length(len(decision)), decision,
+        length(len(reason)), reason,
+        length(len(event_id)), event_id,
+        bigint(8, (ts - pg_epoch_ms) * 1000),
+        status_after,
+        client_order_field,
+        order_role,
+        null if order_outcome is None else length(len(order_outcome)) + order_outcome,
+        null if refusal_code is None else length(len(refusal_code)) + refusal_code,
+    ))
+    return (key.decode(), offset), row
+"""
+
+
+def _utf8(value: bytes) -> None:
+    if not value.isascii():
+        value.decode()  # UnicodeDecodeError: the row path refuses the record too
+
+
 def _transcoder(audit_branch: int, status_symbols: tuple[str, ...],
                 role_symbols: tuple[str, ...]) -> Callable[[bytes], tuple[tuple[str, int], bytes] | None]:
-    """The function reading one record of this layout (see ``AuditTranscoder.transcode``)."""
-    status_fields = tuple(_text(symbol.encode()) for symbol in status_symbols)
-    role_fields = tuple(_text(symbol.encode()) for symbol in role_symbols)
-    input_kinds, decisions = _members(InputKind), _members(AuditDecision)
-    outcomes, refusal_codes = _members(ReportOutcome), _members(RefusalCode)
-    header_length = codec.HEADER_LENGTH
-    length, bigint, null, field_count = _LENGTH, _BIGINT, _NULL, _FIELD_COUNT
-    varint, min_ms, max_ms, pg_epoch_ms = _varint, _MIN_MS, _MAX_MS, _PG_EPOCH_MS
+    """The function reading one record of this layout (see ``AuditTranscoder.transcode``).
 
-    def string(buf: bytes, pos: int) -> tuple[bytes, int]:
-        n = buf[pos]
-        if n < 0x80:
-            if n & 1:  # zig-zag: an odd byte is a negative length
-                raise ValueError("negative length")
-            n >>= 1
-            pos += 1
-        else:
-            n, pos = varint(buf, pos)
-            if n < 0:
-                raise ValueError("negative length")
-        end = pos + n
-        if end > len(buf):
-            raise ValueError("string past the end")
-        return buf[pos:end], end
-
-    def optional_string(buf: bytes, pos: int) -> tuple[bytes | None, int]:
-        branch = buf[pos]
-        if branch == 0:
-            return None, pos + 1
-        if branch != 2:  # zig-zag 1: the string branch
-            raise ValueError("union branch")
-        return string(buf, pos + 1)
-
-    def long(buf: bytes, pos: int) -> tuple[int, int]:
-        byte = buf[pos]
-        if byte < 0x80:
-            return (byte >> 1) ^ -(byte & 1), pos + 1
-        return varint(buf, pos)
-
-    def optional_enum(buf: bytes, pos: int, fields: tuple[bytes, ...]) -> tuple[bytes, int]:
-        branch = buf[pos]
-        if branch == 0:
-            return null, pos + 1
-        if branch != 2:
-            raise ValueError("union branch")
-        index, pos = long(buf, pos + 1)
-        if index < 0:
-            raise ValueError("enum index")
-        return fields[index], pos
-
-    def utf8(value: bytes) -> None:
-        if not value.isascii():
-            value.decode()  # UnicodeDecodeError: the row path refuses the record too
-
-    def transcode(buf: bytes) -> tuple[tuple[str, int], bytes] | None:
-        try:
-            pos = header_length
-            wrapper_key, pos = string(buf, pos)
-            _wrapper_offset, pos = long(buf, pos)
-            branch, pos = long(buf, pos)
-            if branch != audit_branch:
-                return None
-            key, pos = string(buf, pos)
-            offset, pos = long(buf, pos)
-            event_id, pos = string(buf, pos)
-            position_id, pos = optional_string(buf, pos)
-            input_kind, pos = string(buf, pos)
-            decision, pos = string(buf, pos)
-            reason, pos = string(buf, pos)
-            ts, pos = long(buf, pos)
-            status_after, pos = optional_enum(buf, pos, status_fields)
-            client_order_id, pos = optional_string(buf, pos)
-            order_role, pos = optional_enum(buf, pos, role_fields)
-            order_outcome, pos = optional_string(buf, pos)
-            refusal_code, pos = optional_string(buf, pos)
-            if pos != len(buf):
-                return None
-            if input_kind not in input_kinds or decision not in decisions \
-                    or (order_outcome is not None and order_outcome not in outcomes) \
-                    or (refusal_code is not None and refusal_code not in refusal_codes) \
-                    or not min_ms <= ts <= max_ms:
-                return None
-            utf8(wrapper_key)
-            utf8(key)
-            utf8(event_id)
-            utf8(reason)
-            at = key.rfind(b"@")
-            if at <= 0 or at == len(key) - 1:
-                return None  # not SYMBOL@exchange
-            symbol, exchange = key[:at], key[at + 1:]
-            if position_id is None:
-                position_field = null
-            else:
-                utf8(position_id)
-                position_field = length(len(position_id)) + position_id
-            if client_order_id is None:
-                client_order_field = null
-            else:
-                utf8(client_order_id)
-                client_order_field = length(len(client_order_id)) + client_order_id
-            row = b"".join((
-                field_count,
-                length(len(key)), key,
-                bigint(8, offset),
-                length(len(symbol)), symbol,
-                length(len(exchange)), exchange,
-                position_field,
-                length(len(input_kind)), input_kind,
-                length(len(decision)), decision,
-                length(len(reason)), reason,
-                length(len(event_id)), event_id,
-                bigint(8, (ts - pg_epoch_ms) * 1000),
-                status_after,
-                client_order_field,
-                order_role,
-                null if order_outcome is None else length(len(order_outcome)) + order_outcome,
-                null if refusal_code is None else length(len(refusal_code)) + refusal_code,
-            ))
-            return (key.decode(), offset), row
-        except (IndexError, ValueError, struct.error):
-            return None  # anything unusual: the row path decides, with its errors
-
-    return transcode
+    Generated from ``AUDIT_FIELDS`` (our own schema description, nothing of a record goes into
+    the source): the wrapper's key, offset and union branch, then each audit field inline.
+    """
+    lines = [f"pos = {codec.HEADER_LENGTH}\n",
+             _read_field("wrapper_key", "string", ""), _read_field("wrapper_offset", "long", ""),
+             _read_field("payload_branch", "long", ""),
+             "if payload_branch != audit_branch:\n    return None\n"]
+    lines += [_read_field(name, avro_type, "") for name, avro_type in AUDIT_FIELDS]
+    body = textwrap.indent("".join(lines) + textwrap.dedent(_TRANSCODE_BODY), " " * 8)
+    # Anything unusual (a short record, a bad varint, an enum index past its symbols): None,
+    # and the row path decides, with its errors.
+    source = f"def transcode(buf):\n    try:\n{body}    except (IndexError, ValueError, struct.error):\n        return None\n"
+    namespace: dict[str, Any] = {
+        "audit_branch": audit_branch, "varint": _varint, "utf8": _utf8,
+        "status_after_fields": tuple(_text(symbol.encode()) for symbol in status_symbols),
+        "order_role_fields": tuple(_text(symbol.encode()) for symbol in role_symbols),
+        "input_kinds": _members(InputKind), "decisions": _members(AuditDecision),
+        "outcomes": _members(ReportOutcome), "refusal_codes": _members(RefusalCode),
+        "length": _LENGTH, "bigint": _BIGINT, "null": _NULL, "field_count": _FIELD_COUNT,
+        "min_ms": _MIN_MS, "max_ms": _MAX_MS, "pg_epoch_ms": _PG_EPOCH_MS, "struct": struct,
+    }
+    exec(compile(source, "<audit transcoder>", "exec"), namespace)  # noqa: S102 - our own source, see above
+    return namespace["transcode"]
 
 
 class AuditTranscoder:

@@ -167,12 +167,13 @@ def decode_batch(values: list[bytes | None], partitions: list[int]) -> DecodedRo
 
 
 def split_by_partition(partitions: list[int], parts: int) -> list[list[int]]:
-    """The batch's indices in ``parts`` groups by partition number: a position id (and a key)
-    lives in one partition, so each group's newest versions are final across groups."""
+    """The batch's indices in ``parts`` groups, group g holding the records of the partitions p
+    with p % parts == g (an empty group too): a position id (and a key) lives in one partition,
+    so each group's newest versions are final across groups."""
     groups: list[list[int]] = [[] for _ in range(parts)]
     for index, partition in enumerate(partitions):
         groups[partition % parts].append(index)
-    return [group for group in groups if group]
+    return groups
 
 
 def combine(decoded: list[DecodedRows], groups: list[list[int]]) -> DecodedRows:

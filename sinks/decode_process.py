@@ -10,7 +10,8 @@ keeps ``batches_in_flight`` batches handed over, so a process never waits for th
 (one batch at a time there: 25-32k records/s, three stages at once: 38-52k, alternating
 runs of 150,000 records, 2026-12-03). With several, a batch is split by partition
 (``split_by_partition``: a position id lives in one partition) and the parts are decoded side
-by side, then put together (``combine``). Records go over as bytes, rows come back as plain
+by side, then put together (``combine``) into one part per sink writer (``writers``: writer w
+the partitions p with p % writers == w). Records go over as bytes, rows come back as plain
 values, the audit rows as one block of binary COPY bytes.
 
 A decode process that dies (killed, out of memory) costs no record: the batch it held is
@@ -55,10 +56,15 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 class BatchDecoding:
-    """``await decode(values, partitions)``: ``decode_batch`` in ``processes`` decode processes, or in this thread (0)."""
+    """``await decode(values, partitions)``: ``decode_batch`` in ``processes`` decode processes, or in this thread (0).
 
-    def __init__(self, *, processes: int) -> None:
+    The rows come back in ``writers`` parts, writer w's the records of the partitions p with
+    p % writers == w, for the sink's connections to write side by side.
+    """
+
+    def __init__(self, *, processes: int, writers: int = 1) -> None:
         self.processes = processes
+        self.writers = writers
         self._pool: ProcessPoolExecutor | None = None
 
     @property
@@ -88,29 +94,47 @@ class BatchDecoding:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
 
-    async def decode(self, values: list[bytes | None], partitions: list[int]) -> DecodedRows:
-        """The batch's rows (``sinks.batch_decode.decode_batch``)."""
+    async def decode(self, values: list[bytes | None], partitions: list[int]) -> list[DecodedRows]:
+        """The batch's rows (``sinks.batch_decode.decode_batch``), one ``DecodedRows`` per writer
+        (indices the batch's)."""
         if self._pool is None:
-            return decode_batch(values, partitions)
+            return self._decode_here(values, partitions)
         loop = asyncio.get_running_loop()
         try:
-            if self.processes == 1:  # the batch as it is; several processes take its parts by partition
-                return await loop.run_in_executor(self._pool, decode_batch, values, partitions)
-            groups = split_by_partition(partitions, self.processes)
+            if self.processes == 1 and self.writers == 1:  # the batch as it is
+                return [await loop.run_in_executor(self._pool, decode_batch, values, partitions)]
+            # A writer's part in as many groups as it takes to keep every process busy.
+            groups = split_by_partition(partitions, self.writers * -(-self.processes // self.writers))
             parts = await asyncio.gather(*(
                 loop.run_in_executor(self._pool, decode_batch, [values[index] for index in group],
                                      [partitions[index] for index in group])
+                if group else _decoded_nothing()
                 for group in groups))
         except BrokenProcessPool as error:
             logger.error("a decode process of the sink died (%s); this batch is decoded in the sink's thread, "
                          "new processes take the next one", error)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
-            return decode_batch(values, partitions)
-        return combine(list(parts), groups)
+            return self._decode_here(values, partitions)
+        return self._per_writer(list(parts), groups)
+
+    def _decode_here(self, values: list[bytes | None], partitions: list[int]) -> list[DecodedRows]:
+        if self.writers == 1:
+            return [decode_batch(values, partitions)]
+        groups = split_by_partition(partitions, self.writers)
+        return self._per_writer([decode_batch([values[index] for index in group],
+                                              [partitions[index] for index in group]) for group in groups], groups)
+
+    def _per_writer(self, parts: list[DecodedRows], groups: list[list[int]]) -> list[DecodedRows]:
+        # Group g belongs to writer g % writers: the groups are a multiple of the writers.
+        return [combine(parts[writer::self.writers], groups[writer::self.writers]) for writer in range(self.writers)]
 
     def close(self) -> None:
         """Ends the decode processes (a batch they still hold is dropped: its offsets were never committed)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+async def _decoded_nothing() -> DecodedRows:
+    return decode_batch([], [])

@@ -1,8 +1,11 @@
 """The PostgreSQL sink: ``position-updates`` -> ``monitoring.positions`` and ``monitoring.position_events``.
 
-The only writer of positions. A plain aiokafka consumer (group ``<app_id>-postgres-sink``,
-no auto-commit) reads update records in batches; each batch is written in ONE transaction
-and the consumer's offsets move only after that transaction has committed. Three stages work
+The only writer of positions. A consumer (``sinks.consumer``: confluent-kafka, group
+``<app_id>-postgres-sink``, no auto-commit) reads update records in batches; each batch is
+written in ONE transaction (one per writer connection with ``PIPELINE_SINK_WRITERS`` > 1,
+each holding whole partitions) and the consumer's offsets move only after every one of them
+has committed; the commit is sent without waiting for the broker's answer, so the next batch
+is written meanwhile. Three stages work
 at once: while PostgreSQL writes one batch, the sink's decode processes read the batches
 fetched after it into rows (``sinks.decode_process``) and the sink fetches the next; batches
 are still written and committed one after the other, in fetch order (``run``):
@@ -39,7 +42,8 @@ Several sinks may run in the one group: a key lives on one partition, so two sin
 write the same position or race on the (symbol, exchange) index.
 
 This module is the consumer loop (batches, offsets, dead letters, ``/metrics``). The
-statements and the one-transaction writes are in ``sinks.sql``, the connection and its
+consumer is in ``sinks.consumer``, a decoded batch in ``sinks.decoded_batch``, the
+statements and the one-transaction writes in ``sinks.sql``, the connections and their
 retries in ``sinks.writer``, the counters in ``sinks.stats``.
 """
 
@@ -50,23 +54,24 @@ import contextlib
 import json
 import logging
 import signal
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from sinks.consumer import CommitFailed, CommitRefused, UpdateConsumer
 from sinks.retry import INITIAL_BACKOFF_S
 from sinks.decode_process import BatchDecoding
-from sinks.rows import BatchRows
+from sinks.decoded_batch import DecodedBatch, decoded_batch
 from sinks.sql import RefusedRow, WriteResult, write_batch
 from sinks.stats import SinkStats
-from sinks.writer import PostgresWriter, StopRequested
+from sinks.writer import PostgresWriter, StopRequested, write_side_by_side
 from streams.edge.backoff import Backoff, retry_until_acknowledged
 from streams.wire import serde
 from streams.heartbeat import beat_while_running
@@ -87,43 +92,12 @@ __all__ = [
     "write_batch",
 ]
 
-IDLE_POLL_MS = 500
+IDLE_POLL_S = 0.5
 
 
 def _row_json(row: dict) -> str:
     return json.dumps({name: (value if value is None or isinstance(value, (bool, int)) else str(value))
                        for name, value in row.items()}, sort_keys=True)
-
-
-class _RebalanceListener(ConsumerRebalanceListener):
-    """Commits what the sink wrote before its partitions move to another member."""
-
-    def __init__(self, sink: PostgresSink) -> None:
-        self._sink = sink
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        """Commits the written, not yet committed offsets of the partitions leaving us."""
-        # Offsets of written rows not committed yet (a failed commit) go in before the
-        # partitions move, so the next owner rewrites as little as possible.
-        await self._sink._commit_written(only=set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        """Logs the partitions this sink now writes."""
-        logger.info("postgres sink assigned %s", sorted(tp.partition for tp in assigned))
-
-
-@dataclass
-class DecodedBatch:
-    """A batch of update records read into rows, and what its write must know of them."""
-
-    started: float
-    records: int
-    rows: BatchRows = field(default_factory=lambda: BatchRows(positions=[], events=[]))
-    undecodable: list = field(default_factory=list)  # (record, error type name, message)
-    position_records: dict = field(default_factory=dict)  # position id -> the record of its newest version
-    newest: dict = field(default_factory=dict)  # TopicPartition -> its highest offset in the batch
-    versions: dict = field(default_factory=dict)  # partition -> its highest version in the batch
-    held_from: dict = field(default_factory=dict)  # TopicPartition -> its first offset in the batch
 
 
 class PostgresSink:
@@ -140,19 +114,24 @@ class PostgresSink:
         self.group_id = sink_group(settings)
         self.health_interval_s = health_interval_s
         self.stats = SinkStats()
-        self.writer = PostgresWriter(settings.database_url, max_backoff_s=settings.sink_max_backoff_s,
-                                     stats=self.stats, application_name=application_name)
+        #: One connection per writer; writer w writes the partitions p with p % writers == w.
+        self.writers = [PostgresWriter(settings.database_url, max_backoff_s=settings.sink_max_backoff_s,
+                                       stats=self.stats, application_name=application_name)
+                        for _ in range(settings.sink_writers)]
         self._stopping = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: UpdateConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._uncommitted: dict[TopicPartition, int] = {}  # written, offset commit still owed
-        self._written_next: dict[TopicPartition, int] = {}
-        self._held_from: dict[TopicPartition, int] = {}  # first offset of the batch being written
+        # Partition -> offset. Owed commits are also read and settled by the consumer's thread
+        # (a revoke commits them before the partitions move): under ``_owed_lock``.
+        self._uncommitted: dict[int, int] = {}  # written, offset commit still owed
+        self._owed_lock = threading.Lock()
+        self._written_next: dict[int, int] = {}
+        self._held_from: dict[int, int] = {}  # first offset of the batch being written
         #: One ``getmany`` at a time: the next batch's fetch runs while a write may poll (keep-alive).
         self._polling = asyncio.Lock()
         self._last_health = time.monotonic()
         # Update bytes -> rows (sinks.batch_decode), in decode processes unless configured to 0.
-        self._decoding = BatchDecoding(processes=settings.sink_decode_processes)
+        self._decoding = BatchDecoding(processes=settings.sink_decode_processes, writers=settings.sink_writers)
 
     def stop(self) -> None:
         """Asks ``run`` to write the batches in hand (unless it waits for PostgreSQL) and return."""
@@ -165,26 +144,22 @@ class PostgresSink:
         try:
             # Migrations run at start, before joining the group: a sink that cannot reach
             # its database holds no partitions.
-            await self.writer.ready(self._stopping, self._maybe_log_health)
+            for writer in self.writers:  # the first migrates
+                await writer.ready(self._stopping, self._maybe_log_health)
         except StopRequested:
-            await self.writer.close()
+            await self._close_writers()
             return
         try:
             await self._decoding.start()
         except BaseException:
             self._decoding.close()
-            await self.writer.close()
+            await self._close_writers()
             raise
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Only what the agent's producer committed (it does not use transactions today;
-            # harmless then, right if it ever does).
-            isolation_level="read_committed",
-        )
-        self._consumer.subscribe([self.topics.updates], listener=_RebalanceListener(self))
+        self._consumer = UpdateConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=self.group_id,
+            topic=self.topics.updates, session_timeout_s=self.settings.session_timeout_s,
+            on_revoked=self._owed_of, on_revoke_committed=self._settle, on_assigned=self._log_assigned,
+            on_commit_result=self._commit_answered)
         await self._consumer.start()
         # Three stages at once, each batch passing them in fetch order: this loop fetches, the
         # decode processes read what it fetched (``_decode``), and the writer writes and
@@ -222,11 +197,15 @@ class PostgresSink:
             with contextlib.suppress(Exception):
                 await self.refresh_lag()
             logger.info("postgres sink stopped: %s", self.stats.summary())
-            await self._consumer.stop()
+            await self._consumer.close()
             if self._producer is not None:
                 await self._producer.stop()
             self._decoding.close()
-            await self.writer.close()
+            await self._close_writers()
+
+    async def _close_writers(self) -> None:
+        for writer in self.writers:
+            await writer.close()
 
     async def _write_in_order(self, fetched: "asyncio.Queue[asyncio.Future | None]") -> None:
         """Writes the fetched batches as their decoding ends, one after the other in fetch order, until None."""
@@ -243,14 +222,9 @@ class PostgresSink:
         records: list = []
         linger_until = None
         while len(records) < size:
-            if linger_until is None:
-                timeout_ms = IDLE_POLL_MS
-            else:
-                timeout_ms = int(max(0.0, linger_until - time.monotonic()) * 1000)
+            timeout_s = IDLE_POLL_S if linger_until is None else max(0.0, linger_until - time.monotonic())
             async with self._polling:
-                fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=size - len(records))
-            for partition_records in fetched.values():
-                records.extend(partition_records)
+                records.extend(await self._consumer.fetch(size - len(records), timeout_s))
             if not records:
                 return records  # idle: let the caller log health and check for stop
             if linger_until is None:
@@ -259,81 +233,92 @@ class PostgresSink:
                 break
         return records
 
-    async def _decode(self, records: list) -> "DecodedBatch":
-        """Reads a batch's records into rows: done while the batch before is written."""
-        batch = DecodedBatch(started=time.monotonic(), records=len(records))
-        decoded = await self._decoding.decode([record.value for record in records],
-                                              [record.partition for record in records])
-        newest = batch.newest
-        partitions: dict[int, TopicPartition] = {}  # one topic: a partition number names its TopicPartition
-        for record in records:
-            tp = partitions.get(record.partition)
-            if tp is None:
-                tp = partitions[record.partition] = TopicPartition(record.topic, record.partition)
-                batch.held_from[tp] = record.offset
-            if record.offset > newest.get(tp, -1):
-                newest[tp] = record.offset
-        batch.rows = decoded.rows
-        batch.undecodable = [(records[item.index], item.error_type, item.message) for item in decoded.undecodable]
-        batch.position_records = {position_id: records[index]
-                                  for position_id, index in decoded.position_records.items()}
-        batch.versions = decoded.versions
-        return batch
+    async def _decode(self, records: list) -> DecodedBatch:
+        """Reads a batch's records into rows, one part per writer: done while the batch before is written."""
+        started = time.monotonic()
+        parts = await self._decoding.decode([record.value() for record in records],
+                                            [record.partition() for record in records])
+        return decoded_batch(records, parts, started)
 
-    async def _write(self, batch: "DecodedBatch") -> None:
+    async def _write(self, batch: DecodedBatch) -> None:
         self._held_from = batch.held_from
         if batch.undecodable:
             await self._dead_letter(batch.undecodable)
-        rows = batch.rows
-        if rows:
-            result = await self.writer.write(rows, self._stopping, self._keep_alive)
+        # Each writer's part in its own transaction, side by side: a key's rows are all in one part.
+        for result in await write_side_by_side(self.writers, batch.writer_rows, self._stopping, self._keep_alive):
             self.stats.positions_upserted += result.positions_upserted
             self.stats.events_inserted += result.events_inserted
             if result.refused:
                 await self._dead_letter_refused(result.refused, batch.position_records)
-        self._resume_all()
+        if self._consumer is not None:
+            await self._consumer.resume_paused()
         self._held_from = {}
 
         # Durable in PostgreSQL: now, and only now, the offsets may move.
-        for tp, offset in batch.newest.items():
-            self._uncommitted[tp] = offset + 1
-            self._written_next[tp] = offset + 1
-            self.stats.last_offsets[tp.partition] = offset
+        with self._owed_lock:
+            for partition, offset in batch.newest.items():
+                self._uncommitted[partition] = offset + 1
+        for partition, offset in batch.newest.items():
+            self._written_next[partition] = offset + 1
+            self.stats.last_offsets[partition] = offset
         for partition, version in batch.versions.items():
             self.stats.last_versions[partition] = max(self.stats.last_versions.get(partition, -1), version)
         self.stats.records_written += batch.records - len(batch.undecodable)
         self.stats.batches += 1
         self.stats.last_batch_s = time.monotonic() - batch.started
-        await self._commit_written()
+        # Sent, not awaited: the next batch is written meanwhile (its answer: ``_commit_answered``).
+        await self._commit_written(wait=False)
 
-    async def _commit_written(self, only: set[TopicPartition] | None = None) -> None:
-        """Commits the offsets of written records (still assigned ones; others are re-read, harmlessly)."""
-        consumer = self._consumer
-        if consumer is None or not self._uncommitted:
+    def _owed_of(self, partitions: list[int]) -> dict[int, int]:
+        """The owed commits of ``partitions`` (called on the consumer's thread as they are revoked)."""
+        with self._owed_lock:
+            return {partition: self._uncommitted[partition] for partition in partitions
+                    if partition in self._uncommitted}
+
+    def _settle(self, offsets: dict[int, int]) -> None:
+        """Forgets owed commits that ``offsets`` paid (unless a newer one is owed since)."""
+        with self._owed_lock:
+            for partition, offset in offsets.items():
+                if self._uncommitted.get(partition) == offset:
+                    del self._uncommitted[partition]
+
+    def _log_assigned(self, partitions: list[int]) -> None:
+        logger.info("postgres sink assigned %s", partitions)
+
+    def _commit_answered(self, offsets: dict[int, int], error: Exception | None) -> None:
+        """The broker's answer to a commit sent by ``_commit_written(wait=False)`` (on the consumer's thread)."""
+        if error is None:
+            self._settle(offsets)
             return
-        assigned = consumer.assignment()
-        offsets = {tp: offset for tp, offset in self._uncommitted.items()
-                   if tp in assigned and (only is None or tp in only)}
+        with self._owed_lock:
+            self.stats.commit_failures += 1
+            if isinstance(error, CommitRefused):
+                for partition in offsets:
+                    self._uncommitted.pop(partition, None)
+        logger.warning("offset commit %s (%s); %s", "refused after a rebalance" if isinstance(error, CommitRefused)
+                       else "failed", error, "the rows are written, the partitions' next owner will rewrite them "
+                       "harmlessly" if isinstance(error, CommitRefused) else "retried with the next batch")
+
+    async def _commit_written(self, *, wait: bool = True) -> None:
+        """Commits the offsets of written records (still assigned ones; others are re-read, harmlessly);
+        ``wait=False`` sends the commit and leaves its answer to ``_commit_answered``."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = consumer.assigned
+        with self._owed_lock:
+            offsets = {partition: offset for partition, offset in self._uncommitted.items() if partition in assigned}
         if not offsets:
             return
         try:
+            if not wait:
+                await consumer.commit_soon(offsets)
+                return
             await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as error:
-            # The group rebalanced: the partitions' new owner re-reads from the last committed
-            # offset and rewrites rows that are already there (idempotent), so nothing is lost.
-            self.stats.commit_failures += 1
-            logger.warning("offset commit refused after a rebalance (%s); the rows are written, "
-                           "the partitions' next owner will rewrite them harmlessly", error)
-            for tp in offsets:
-                self._uncommitted.pop(tp, None)
+        except (CommitRefused, CommitFailed) as error:
+            self._commit_answered(offsets, error)
             return
-        except KafkaError as error:
-            self.stats.commit_failures += 1
-            logger.warning("offset commit failed (%s); retried with the next batch", error)
-            return
-        for tp, offset in offsets.items():
-            if self._uncommitted.get(tp) == offset:
-                del self._uncommitted[tp]
+        self._commit_answered(offsets, None)
 
     async def _keep_alive(self) -> None:
         """While a batch waits for PostgreSQL: pause fetching, poll so the group keeps us, log health."""
@@ -341,21 +326,20 @@ class PostgresSink:
         if consumer is None:
             return
         try:
-            consumer.pause(*consumer.assignment())
+            await consumer.pause_assigned()
             async with self._polling:
-                stray = await consumer.getmany(timeout_ms=0)
-        except KafkaError as error:
+                stray = await consumer.fetch(10_000, 0.0)
+        except Exception as error:  # noqa: BLE001 - a keep-alive that fails is tried again in a second
             logger.debug("keep-alive poll failed: %s", error)
-            stray = {}
+            stray = []
         # A partition assigned during the wait is not paused yet and may return records: they
         # are not ours to take now, so rewind to read them again once the batch is written.
-        for tp, partition_records in stray.items():
-            consumer.seek(tp, partition_records[0].offset)
+        first: dict[int, int] = {}
+        for record in stray:
+            first.setdefault(record.partition(), record.offset())
+        for partition, offset in first.items():
+            await consumer.seek(partition, offset)
         await self._maybe_log_health()
-
-    def _resume_all(self) -> None:
-        if self._consumer is not None and self._consumer.paused():
-            self._consumer.resume(*self._consumer.paused())
 
     async def _dead_letter_refused(self, refused: Sequence[RefusedRow], position_records: dict) -> None:
         """Dead-letters each position row the live-position index refused, with the row that holds the key."""
@@ -374,8 +358,8 @@ class PostgresSink:
     async def _dead_letter(self, undecodable: list) -> None:
         """Logs, counts and publishes undecodable records to the dead-letter topic (acked before commit)."""
         for record, error_type, message in undecodable:
-            logger.error("undecodable update %s[%d]@%d: %s: %s; sent to %s", record.topic, record.partition,
-                         record.offset, error_type, message, self.topics.dead_letters)
+            logger.error("undecodable update %s[%d]@%d: %s: %s; sent to %s", record.topic(), record.partition(),
+                         record.offset(), error_type, message, self.topics.dead_letters)
             await self._publish_dead_letter(record, error_type, message)
             self.stats.undecodable += 1
 
@@ -385,12 +369,12 @@ class PostgresSink:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                               acks="all", enable_idempotence=True)
             await self._producer.start()
-        letter = serde.DeadLetter.of(record.topic, record.partition, record.offset, record.key, record.value,
-                                     error_type, record.timestamp, reason)
+        letter = serde.DeadLetter.of(record.topic(), record.partition(), record.offset(), record.key(),
+                                     record.value(), error_type, record.timestamp()[1], reason)
         metrics.observe_dead_letter("sink", error_type)
         producer = self._producer
         await retry_until_acknowledged(
-            lambda: producer.send_and_wait(self.topics.dead_letters, key=record.key or b"",
+            lambda: producer.send_and_wait(self.topics.dead_letters, key=record.key() or b"",
                                            value=serde.encode_dead_letter(letter)),
             Backoff(INITIAL_BACKOFF_S, max(self.settings.sink_max_backoff_s, INITIAL_BACKOFF_S)), "a dead letter",
             logger, retry_on=KafkaError, stop=self._stopping, stopped=lambda error: StopRequested())
@@ -403,16 +387,16 @@ class PostgresSink:
         if consumer is None:
             return {}
         lag = {}
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            next_offset = self._held_from.get(tp, self._written_next.get(tp))
+        ends = await consumer.highwater()
+        fetching = None
+        for partition, highwater in ends.items():
+            next_offset = self._held_from.get(partition, self._written_next.get(partition))
             if next_offset is None:
-                with contextlib.suppress(Exception):
-                    next_offset = await asyncio.wait_for(consumer.position(tp), timeout=1)
+                if fetching is None:
+                    fetching = await consumer.positions()
+                next_offset = fetching.get(partition)
             if next_offset is not None:
-                lag[tp.partition] = max(0, highwater - next_offset)
+                lag[partition] = max(0, highwater - next_offset)
         self.stats.lag = lag
         return lag
 

@@ -32,7 +32,7 @@ from sinks.stats import SinkStats
 # The sink's log lines keep the one logger name operators filter on, whichever module logs.
 logger = logging.getLogger("sinks.postgres")
 
-__all__ = ["PostgresWriter", "StopRequested", "wait_unless_stopped"]
+__all__ = ["PostgresWriter", "StopRequested", "wait_unless_stopped", "write_side_by_side"]
 
 CONNECT_TIMEOUT_S = 10.0
 #: A statement that takes longer is abandoned and the batch retried on a new connection
@@ -174,3 +174,30 @@ class PostgresWriter:
         if self._connection is not None:
             self._connection.terminate()  # no goodbye: the socket is likely dead already
             self._connection = None
+
+
+async def write_side_by_side(writers: Sequence[PostgresWriter], parts: Sequence[BatchRows], stopping: asyncio.Event,
+                             while_waiting: WhileWaiting | None = None) -> list[WriteResult]:
+    """Writes ``parts[i]`` by ``writers[i]``, all at once, each in its own transaction; their results.
+
+    Returns once every part is durable. When one writer raises (a fatal error, a stop while
+    waiting), the others are cancelled (a transaction cut short rolls back) and its exception
+    is raised: the caller then commits no offset of the batch, so whatever one writer did
+    commit is written again, harmlessly, by the next reading.
+    """
+    writing = [asyncio.ensure_future(writer.write(rows, stopping, while_waiting))
+               for writer, rows in zip(writers, parts, strict=True) if rows]
+    if not writing:
+        return []
+    try:
+        await asyncio.wait(writing, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((task for task in writing if task.done() and not task.cancelled() and task.exception()), None)
+        if failed is not None:
+            raise failed.exception()
+        return [task.result() for task in writing]
+    finally:
+        for task in writing:
+            task.cancel()
+        for task in writing:
+            with contextlib.suppress(BaseException):
+                await task

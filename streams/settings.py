@@ -176,6 +176,13 @@ class Settings:
     # One: on 2 cores a second did no better (150,000 records, 3 alternating rounds: 0 processes
     # 29,540-33,184 records/s, 1 37,292-42,853, 2 34,375-43,124).
     sink_decode_processes: int = field(default=1, metadata={"env": "PIPELINE_SINK_DECODE_PROCESSES"})
+    # Connections the sink writes a batch on at once (sinks/postgres.py), each the records of
+    # the partitions p with p % writers == its number, in a transaction of its own. A key lives
+    # in one partition, so its rows always go through the same connection, in order. One by
+    # default: the write step alone (no Kafka, no decoding) took 0.67 s with 2 against 1.03 s,
+    # but the whole sink on 2 cores is CPU-bound and 2 gave 88,000-99,000 records/s against
+    # 97,000-104,000 (bench_sink, alternating, 2026-12-04); with cores to spare, raise it.
+    sink_writers: int = field(default=1, metadata={"env": "PIPELINE_SINK_WRITERS"})
     sink_metrics_port: int = field(default=6068, metadata={"env": "PIPELINE_SINK_METRICS_PORT"})
     exchange_edge_enabled: bool = field(default=True, metadata={"env": "PIPELINE_EXCHANGE_EDGE"})
     table_standby_replicas: int = field(default=1, metadata={"env": "PIPELINE_TABLE_STANDBY_REPLICAS"})
@@ -243,6 +250,8 @@ class Settings:
             raise SettingsError(f"PIPELINE_SINK_BATCH_SIZE must be >= 1, got {self.sink_batch_size}")
         if not 0 <= self.sink_decode_processes <= 64:
             raise SettingsError(f"PIPELINE_SINK_DECODE_PROCESSES must be between 0 and 64, got {self.sink_decode_processes}")
+        if not 1 <= self.sink_writers <= 64:
+            raise SettingsError(f"PIPELINE_SINK_WRITERS must be between 1 and 64, got {self.sink_writers}")
         if self.sink_linger_s < 0:
             raise SettingsError(f"PIPELINE_SINK_LINGER_S must be >= 0, got {self.sink_linger_s}")
         if self.sink_max_backoff_s <= 0:

@@ -23,7 +23,9 @@ from sinks.rows import BatchRows, merge_updates
 from streams.wire import serde
 from streams.domain import Position, ReportOutcome, Status
 from streams.telemetry import metrics
+from streams.topics import sink_group
 from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a fixture
+    PARTITIONS,
     RunningSink,
     UpdateStream,
     assert_events_match,
@@ -44,12 +46,14 @@ from tests.integration.sink_support import (  # noqa: F401 - fresh_database is a
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("writers", [1, 3])
 async def test_rows_after_a_stream_equal_the_final_state_of_every_position_field_by_field(
-        kafka_bootstrap, fresh_database, unique_suffix):
+        kafka_bootstrap, fresh_database, unique_suffix, writers):
     # Arrange: 6 keys x 4 lives (closed, rolled back, adopted, partially filled), then one
-    # more position per key left active: old ones close and new ones open inside batches.
+    # more position per key left active: old ones close and new ones open inside batches;
+    # written on one connection, or on three at once (each its partitions).
     stream = UpdateStream.lives(keys=6, cycles=4)
-    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=50)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=50, sink_writers=writers)
     topics = await create_topics(settings)
     await publish_updates(kafka_bootstrap, topics.updates, stream.updates)
 
@@ -57,8 +61,10 @@ async def test_rows_after_a_stream_equal_the_final_state_of_every_position_field
     async with RunningSink(settings) as sink:
         await sink.wait_written(len(stream.updates))
 
-        # Assert: offsets moved exactly to the end, after the rows were written.
-        assert await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+        # Assert: offsets moved exactly to the end, after the rows were written (the sink sends
+        # its commit without waiting for the broker's answer: it lands a moment later).
+        await wait_until(lambda: committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates), 10,
+                         "offsets committed to the end")
         lag = await sink.sink.refresh_lag()
 
     # Assert
@@ -70,6 +76,37 @@ async def test_rows_after_a_stream_equal_the_final_state_of_every_position_field
     assert sum(lag.values()) == 0
     assert sink.stats.batches > 1 and sink.stats.retries == 0
     assert sink.stats.last_versions  # the newest input offset written, per partition
+
+
+async def test_two_sinks_in_one_group_share_the_partitions_and_write_every_row_once_in_order(
+        kafka_bootstrap, fresh_database, unique_suffix):
+    # Arrange: one sink writes the first half; a second joins the group (the first gives up
+    # partitions, committing what it wrote of them as they go), then the second half comes.
+    stream = UpdateStream.lives(keys=8, cycles=3)
+    settings = sink_settings(kafka_bootstrap, fresh_database, unique_suffix, sink_batch_size=20)
+    topics = await create_topics(settings)
+    half = len(stream.updates) // 2
+    await publish_updates(kafka_bootstrap, topics.updates, stream.updates[:half])
+
+    # Act
+    async with RunningSink(settings) as first:
+        await first.wait_written(half)
+        async with RunningSink(settings) as second:
+            await wait_until(lambda: second.sink._consumer is not None and second.sink._consumer.assigned, 60,
+                             "the second sink to hold partitions")
+            await wait_until(lambda: first.sink._consumer.assigned and not (
+                first.sink._consumer.assigned & second.sink._consumer.assigned), 60, "the rebalance to settle")
+            shares = (set(first.sink._consumer.assigned), set(second.sink._consumer.assigned))
+            await publish_updates(kafka_bootstrap, topics.updates, stream.updates[half:])
+            await wait_until(lambda: committed_matches(kafka_bootstrap, sink_group(settings), topics.updates), 60, "every offset committed")
+
+    # Assert: the partitions split between them, every row as the stream left it, none refused
+    # (a key's rows stayed in order through the move).
+    assert shares[0] and shares[1] and shares[0] | shares[1] == set(range(PARTITIONS))
+    assert first.stats.refused == second.stats.refused == 0
+    assert second.stats.records_written > 0
+    assert_rows_match(await positions_by_id(fresh_database), stream.positions())
+    assert_events_match(await events_by_key(fresh_database), stream.audits())
 
 
 async def test_the_same_updates_delivered_twice_leave_identical_rows(kafka_bootstrap, fresh_database, unique_suffix):
@@ -274,13 +311,13 @@ async def test_an_undecodable_update_is_dead_lettered_and_the_sink_goes_on(
     # Act
     async with RunningSink(settings) as sink:
         await sink.wait_written(len(records))
-        committed = await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+        await wait_until(lambda: committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates), 10,
+                         "offsets committed to the end")
 
     # Assert
     assert sink.stats.undecodable == 2
     assert_rows_match(await positions_by_id(fresh_database), stream.positions())
     assert_events_match(await events_by_key(fresh_database), stream.audits())
-    assert committed
     letters = await read_all(kafka_bootstrap, topics.dead_letters, expected=2)
     decoded = [serde.decode_dead_letter(record.value) for record in letters]
     assert sorted(letter.source_offset for letter in decoded) == [half, half + 1]
@@ -312,14 +349,15 @@ async def test_a_live_position_another_live_row_holds_is_dead_lettered_with_both
         await publish_updates(kafka_bootstrap, topics.updates, second.updates + later.updates)
         await sink.wait_written(len(first.updates) + len(second.updates) + len(later.updates))
         letters = await read_all(kafka_bootstrap, topics.dead_letters, expected=1)
-        committed = await committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates)
+        await wait_until(lambda: committed_matches(kafka_bootstrap, sink.sink.group_id, topics.updates), 10,
+                         "offsets committed to the end")
         still_running = not sink.task.done()
 
     # Assert: the held row stays, the other key's rows landed, the intruder is a dead letter
     # naming both rows, the offsets moved on and the sink never stopped.
     assert held.id != intruder.id
     assert_rows_match(await positions_by_id(fresh_database), first.positions() + later.positions())
-    assert still_running and committed
+    assert still_running
     decoded = [serde.decode_dead_letter(record.value) for record in letters]
     assert {letter.error_type for letter in decoded} == {"LivePositionConflict"}
     assert all(intruder.id in letter.reason and held.id in letter.reason for letter in decoded)
@@ -483,7 +521,7 @@ async def test_migrations_run_at_sink_start_on_an_empty_database(kafka_bootstrap
 
     # Act
     async with RunningSink(settings) as sink:
-        await wait_until(lambda: sink.sink.writer._migrated, 30, "migrations")
+        await wait_until(lambda: all(writer._migrated for writer in sink.sink.writers), 30, "migrations")
 
     # Assert
     connection = await asyncpg.connect(fresh_database)

@@ -192,8 +192,8 @@ def test_decode_processes_give_the_rows_of_the_callers_thread_also_after_one_was
     # Act
     results = asyncio.run(scenario())
 
-    # Assert
-    for result in results:
+    # Assert: one writer, one part.
+    for (result,) in results:
         assert result.rows.positions == here.rows.positions
         assert sorted(copy_rows(result.rows)) == sorted(copy_rows(here.rows))  # the parts' blocks, one after the other
         assert result.rows.event_copy_rows == here.rows.event_copy_rows and not result.rows.events
@@ -220,6 +220,39 @@ def test_a_batch_split_by_partition_and_combined_is_the_batch_decoded_whole():
     assert combined.rows.positions == whole.rows.positions
     assert sorted(copy_rows(combined.rows)) == sorted(copy_rows(whole.rows))
     assert combined.position_records == whole.position_records and combined.versions == whole.versions
+
+
+@pytest.mark.parametrize("processes", [0, 1, 3])
+def test_each_writers_part_holds_the_rows_of_its_partitions_and_together_they_are_the_batch(processes):
+    # Arrange: keys on five partitions, an unreadable record in two of them.
+    stream = UpdateStream.lives(keys=5, cycles=2)
+    partition_of = {key: number for number, key in enumerate(sorted({update.key for update in stream.updates}))}
+    values = [b"junk", *(update.data for update in stream.updates), None]
+    partitions = [3, *(partition_of[update.key] for update in stream.updates), 0]
+    whole = decode_batch(values, partitions)
+
+    async def scenario():
+        decoding = BatchDecoding(processes=processes, writers=2)
+        await decoding.start()
+        try:
+            return await decoding.decode(values, partitions)
+        finally:
+            decoding.close()
+
+    # Act
+    parts = asyncio.run(scenario())
+
+    # Assert: writer w has the records of the partitions p with p % 2 == w, indices the batch's.
+    assert len(parts) == 2
+    for writer, part in enumerate(parts):
+        assert {partitions[index] % 2 for index in part.position_records.values()} <= {writer}
+        assert {partition % 2 for partition in part.versions} <= {writer}
+        assert {partitions[item.index] % 2 for item in part.undecodable} == {writer}
+    assert sorted(item.index for part in parts for item in part.undecodable) == [0, len(values) - 1]
+    assert sorted(row for part in parts for row in part.rows.positions) == sorted(whole.rows.positions)
+    assert sorted(row for part in parts for row in copy_rows(part.rows)) == sorted(copy_rows(whole.rows))
+    assert {**parts[0].position_records, **parts[1].position_records} == whole.position_records
+    assert {**parts[0].versions, **parts[1].versions} == whole.versions
 
 
 def test_a_decode_process_ends_when_the_sink_process_is_killed():
