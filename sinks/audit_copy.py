@@ -36,7 +36,6 @@ from sinks.decode import collect_named
 from sinks.rows import EVENT_COLUMNS
 from streams.domain import AuditDecision, InputKind, OrderRole, RefusalCode, ReportOutcome, Status
 from streams.wire import codec, serde
-from streams.wire.serde import zigzag_varint
 
 __all__ = ["AUDIT_FIELDS", "AuditTranscoder", "COPY_HEADER", "COPY_TRAILER", "copy_stream"]
 
@@ -156,11 +155,21 @@ def _members(enum: Any) -> frozenset[bytes]:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """``serde.zigzag_varint``, refused past 10 bytes (more than a long holds), as the compiled reader refuses."""
-    value, end = zigzag_varint(buf, pos)
-    if end - pos > 10:
-        raise ValueError("varint too long")
-    return value, end
+    """``serde.zigzag_varint``, refused past 10 bytes (more than a long holds), as the compiled reader refuses.
+
+    The generated reader calls it for a varint of two bytes or more only (a time takes six):
+    one loop that stops at the limit, no second call.
+    """
+    result = 0
+    shift = 0
+    while shift < 70:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+    raise ValueError("varint too long")
 
 
 # How each field type of ``AUDIT_FIELDS`` is read, as lines of the generated reader (``{name}``
