@@ -180,8 +180,8 @@ class Settings:
     # the partitions p with p % writers == its number, in a transaction of its own. A key lives
     # in one partition, so its rows always go through the same connection, in order. One by
     # default: the write step alone (no Kafka, no decoding) took 0.67 s with 2 against 1.03 s,
-    # but the whole sink on 2 cores is CPU-bound and 2 gave 88,000-99,000 records/s against
-    # 97,000-104,000 (bench_sink, alternating, 2026-12-04); with cores to spare, raise it.
+    # but the whole sink on 2 cores is CPU-bound and 2 gave 87,000-99,000 records/s against
+    # 90,000-104,000 (bench_sink, alternating, 2026-12-04); with cores to spare, raise it.
     sink_writers: int = field(default=1, metadata={"env": "PIPELINE_SINK_WRITERS"})
     sink_metrics_port: int = field(default=6068, metadata={"env": "PIPELINE_SINK_METRICS_PORT"})
     exchange_edge_enabled: bool = field(default=True, metadata={"env": "PIPELINE_EXCHANGE_EDGE"})
