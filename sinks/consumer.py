@@ -75,7 +75,7 @@ class UpdateConsumer:
             "session.timeout.ms": int(session_timeout_s * 1000),
             "heartbeat.interval.ms": max(1, int(session_timeout_s * 1000 / 3)),
             "logger": logging.getLogger("sinks.consumer.librdkafka"),
-            # The outcome of ``commit_soon``, served on the consumer's thread by a later call.
+            # The outcome of ``commit(wait=False)``, served on the consumer's thread by a later call.
             "on_commit": self._commit_done,
         }
         self._on_revoked = on_revoked
@@ -167,28 +167,21 @@ class UpdateConsumer:
                 logger.warning("the sink's consumer reported: %s", error)
         return records
 
-    async def commit(self, offsets: dict[int, int]) -> None:
-        """Commits ``{partition: next offset}``; ``CommitRefused`` after a rebalance, else ``CommitFailed``."""
+    async def commit(self, offsets: dict[int, int], *, wait: bool = True) -> None:
+        """Commits ``{partition: next offset}``: ``CommitRefused`` after a rebalance, else ``CommitFailed``.
+
+        ``wait=False`` sends the commit and returns: ``on_commit_result(offsets, None |
+        CommitRefused | CommitFailed)`` gets the broker's answer later.
+        """
         def commit() -> None:
             assert self._consumer is not None
-            self._consumer.commit(offsets=self._topic_partitions(offsets), asynchronous=False)
+            self._consumer.commit(offsets=self._topic_partitions(offsets), asynchronous=not wait)
         try:
             await self._call(commit)
         except KafkaException as error:
             code = error.args[0].code() if error.args and isinstance(error.args[0], KafkaError) else None
             if code in _REBALANCED:
                 raise CommitRefused(str(error)) from error
-            raise CommitFailed(str(error)) from error
-
-    async def commit_soon(self, offsets: dict[int, int]) -> None:
-        """Sends a commit of ``{partition: next offset}`` without waiting for the broker's answer:
-        ``on_commit_result(offsets, None | CommitRefused | CommitFailed)`` gets it later."""
-        def commit() -> None:
-            assert self._consumer is not None
-            self._consumer.commit(offsets=self._topic_partitions(offsets), asynchronous=True)
-        try:
-            await self._call(commit)
-        except KafkaException as error:
             raise CommitFailed(str(error)) from error
 
     async def pause_assigned(self) -> None:

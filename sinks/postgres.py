@@ -127,7 +127,7 @@ class PostgresSink:
         self._owed_lock = threading.Lock()
         self._written_next: dict[int, int] = {}
         self._held_from: dict[int, int] = {}  # first offset of the batch being written
-        #: One ``getmany`` at a time: the next batch's fetch runs while a write may poll (keep-alive).
+        #: One fetch at a time: the next batch's fetch runs while a write may poll (keep-alive).
         self._polling = asyncio.Lock()
         self._last_health = time.monotonic()
         # Update bytes -> rows (sinks.batch_decode), in decode processes unless configured to 0.
@@ -311,14 +311,12 @@ class PostgresSink:
         if not offsets:
             return
         try:
-            if not wait:
-                await consumer.commit_soon(offsets)
-                return
-            await consumer.commit(offsets)
+            await consumer.commit(offsets, wait=wait)
         except (CommitRefused, CommitFailed) as error:
             self._commit_answered(offsets, error)
             return
-        self._commit_answered(offsets, None)
+        if wait:
+            self._commit_answered(offsets, None)
 
     async def _keep_alive(self) -> None:
         """While a batch waits for PostgreSQL: pause fetching, poll so the group keeps us, log health."""
