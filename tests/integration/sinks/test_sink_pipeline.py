@@ -96,8 +96,8 @@ def free_port() -> int:
 
 
 def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path: Path,
-                       partitions: int = PARTITIONS) -> subprocess.Popen:
-    """`python -m sinks` with the environment a deployment gives it."""
+                       partitions: int = PARTITIONS, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m sinks` with the environment a deployment gives it (``extra_env`` on top)."""
     environment = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -107,6 +107,7 @@ def start_sink_process(bootstrap: str, database_url: str, app_id: str, log_path:
         "PIPELINE_TOPIC_PARTITIONS": str(partitions),
         "PIPELINE_SINK_LINGER_S": "0.05",
         "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
     }
     return subprocess.Popen([sys.executable, "-m", "sinks"], cwd=REPO_ROOT, env=environment,
                             stdin=subprocess.DEVNULL, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
