@@ -33,12 +33,13 @@ class DecodedBatch:
     held_from: dict = field(default_factory=dict)  # partition -> its first offset in the batch
 
 
-def decoded_batch(records: Sequence, parts: Sequence[DecodedRows], started: float) -> DecodedBatch:
-    """``records`` (messages of one topic: ``partition()``, ``offset()``) and their rows, one part per writer."""
+def decoded_batch(records: Sequence, partitions: Sequence[int], parts: Sequence[DecodedRows],
+                  started: float) -> DecodedBatch:
+    """``records`` (messages of one topic: ``offset()``), each one's partition, and their rows, one part per writer."""
     batch = DecodedBatch(started=started, records=len(records), writer_rows=[part.rows for part in parts])
     newest, held_from = batch.newest, batch.held_from
-    for record in records:
-        partition, offset = record.partition(), record.offset()
+    for record, partition in zip(records, partitions, strict=True):
+        offset = record.offset()
         if partition not in held_from:
             held_from[partition] = offset
         if offset > newest.get(partition, -1):

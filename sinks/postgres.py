@@ -236,9 +236,9 @@ class PostgresSink:
     async def _decode(self, records: list) -> DecodedBatch:
         """Reads a batch's records into rows, one part per writer: done while the batch before is written."""
         started = time.monotonic()
-        parts = await self._decoding.decode([record.value() for record in records],
-                                            [record.partition() for record in records])
-        return decoded_batch(records, parts, started)
+        partitions = [record.partition() for record in records]
+        parts = await self._decoding.decode([record.value() for record in records], partitions)
+        return decoded_batch(records, partitions, parts, started)
 
     async def _write(self, batch: DecodedBatch) -> None:
         self._held_from = batch.held_from

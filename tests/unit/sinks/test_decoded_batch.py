@@ -35,7 +35,7 @@ def test_offsets_records_and_versions_of_every_part_are_the_batchs():
                              position_records={"b@x/1": 4}, versions={1: 42})
 
     # Act
-    batch = decoded_batch(records, [writer_zero, writer_one], started=1.5)
+    batch = decoded_batch(records, [record.partition() for record in records], [writer_zero, writer_one], started=1.5)
 
     # Assert: per partition its first and newest offset; records found by their batch index.
     assert groups == [[0, 2, 3, 5], [1, 4]]
