@@ -73,7 +73,9 @@ def describe_other_loops(this_loop: asyncio.AbstractEventLoop) -> str:
     Read from this thread while the other loop may run: a diagnostic, best effort.
     """
     blocks = []
-    for other in (obj for obj in gc.get_objects() if isinstance(obj, asyncio.AbstractEventLoop)):
+    # ``type``, not ``isinstance``: isinstance asks an object its ``__class__``, and a weak
+    # proxy whose referent is gone (one is in the heap now and then) raises ReferenceError.
+    for other in (obj for obj in gc.get_objects() if issubclass(type(obj), asyncio.AbstractEventLoop)):
         if other is this_loop or not other.is_running():
             continue
         try:

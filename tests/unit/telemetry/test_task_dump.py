@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 
 from streams.telemetry.task_dump import DUMP_SIGNAL, describe_other_loops, install_task_dump
 
@@ -64,3 +65,20 @@ async def test_the_signal_logs_the_worker_s_own_state_and_survives_a_state_that_
     first, second = (record.getMessage() for record in caplog.records)
     assert "position-inputs[3]: applied up to 17" in first and first.endswith("end of tasks")
     assert "state unreadable: StopIteration()" in second
+
+
+class Referent:
+    """Something a weak proxy can point at."""
+
+
+async def test_a_weak_proxy_whose_referent_is_gone_does_not_break_the_dump():
+    # Arrange: a dead weak proxy in the heap (asking it anything raises ReferenceError).
+    referent = Referent()
+    dead = weakref.proxy(referent)
+    del referent
+
+    # Act
+    described = describe_other_loops(asyncio.get_running_loop())
+
+    # Assert: the dump reads the heap past it (no other loop runs here).
+    assert described == "" and dead is not None
